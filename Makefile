@@ -1,0 +1,45 @@
+# ACGS-2. `make run` serves decisions; `make test` runs every test tier.
+PYTHON ?= python3
+PROTO_SRC := $(wildcard protos/acgs/v1/*.proto)
+GEN_DIR := service/acgs/v1
+GEN_STAMP := $(GEN_DIR)/.stamp
+
+export PYTHONPATH := $(CURDIR)/service:$(CURDIR)
+
+.PHONY: all proto run test test-unit lint typecheck policy-test bench stack stack-down clean deps
+
+all: proto
+
+# Generated stubs (+ .pyi) live in service/acgs/v1 and are never edited by hand.
+$(GEN_STAMP): $(PROTO_SRC)
+	@mkdir -p $(GEN_DIR)
+	$(PYTHON) -m grpc_tools.protoc -Iprotos --python_out=service --pyi_out=service \
+		--grpc_python_out=service $(PROTO_SRC)
+	@touch $(GEN_DIR)/__init__.py $(GEN_STAMP)
+
+proto: $(GEN_STAMP)
+
+deps:
+	$(PYTHON) -m pip install -q -e '.[dev]'
+
+run: proto
+	$(PYTHON) -m acgs.entrypoints.cli serve
+
+policy-test: proto
+	$(PYTHON) -m acgs.entrypoints.cli policy test policy/
+
+lint: proto
+	$(PYTHON) -m ruff check service tests bench
+	$(PYTHON) -m mypy
+
+test: proto policy-test lint
+	$(PYTHON) -m pytest tests
+
+test-unit: proto
+	$(PYTHON) -m pytest tests/unit
+
+bench: proto
+	$(PYTHON) -m bench.run
+
+clean:
+	rm -rf $(GEN_DIR) .pytest_cache .mypy_cache

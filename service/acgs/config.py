@@ -1,0 +1,143 @@
+"""Settings: one frozen object, built once from the ``ACGS_*`` environment.
+
+Only :func:`Settings.from_env` reads the environment; everything else receives
+the object (or the values it needs) from :mod:`acgs.bootstrap`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from acgs import CONSTITUTIONAL_HASH
+from acgs.errors import ConfigurationError
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as err:
+        raise ConfigurationError(f"{name}={raw!r} is not an integer") from err
+    if value < minimum:
+        raise ConfigurationError(f"{name}={value} is below its minimum {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as err:
+        raise ConfigurationError(f"{name}={raw!r} is not a number") from err
+    if value < 0:
+        raise ConfigurationError(f"{name}={value} must not be negative")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of an ACGS-2 server. See the README's configuration table."""
+
+    grpc_addr: str = "127.0.0.1:50051"
+    metrics_addr: str = "127.0.0.1:9464"
+    environment: str = "development"
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    constitutional_hash: str = CONSTITUTIONAL_HASH
+    data_dir: Path = Path(".acgs")
+    policy_dir: Path = Path("policy")
+    database_url: str | None = None
+    redis_url: str | None = None
+    engine_workers: int = 2
+    eval_timeout_ms: int = 250
+    max_message_bytes: int = 1024 * 1024
+    max_batch: int = 1000
+    max_input_depth: int = 32
+    grace_period_s: float = 10.0
+    drain_delay_s: float = 0.0
+    # Audit trail
+    audit_enabled: bool = True
+    audit_fsync_interval_ms: float = 0.0
+    audit_journal_max_bytes: int = 1024 * 1024 * 1024
+    audit_mask_fields: tuple[str, ...] = ()
+    audit_ship_batch: int = 1000
+    # Cache
+    cache_local_size: int = 100_000
+    cache_local_ttl_s: float = 60.0
+    cache_redis_ttl_s: float = 300.0
+    cache_redis_timeout_ms: float = 5.0
+    cache_effects: tuple[str, ...] = ("ALLOW", "DENY")
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build the settings from ``ACGS_*`` variables; raise ConfigurationError if bad."""
+        e = os.environ if env is None else env
+        d = cls()
+        environment = e.get("ACGS_ENV", d.environment)
+        if environment not in ("development", "production", "test"):
+            raise ConfigurationError(
+                f"ACGS_ENV={environment!r}: expected development, production or test"
+            )
+        return cls(
+            grpc_addr=e.get("ACGS_GRPC_ADDR", d.grpc_addr),
+            metrics_addr=e.get("ACGS_METRICS_ADDR", d.metrics_addr),
+            environment=environment,
+            instance_id=e.get("ACGS_INSTANCE_ID") or d.instance_id,
+            data_dir=Path(e.get("ACGS_DATA_DIR", str(d.data_dir))),
+            policy_dir=Path(e.get("ACGS_POLICY_DIR", str(d.policy_dir))),
+            database_url=e.get("ACGS_DATABASE_URL") or None,
+            redis_url=e.get("ACGS_REDIS_URL") or None,
+            engine_workers=_int(e, "ACGS_ENGINE_WORKERS", os.cpu_count() or 2, minimum=1),
+            eval_timeout_ms=_int(e, "ACGS_EVAL_TIMEOUT_MS", d.eval_timeout_ms, minimum=1),
+            max_message_bytes=_int(e, "ACGS_MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=1024),
+            max_batch=_int(e, "ACGS_MAX_BATCH", d.max_batch, minimum=1),
+            max_input_depth=_int(e, "ACGS_MAX_INPUT_DEPTH", d.max_input_depth, minimum=2),
+            grace_period_s=_float(e, "ACGS_GRACE_PERIOD_S", d.grace_period_s),
+            drain_delay_s=_float(e, "ACGS_DRAIN_DELAY_S", d.drain_delay_s),
+            audit_enabled=_bool(e, "ACGS_AUDIT_ENABLED", d.audit_enabled),
+            audit_fsync_interval_ms=_float(
+                e, "ACGS_AUDIT_FSYNC_INTERVAL_MS", d.audit_fsync_interval_ms
+            ),
+            audit_journal_max_bytes=_int(
+                e, "ACGS_AUDIT_JOURNAL_MAX_BYTES", d.audit_journal_max_bytes, minimum=4096
+            ),
+            audit_mask_fields=_list(e, "ACGS_AUDIT_MASK_FIELDS", d.audit_mask_fields),
+            audit_ship_batch=_int(e, "ACGS_AUDIT_SHIP_BATCH", d.audit_ship_batch, minimum=1),
+            cache_local_size=_int(e, "ACGS_CACHE_LOCAL_SIZE", d.cache_local_size),
+            cache_local_ttl_s=_float(e, "ACGS_CACHE_LOCAL_TTL_S", d.cache_local_ttl_s),
+            cache_redis_ttl_s=_float(e, "ACGS_CACHE_REDIS_TTL_S", d.cache_redis_ttl_s),
+            cache_redis_timeout_ms=_float(
+                e, "ACGS_CACHE_REDIS_TIMEOUT_MS", d.cache_redis_timeout_ms
+            ),
+            cache_effects=_list(e, "ACGS_CACHE_EFFECTS", d.cache_effects),
+        )

@@ -1,0 +1,1 @@
+"""The domain: decisions, violations and canonical request encoding. No I/O here."""

@@ -1,0 +1,110 @@
+"""Decision requests and decisions, independent of gRPC and of the engine."""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Effect(enum.Enum):
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+    ESCALATE = "ESCALATE"
+
+
+class Severity(enum.Enum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+# Principles the service itself (not the policy) can name.
+FAIL_SAFE = "fail_safe"
+AUDIT_UNAVAILABLE = "audit_unavailable"
+CONSTITUTIONAL_HASH = "constitutional_hash"
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    principle: str
+    severity: Severity
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"principle": self.principle, "severity": self.severity.value, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who called, as established by authentication (never by a request body)."""
+
+    id: str
+    role: str
+
+    @classmethod
+    def anonymous(cls) -> Caller:
+        return cls(id="anonymous", role="anonymous")
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    """One question: may ``principal`` perform ``action`` on ``resource``?
+
+    ``policy_input`` is the whole input document handed to the constitution;
+    it is what decides the answer and what the cache key is computed from.
+    """
+
+    constitutional_hash: str
+    request_id: str
+    policy_input: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineResult:
+    """What the constitution said, before the service adds ids and timing."""
+
+    effect: Effect
+    violations: tuple[Violation, ...]
+    policy_revision: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision_id: str
+    request_id: str
+    effect: Effect
+    violations: tuple[Violation, ...]
+    policy_revision: str
+    constitutional_hash: str
+    cached: bool
+    latency_us: int
+    decided_at_ns: int
+    escalation_id: str = ""
+    fail_safe: bool = field(default=False)
+
+
+def new_decision_id() -> str:
+    """A time-ordered UUID (version 7 layout): sorts by creation time, unique."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
+
+def fail_safe_result(message: str, *, revision: str, principle: str = FAIL_SAFE) -> EngineResult:
+    """A DENY the service makes on its own when it cannot trust an evaluation."""
+    return EngineResult(
+        effect=Effect.DENY,
+        violations=(Violation(principle, Severity.CRITICAL, message),),
+        policy_revision=revision,
+    )

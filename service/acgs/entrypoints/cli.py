@@ -1,0 +1,83 @@
+"""The ``acgs`` command line: serve, and the admin commands.
+
+Each sub-command is a small function; the parser only routes to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from acgs.config import Settings
+from acgs.errors import AcgsError
+
+logger = logging.getLogger("acgs.cli")
+
+
+async def _serve(settings: Settings) -> int:
+    from acgs import bootstrap  # imported here: the other commands need no server stack
+
+    app = await bootstrap.build(settings)
+    await app.start()
+    print(f"acgs: serving on {settings.grpc_addr.rsplit(':', 1)[0]}:{app.port} "
+          f"(policy {app.engine.policy.revision}, metrics http://{settings.metrics_addr}/metrics)",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("signal received: draining")
+    await app.stop()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    return asyncio.run(_serve(settings))
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from acgs.adapters.rego_tests import run_policy_tests
+
+    return run_policy_tests(Path(args.dir), out=sys.stdout, verbose=args.verbose)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="acgs", description="ACGS-2 governance decision service")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve decisions over gRPC (settings from ACGS_*)")
+    serve.set_defaults(func=cmd_serve)
+    policy = sub.add_parser("policy", help="policy commands").add_subparsers(
+        dest="policy_command", required=True
+    )
+    test = policy.add_parser("test", help="run the Rego unit tests (test_* rules) of a policy dir")
+    test.add_argument("dir", nargs="?", default="policy")
+    test.add_argument("-v", "--verbose", action="store_true")
+    test.set_defaults(func=cmd_policy_test)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        code: int = args.func(args)
+    except AcgsError as err:
+        print(f"acgs: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

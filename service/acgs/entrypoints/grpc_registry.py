@@ -1,0 +1,92 @@
+"""Registers servicers so that no request, however malformed, reaches INTERNAL.
+
+The stock ``add_XServicer_to_server`` functions deserialize with
+``Message.FromString``; a message that fails to parse (random bytes, nesting past
+protobuf's recursion limit, invalid UTF-8 in a string field) then surfaces as
+INTERNAL. Here each method gets a deserializer that turns a parse failure into a
+:class:`Malformed` value, answered with INVALID_ARGUMENT, and every domain
+error is mapped to its status code in one place (:mod:`acgs.entrypoints.status`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+
+from acgs.entrypoints.status import abort_with
+
+logger = logging.getLogger("acgs.grpc")
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A request body that did not parse as the method's message."""
+
+    reason: str
+
+
+def _safe_deserializer(cls: Any) -> Callable[[bytes], Any]:
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return cls.FromString(raw)
+        except Exception as err:  # noqa: BLE001 - any parse failure is the caller's bad input
+            return Malformed(f"request is not a valid {cls.DESCRIPTOR.full_name}: {err}")
+
+    return deserialize
+
+
+def _unary(fn: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Any:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        try:
+            return await fn(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as err:  # noqa: BLE001 - mapped to a status, never leaked
+            await abort_with(context, err)
+
+    return handler
+
+
+def _stream(fn: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]) -> Any:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        try:
+            async for item in fn(request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as err:  # noqa: BLE001 - mapped to a status, never leaked
+            await abort_with(context, err)
+
+    return handler
+
+
+def register(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
+    """Add ``servicer``'s methods (named as in the .proto) for ``service`` to ``server``."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        fn = getattr(servicer, method.name)
+        req_cls = message_factory.GetMessageClass(method.input_type)
+        resp_cls = message_factory.GetMessageClass(method.output_type)
+        deserializer = _safe_deserializer(req_cls)
+        serializer = resp_cls.SerializeToString
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _stream(fn), request_deserializer=deserializer, response_serializer=serializer
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _unary(fn), request_deserializer=deserializer, response_serializer=serializer
+            )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )

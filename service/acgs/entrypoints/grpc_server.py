@@ -1,0 +1,86 @@
+"""The gRPC server: servicers, standard health, reflection, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from acgs.entrypoints.grpc_registry import register
+
+logger = logging.getLogger("acgs.server")
+
+
+class GrpcServer:
+    """A grpc.aio server whose health reports SERVING only when told to.
+
+    ``start`` binds and returns the bound port (useful with port 0); ``stop``
+    reports NOT_SERVING first, then lets in-flight calls finish for up to
+    ``grace_s`` seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        services: Sequence[tuple[ServiceDescriptor, object]],
+        max_message_bytes: int,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
+        self._address = address
+        self._credentials = credentials
+        self._services = list(services)
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max(max_message_bytes, 16 * 1024 * 1024)),
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        self._health = health.aio.HealthServicer()
+        self.port = 0
+
+    @property
+    def health(self) -> health.aio.HealthServicer:
+        return self._health
+
+    async def start(self) -> int:
+        for descriptor, servicer in self._services:
+            register(self._server, descriptor, servicer)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        names = [d.full_name for d, _ in self._services]
+        names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, self._server)
+        if self._credentials is None:
+            self.port = self._server.add_insecure_port(self._address)
+        else:
+            self.port = self._server.add_secure_port(self._address, self._credentials)
+        if self.port == 0:
+            raise OSError(f"cannot bind the gRPC address {self._address}")
+        await self._server.start()
+        await self.set_serving(False)
+        logger.info("gRPC listening on %s (port %d)", self._address, self.port)
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self._health.set("", status)
+        for descriptor, _ in self._services:
+            await self._health.set(descriptor.full_name, status)
+
+    async def stop(self, grace_s: float) -> None:
+        await self.set_serving(False)
+        await self._server.stop(grace_s)
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()

@@ -1,0 +1,45 @@
+"""Domain errors → gRPC status codes, with messages that leak no internals."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from acgs import errors
+
+logger = logging.getLogger("acgs.grpc")
+
+_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (errors.ConstitutionMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.UnknownRule, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.PolicyError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.EngineTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.AuditUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.EngineError, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def code_for(err: BaseException) -> grpc.StatusCode | None:
+    for cls, code in _CODES:
+        if isinstance(err, cls):
+            return code
+    return None
+
+
+async def abort_with(context: grpc.aio.ServicerContext, err: BaseException) -> None:
+    """Abort the call with the status for ``err``; unexpected errors become INTERNAL, logged."""
+    code = code_for(err)
+    if code is None:
+        logger.exception("unexpected error in handler", exc_info=err)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+    if isinstance(err, errors.LimitExceeded) and err.retry_after_s is not None:
+        context.set_trailing_metadata((("retry-after-ms", str(int(err.retry_after_s * 1000))),))
+    assert code is not None
+    await context.abort(code, str(err))

@@ -1,0 +1,75 @@
+"""The errors of ACGS-2. Caught only at the edges (gRPC servicers, the CLI)."""
+
+from __future__ import annotations
+
+
+class AcgsError(Exception):
+    """Base class of every error raised by ACGS-2."""
+
+
+class ConfigurationError(AcgsError):
+    """A setting is missing, malformed or unsafe for the chosen environment."""
+
+
+class ConstitutionMismatch(AcgsError):
+    """A request, policy or database names another constitution than the one in force."""
+
+    def __init__(self, *, expected: str, got: str, what: str = "request") -> None:
+        shown = got or "(missing)"
+        super().__init__(
+            f"{what} carries constitutional hash {shown!r}; this server enforces {expected!r}"
+        )
+        self.expected = expected
+        self.got = got
+
+
+class InvalidRequest(AcgsError):
+    """A request is malformed: a missing or wrong-typed field, bad JSON, too deep."""
+
+
+class LimitExceeded(AcgsError):
+    """A request is over a configured limit (size, batch length, rate)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PolicyError(AcgsError):
+    """A policy does not load: syntax error, unsupported built-in, failing test."""
+
+
+class UnsupportedBuiltin(PolicyError):
+    """A policy calls a built-in the engine lacks or refuses (http.send, opa.runtime)."""
+
+
+class UnknownRule(AcgsError):
+    """An Evaluate path names no rule of the active policy."""
+
+
+class EngineError(AcgsError):
+    """The engine failed to evaluate (an error, or an undefined decision)."""
+
+
+class EngineTimeout(EngineError):
+    """Evaluation took longer than its budget."""
+
+
+class DeadlineExceeded(AcgsError):
+    """The caller's deadline passed before the decision was made."""
+
+
+class AuditUnavailable(AcgsError):
+    """The audit journal cannot take another record (full, or its disk failed)."""
+
+
+class NotFound(AcgsError):
+    """The named object (decision, policy version, escalation) does not exist."""
+
+
+class Unauthenticated(AcgsError):
+    """The call carries no credential, or one that is unknown or revoked."""
+
+
+class PermissionDenied(AcgsError):
+    """The caller's role may not call this method."""

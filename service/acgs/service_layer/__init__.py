@@ -1,0 +1,1 @@
+"""The service layer: use cases (decide, evaluate) over ports the adapters implement."""

@@ -1,0 +1,103 @@
+"""The ports the service layer consumes. One adapter module per port and technology.
+
+Every port is a small Protocol; unit tests pass fakes (tests/fakes.py), the
+composition root (:mod:`acgs.bootstrap`) passes the real adapters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from acgs.domain.model import Caller, Decision, EngineResult
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInfo:
+    """Identity of the policy an engine evaluates: its revision and its data's revision."""
+
+    revision: str
+    data_revision: str
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """The value of one rule, as JSON text; ``undefined`` when the rule has no value."""
+
+    result_json: str
+    undefined: bool
+    policy_revision: str
+
+
+class PolicyEngine(Protocol):
+    """Evaluates the active constitution. Implementations never block the event loop.
+
+    ``decide`` raises :class:`~acgs.errors.EngineError` (``EngineTimeout`` after
+    ``timeout_s``) when it cannot produce a trustworthy result; the service turns
+    that into a fail-safe DENY. ``evaluate`` raises ``UnknownRule`` for a path
+    that names no rule.
+    """
+
+    @property
+    def policy(self) -> PolicyInfo: ...
+
+    async def decide(self, policy_input: Mapping[str, Any], *, timeout_s: float) -> EngineResult: ...
+
+    async def decide_many(
+        self, inputs: Sequence[Mapping[str, Any]], *, timeout_s: float
+    ) -> list[EngineResult | Exception]: ...
+
+    async def evaluate(self, path: str, input_value: Any, *, timeout_s: float) -> Evaluation: ...
+
+
+class DecisionCache(Protocol):
+    """Caches engine results by key. Failures are misses, never errors."""
+
+    async def get(self, key: str) -> EngineResult | None: ...
+
+    async def put(self, key: str, result: EngineResult) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """What the audit trail keeps of one decision or evaluation."""
+
+    kind: str  # "decide" | "evaluate"
+    decision: Decision
+    caller: Caller
+    request_json: str  # canonical JSON of the request (masked where configured)
+
+
+class AuditSink(Protocol):
+    """Makes decisions durable. ``append`` returns only once every entry is durable.
+
+    Raises :class:`~acgs.errors.AuditUnavailable` when it cannot take them.
+    """
+
+    async def append(self, entries: Sequence[AuditEntry]) -> None: ...
+
+
+class Escalator(Protocol):
+    """Hands decisions to humans. Returns the escalation id, or "" when none was opened."""
+
+    async def escalate(self, decision: Decision, *, reason: str, caller: Caller) -> str: ...
+
+
+class Telemetry(Protocol):
+    """What the service layer reports to metrics (see :mod:`acgs.metrics`)."""
+
+    def decision_made(self, decision: Decision, *, engine_us: float | None) -> None: ...
+
+    def hash_mismatch(self) -> None: ...
+
+    def audit_refused(self) -> None: ...
+
+
+class Authenticator(Protocol):
+    """Establishes who is calling from the call's metadata (lower-case keys).
+
+    Raises ``acgs.errors.Unauthenticated`` for a missing or unknown credential.
+    """
+
+    async def authenticate(self, metadata: Mapping[str, str]) -> Caller: ...

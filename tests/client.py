@@ -1,0 +1,52 @@
+"""Helpers for tests: build acgs.v1 requests from plain dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from acgs.v1 import governance_pb2 as pb
+
+HASH = "cdd01ef066bc6cf2"
+
+
+def struct(value: dict[str, Any] | None) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    if value:
+        s.update(value)
+    return s
+
+
+def decide_request(policy_input: dict[str, Any], *, request_id: str = "r-1",
+                   constitutional_hash: str = HASH) -> pb.DecideRequest:
+    """A DecideRequest carrying ``policy_input`` (the input document's shape)."""
+    p = policy_input.get("principal", {})
+    a = policy_input.get("action", {})
+    r = policy_input.get("resource", {})
+    return pb.DecideRequest(
+        constitutional_hash=constitutional_hash,
+        request_id=request_id,
+        tenant_id=policy_input.get("tenant_id", ""),
+        principal=pb.Principal(id=p.get("id", ""), roles=p.get("roles", []),
+                               tenant_id=p.get("tenant_id", ""),
+                               attributes=struct(p.get("attributes"))),
+        action=pb.Action(type=a.get("type", ""), attributes=struct(a.get("attributes"))),
+        resource=pb.Resource(type=r.get("type", ""), id=r.get("id", ""),
+                             tenant_id=r.get("tenant_id", ""),
+                             attributes=struct(r.get("attributes"))),
+        context=struct(policy_input.get("context")),
+    )
+
+
+def allow_input(**overrides: Any) -> dict[str, Any]:
+    """A request the constitution allows (see policy/README.md)."""
+    doc: dict[str, Any] = {
+        "tenant_id": "t1",
+        "principal": {"id": "agent-7", "roles": ["operator"], "tenant_id": "t1", "attributes": {}},
+        "action": {"type": "read", "attributes": {}},
+        "resource": {"type": "document", "id": "d1", "tenant_id": "t1", "attributes": {}},
+        "context": {},
+    }
+    doc.update(overrides)
+    return doc

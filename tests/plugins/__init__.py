@@ -1,0 +1,1 @@
+"""pytest plugins: fixtures that find or start real services, and the server under test."""

@@ -1,0 +1,159 @@
+"""Fixtures: real ACGS-2 server processes on free ports, and clients for them.
+
+Servers run as subprocesses (``python -m acgs.entrypoints.cli serve``) so that
+tests exercise the real process: signals, kill -9, restart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+HASH = "cdd01ef066bc6cf2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """One running server. ``address`` is host:port for grpc.insecure_channel."""
+
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    metrics_port: int = 0
+    _log: object = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, *, timeout: float = 30.0, wait_serving: bool = True) -> ServerProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "acgs.entrypoints.cli", "serve"],
+            cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        if wait_serving:
+            self.wait_serving(timeout=timeout)
+        return self
+
+    def health(self) -> int:
+        with grpc.insecure_channel(self.address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            return int(stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status)
+
+    def wait_serving(self, *, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.health() == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not SERVING after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, *, timeout: float = 20.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        if self._log is not None:
+            self._log.close()  # type: ignore[attr-defined]
+        return int(code)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+class ServerFactory:
+    """Makes servers with a shared base environment plus per-server overrides."""
+
+    def __init__(self, tmp: Path, base_env: Mapping[str, str]) -> None:
+        self._tmp = tmp
+        self._base = dict(base_env)
+        self.servers: list[ServerProcess] = []
+
+    def make(self, env: Mapping[str, str] | None = None, *, name: str | None = None) -> ServerProcess:
+        name = name or f"s{len(self.servers)}"
+        port, mport = free_port(), free_port()
+        full = {**os.environ, **self._base}
+        full.update({
+            "PYTHONPATH": f"{REPO / 'service'}{os.pathsep}{REPO}",
+            "ACGS_GRPC_ADDR": f"127.0.0.1:{port}",
+            "ACGS_METRICS_ADDR": f"127.0.0.1:{mport}",
+            "ACGS_INSTANCE_ID": name,
+            "ACGS_DATA_DIR": str(self._tmp / name),
+            "ACGS_POLICY_DIR": str(REPO / "policy"),
+            "ACGS_ENV": "test",
+        })
+        full.update(env or {})
+        server = ServerProcess(env=full, log_path=self._tmp / f"{name}.log", port=port,
+                               metrics_port=mport)
+        self.servers.append(server)
+        return server
+
+    def start(self, env: Mapping[str, str] | None = None, **kw: object) -> ServerProcess:
+        return self.make(env, **kw).start()  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+@pytest.fixture
+def server_env() -> dict[str, str]:
+    """Extra environment for servers made by ``servers``; override in a test module."""
+    return {}
+
+
+@pytest.fixture
+def servers(tmp_path: Path, server_env: dict[str, str]) -> Iterator[ServerFactory]:
+    factory = ServerFactory(tmp_path, server_env)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for a whole test module (cheap tests that do not disturb it)."""
+    factory = ServerFactory(tmp_path_factory.mktemp("shared"), {})
+    server = factory.start()
+    yield server
+    factory.close()

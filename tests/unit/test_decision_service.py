@@ -1,0 +1,84 @@
+"""The DecisionService with fakes: ordering of hash check, cache, engine, audit."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from acgs.domain.model import Caller, DecisionRequest, Effect
+from acgs.errors import ConstitutionMismatch
+from acgs.service_layer.decisions import DecisionService
+from tests.client import HASH, allow_input
+from tests.fakes import FakeAudit, FakeCache, FakeEngine, FakeEscalator, FakeTelemetry
+
+CALLER = Caller(id="svc-a", role="agent")
+
+
+def make(**kw: Any) -> tuple[DecisionService, dict[str, Any]]:
+    parts: dict[str, Any] = {
+        "engine": FakeEngine(), "cache": FakeCache(), "audit": FakeAudit(),
+        "escalator": FakeEscalator(), "telemetry": FakeTelemetry(),
+    }
+    parts.update(kw)
+    service = DecisionService(constitutional_hash=HASH, eval_timeout_s=1.0, **parts)
+    return service, parts
+
+
+def req(doc: dict[str, Any] | None = None, h: str = HASH, rid: str = "r") -> DecisionRequest:
+    return DecisionRequest(constitutional_hash=h, request_id=rid, policy_input=doc or allow_input())
+
+
+def test_wrong_hash_is_refused_and_counted() -> None:
+    service, parts = make()
+    with pytest.raises(ConstitutionMismatch, match=HASH):
+        asyncio.run(service.decide(req(h="bad"), CALLER))
+    assert parts["telemetry"].mismatches == 1
+    assert parts["engine"].calls == 0 and not parts["audit"].entries
+
+
+def test_decision_is_audited_then_cached() -> None:
+    service, parts = make()
+    first = asyncio.run(service.decide(req(), CALLER))
+    second = asyncio.run(service.decide(req(), CALLER))
+    assert (first.effect, first.cached, second.cached) == (Effect.ALLOW, False, True)
+    assert parts["engine"].calls == 1
+    audited = parts["audit"].entries
+    assert [e.decision.decision_id for e in audited] == [first.decision_id, second.decision_id]
+    assert audited[1].decision.cached and audited[0].caller == CALLER
+
+
+def test_engine_error_is_fail_safe_deny_never_cached_and_escalated() -> None:
+    service, parts = make()
+    decision = asyncio.run(service.decide(req(allow_input(context={"fail": True})), CALLER))
+    assert decision.effect is Effect.DENY and decision.fail_safe
+    assert [v.principle for v in decision.violations] == ["fail_safe"]
+    assert not parts["cache"].entries
+    assert parts["escalator"].opened == [(decision.decision_id, "fail_safe")]
+    assert decision.escalation_id == "esc-1"
+
+
+def test_full_audit_journal_denies_with_audit_unavailable() -> None:
+    service, parts = make(audit=FakeAudit(full=True))
+    decision = asyncio.run(service.decide(req(), CALLER))
+    assert decision.effect is Effect.DENY
+    assert [v.principle for v in decision.violations] == ["audit_unavailable"]
+    assert parts["telemetry"].refusals == 1
+
+
+def test_escalate_carries_escalation_id() -> None:
+    service, _ = make()
+    decision = asyncio.run(service.decide(req(allow_input(action={"type": "fund_transfer"})), CALLER))
+    assert decision.effect is Effect.ESCALATE and decision.escalation_id
+
+
+def test_batch_keeps_order_and_audits_each_item() -> None:
+    service, parts = make()
+    docs = [allow_input(tenant_id="t1" if i % 2 else "t2") for i in range(10)]
+    decisions = asyncio.run(service.decide_batch(
+        [req(d, rid=str(i)) for i, d in enumerate(docs)], CALLER, deadline_s=None))
+    assert [d.request_id for d in decisions] == [str(i) for i in range(10)]
+    assert [d.effect for d in decisions] == [Effect.ALLOW if i % 2 else Effect.DENY
+                                             for i in range(10)]
+    assert len(parts["audit"].entries) == 10
