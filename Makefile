@@ -10,8 +10,15 @@ export PYTHONPATH := $(CURDIR)/service:$(CURDIR)
 
 all: proto
 
+DEPS_STAMP := .acgs/.deps-installed
+
+# Python dependencies, installed once per change of pyproject.toml.
+$(DEPS_STAMP): pyproject.toml
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@mkdir -p .acgs && touch $@
+
 # Generated stubs (+ .pyi) live in service/acgs/v1 and are never edited by hand.
-$(GEN_STAMP): $(PROTO_SRC)
+$(GEN_STAMP): $(PROTO_SRC) $(DEPS_STAMP)
 	@mkdir -p $(GEN_DIR)
 	$(PYTHON) -m grpc_tools.protoc -Iprotos --python_out=service --pyi_out=service \
 		--grpc_python_out=service $(PROTO_SRC)
@@ -19,8 +26,7 @@ $(GEN_STAMP): $(PROTO_SRC)
 
 proto: $(GEN_STAMP)
 
-deps:
-	$(PYTHON) -m pip install -q -e '.[dev]'
+deps: $(DEPS_STAMP)
 
 run: proto
 	$(PYTHON) -m acgs.entrypoints.cli serve

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import struct_pb2
-
 from acgs.v1 import governance_pb2 as pb
+from google.protobuf import struct_pb2
 
 HASH = "cdd01ef066bc6cf2"
 
@@ -18,8 +17,9 @@ def struct(value: dict[str, Any] | None) -> struct_pb2.Struct:
     return s
 
 
-def decide_request(policy_input: dict[str, Any], *, request_id: str = "r-1",
-                   constitutional_hash: str = HASH) -> pb.DecideRequest:
+def decide_request(
+    policy_input: dict[str, Any], *, request_id: str = "r-1", constitutional_hash: str = HASH
+) -> pb.DecideRequest:
     """A DecideRequest carrying ``policy_input`` (the input document's shape)."""
     p = policy_input.get("principal", {})
     a = policy_input.get("action", {})
@@ -28,13 +28,19 @@ def decide_request(policy_input: dict[str, Any], *, request_id: str = "r-1",
         constitutional_hash=constitutional_hash,
         request_id=request_id,
         tenant_id=policy_input.get("tenant_id", ""),
-        principal=pb.Principal(id=p.get("id", ""), roles=p.get("roles", []),
-                               tenant_id=p.get("tenant_id", ""),
-                               attributes=struct(p.get("attributes"))),
+        principal=pb.Principal(
+            id=p.get("id", ""),
+            roles=p.get("roles", []),
+            tenant_id=p.get("tenant_id", ""),
+            attributes=struct(p.get("attributes")),
+        ),
         action=pb.Action(type=a.get("type", ""), attributes=struct(a.get("attributes"))),
-        resource=pb.Resource(type=r.get("type", ""), id=r.get("id", ""),
-                             tenant_id=r.get("tenant_id", ""),
-                             attributes=struct(r.get("attributes"))),
+        resource=pb.Resource(
+            type=r.get("type", ""),
+            id=r.get("id", ""),
+            tenant_id=r.get("tenant_id", ""),
+            attributes=struct(r.get("attributes")),
+        ),
         context=struct(policy_input.get("context")),
     )
 

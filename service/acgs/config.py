@@ -68,7 +68,9 @@ class Settings:
     grpc_addr: str = "127.0.0.1:50051"
     metrics_addr: str = "127.0.0.1:9464"
     environment: str = "development"
-    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    instance_id: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    )
     constitutional_hash: str = CONSTITUTIONAL_HASH
     data_dir: Path = Path(".acgs")
     policy_dir: Path = Path("policy")

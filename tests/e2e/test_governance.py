@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-
 from acgs.v1 import governance_pb2 as pb
 from acgs.v1 import governance_pb2_grpc as pb_grpc
+
 from tests.client import HASH, allow_input, decide_request
 from tests.constitution_cases import CASES
 from tests.plugins.servers import ServerProcess
@@ -46,8 +46,29 @@ def code_of(call: object) -> grpc.StatusCode:
     return info.value.code()  # type: ignore[attr-defined,no-any-return]
 
 
+REQUIRED = ("tenant_id", "principal.id", "principal.tenant_id", "action.type", "resource.type")
+
+
+def missing_required(doc: dict[str, object]) -> list[str]:
+    """Fields the server requires before the policy sees a request."""
+    missing = []
+    for path in REQUIRED:
+        value: object = doc
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not value:
+            missing.append(path)
+    return missing
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_constitution_case(stub: pb_grpc.GovernanceStub, case: object) -> None:
+    if missing_required(case.policy_input):  # type: ignore[attr-defined]
+        # Refused before evaluation: still never an ALLOW.
+        assert case.effect != "ALLOW"  # type: ignore[attr-defined]
+        request = decide_request(case.policy_input)  # type: ignore[attr-defined]
+        assert code_of(lambda: stub.Decide(request)) == grpc.StatusCode.INVALID_ARGUMENT
+        return
     decision = stub.Decide(decide_request(case.policy_input, request_id=case.name))  # type: ignore[attr-defined]
     assert decision.effect == EFFECT[case.effect]  # type: ignore[attr-defined]
     assert {v.principle for v in decision.violations} == set(case.principles)  # type: ignore[attr-defined]
@@ -62,8 +83,15 @@ def test_every_effect_and_principle_is_covered() -> None:
     effects = {c.effect for c in CASES}
     principles = set().union(*(c.principles for c in CASES))
     assert effects == {"ALLOW", "DENY", "ESCALATE"}
-    assert {"deny_by_default", "tenant_isolation", "role_permission", "priority_ceiling",
-            "pii_purpose", "separation_of_powers", "high_impact_action"} <= principles
+    assert {
+        "deny_by_default",
+        "tenant_isolation",
+        "role_permission",
+        "priority_ceiling",
+        "pii_purpose",
+        "separation_of_powers",
+        "high_impact_action",
+    } <= principles
 
 
 def test_allow(stub: pb_grpc.GovernanceStub) -> None:
@@ -90,8 +118,9 @@ def test_hash_in_metadata_is_accepted(stub: pb_grpc.GovernanceStub) -> None:
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-@pytest.mark.parametrize("field", ["tenant_id", "principal.id", "principal.tenant_id",
-                                   "action.type", "resource.type"])
+@pytest.mark.parametrize(
+    "field", ["tenant_id", "principal.id", "principal.tenant_id", "action.type", "resource.type"]
+)
 def test_missing_field_is_invalid_argument(stub: pb_grpc.GovernanceStub, field: str) -> None:
     request = decide_request(allow_input())
     head, _, tail = field.partition(".")
@@ -133,8 +162,9 @@ def test_deep_struct_is_invalid_argument(channel: grpc.Channel, depth: int) -> N
     assert raw_call(channel, "Decide", body) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-@pytest.mark.parametrize("body", [b"\xff\xff\xff", b"\x0a\xff", bytes(range(256)),
-                                  b"\x12\x02\xc3\x28"])
+@pytest.mark.parametrize(
+    "body", [b"\xff\xff\xff", b"\x0a\xff", bytes(range(256)), b"\x12\x02\xc3\x28"]
+)
 def test_garbage_bytes_are_invalid_argument(channel: grpc.Channel, body: bytes) -> None:
     assert raw_call(channel, "Decide", body) == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -153,8 +183,9 @@ def test_oversize_message_is_resource_exhausted(stub: pb_grpc.GovernanceStub) ->
 
 def test_batch_of_1000_in_request_order(stub: pb_grpc.GovernanceStub) -> None:
     deny = allow_input(tenant_id="t2")
-    requests = [decide_request(allow_input() if i % 3 else deny, request_id=f"b-{i}")
-                for i in range(1000)]
+    requests = [
+        decide_request(allow_input() if i % 3 else deny, request_id=f"b-{i}") for i in range(1000)
+    ]
     response = stub.DecideBatch(pb.DecideBatchRequest(requests=requests), timeout=30)
     assert [d.request_id for d in response.decisions] == [f"b-{i}" for i in range(1000)]
     assert [d.effect for d in response.decisions] == [
@@ -170,26 +201,35 @@ def test_batch_over_limit_is_resource_exhausted(stub: pb_grpc.GovernanceStub) ->
 
 
 def test_batch_with_a_wrong_hash_is_refused_whole(stub: pb_grpc.GovernanceStub) -> None:
-    requests = [decide_request(allow_input()), decide_request(allow_input(), constitutional_hash="x")]
+    requests = [
+        decide_request(allow_input()),
+        decide_request(allow_input(), constitutional_hash="x"),
+    ]
     call = lambda: stub.DecideBatch(pb.DecideBatchRequest(requests=requests))  # noqa: E731
     assert code_of(call) == grpc.StatusCode.FAILED_PRECONDITION
 
 
 @pytest.mark.parametrize("path", ["acgs/constitution/decision", "data.acgs.constitution.decision"])
 def test_evaluate_any_rule(stub: pb_grpc.GovernanceStub, path: str) -> None:
-    response = stub.Evaluate(pb.EvaluateRequest(
-        constitutional_hash=HASH, path=path, input_json=json.dumps(allow_input())))
+    response = stub.Evaluate(
+        pb.EvaluateRequest(
+            constitutional_hash=HASH, path=path, input_json=json.dumps(allow_input())
+        )
+    )
     assert not response.undefined and response.policy_revision
     assert json.loads(response.result_json) == {"effect": "ALLOW", "violations": []}
 
 
-@pytest.mark.parametrize(("path", "input_json"), [
-    ("acgs/constitution/decision", "{not json"),
-    ("acgs/constitution/decision", "NaN"),
-    ("acgs/constitution/decision", "[" * 5000 + "]" * 5000),
-    ("acgs/constitution/no_such_rule", "{}"),
-    ("", "{}"),
-])
+@pytest.mark.parametrize(
+    ("path", "input_json"),
+    [
+        ("acgs/constitution/decision", "{not json"),
+        ("acgs/constitution/decision", "NaN"),
+        ("acgs/constitution/decision", "[" * 5000 + "]" * 5000),
+        ("acgs/constitution/no_such_rule", "{}"),
+        ("", "{}"),
+    ],
+)
 def test_evaluate_bad_input_is_invalid_argument(
     stub: pb_grpc.GovernanceStub, path: str, input_json: str
 ) -> None:

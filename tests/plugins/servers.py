@@ -49,7 +49,10 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "acgs.entrypoints.cli", "serve"],
-            cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         if wait_serving:
             self.wait_serving(timeout=timeout)
@@ -110,22 +113,27 @@ class ServerFactory:
         self._base = dict(base_env)
         self.servers: list[ServerProcess] = []
 
-    def make(self, env: Mapping[str, str] | None = None, *, name: str | None = None) -> ServerProcess:
+    def make(
+        self, env: Mapping[str, str] | None = None, *, name: str | None = None
+    ) -> ServerProcess:
         name = name or f"s{len(self.servers)}"
         port, mport = free_port(), free_port()
         full = {**os.environ, **self._base}
-        full.update({
-            "PYTHONPATH": f"{REPO / 'service'}{os.pathsep}{REPO}",
-            "ACGS_GRPC_ADDR": f"127.0.0.1:{port}",
-            "ACGS_METRICS_ADDR": f"127.0.0.1:{mport}",
-            "ACGS_INSTANCE_ID": name,
-            "ACGS_DATA_DIR": str(self._tmp / name),
-            "ACGS_POLICY_DIR": str(REPO / "policy"),
-            "ACGS_ENV": "test",
-        })
+        full.update(
+            {
+                "PYTHONPATH": f"{REPO / 'service'}{os.pathsep}{REPO}",
+                "ACGS_GRPC_ADDR": f"127.0.0.1:{port}",
+                "ACGS_METRICS_ADDR": f"127.0.0.1:{mport}",
+                "ACGS_INSTANCE_ID": name,
+                "ACGS_DATA_DIR": str(self._tmp / name),
+                "ACGS_POLICY_DIR": str(REPO / "policy"),
+                "ACGS_ENV": "test",
+            }
+        )
         full.update(env or {})
-        server = ServerProcess(env=full, log_path=self._tmp / f"{name}.log", port=port,
-                               metrics_port=mport)
+        server = ServerProcess(
+            env=full, log_path=self._tmp / f"{name}.log", port=port, metrics_port=mport
+        )
         self.servers.append(server)
         return server
 

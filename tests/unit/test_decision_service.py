@@ -6,10 +6,10 @@ import asyncio
 from typing import Any
 
 import pytest
-
 from acgs.domain.model import Caller, DecisionRequest, Effect
 from acgs.errors import ConstitutionMismatch
 from acgs.service_layer.decisions import DecisionService
+
 from tests.client import HASH, allow_input
 from tests.fakes import FakeAudit, FakeCache, FakeEngine, FakeEscalator, FakeTelemetry
 
@@ -18,8 +18,11 @@ CALLER = Caller(id="svc-a", role="agent")
 
 def make(**kw: Any) -> tuple[DecisionService, dict[str, Any]]:
     parts: dict[str, Any] = {
-        "engine": FakeEngine(), "cache": FakeCache(), "audit": FakeAudit(),
-        "escalator": FakeEscalator(), "telemetry": FakeTelemetry(),
+        "engine": FakeEngine(),
+        "cache": FakeCache(),
+        "audit": FakeAudit(),
+        "escalator": FakeEscalator(),
+        "telemetry": FakeTelemetry(),
     }
     parts.update(kw)
     service = DecisionService(constitutional_hash=HASH, eval_timeout_s=1.0, **parts)
@@ -69,16 +72,22 @@ def test_full_audit_journal_denies_with_audit_unavailable() -> None:
 
 def test_escalate_carries_escalation_id() -> None:
     service, _ = make()
-    decision = asyncio.run(service.decide(req(allow_input(action={"type": "fund_transfer"})), CALLER))
+    decision = asyncio.run(
+        service.decide(req(allow_input(action={"type": "fund_transfer"})), CALLER)
+    )
     assert decision.effect is Effect.ESCALATE and decision.escalation_id
 
 
 def test_batch_keeps_order_and_audits_each_item() -> None:
     service, parts = make()
     docs = [allow_input(tenant_id="t1" if i % 2 else "t2") for i in range(10)]
-    decisions = asyncio.run(service.decide_batch(
-        [req(d, rid=str(i)) for i, d in enumerate(docs)], CALLER, deadline_s=None))
+    decisions = asyncio.run(
+        service.decide_batch(
+            [req(d, rid=str(i)) for i, d in enumerate(docs)], CALLER, deadline_s=None
+        )
+    )
     assert [d.request_id for d in decisions] == [str(i) for i in range(10)]
-    assert [d.effect for d in decisions] == [Effect.ALLOW if i % 2 else Effect.DENY
-                                             for i in range(10)]
+    assert [d.effect for d in decisions] == [
+        Effect.ALLOW if i % 2 else Effect.DENY for i in range(10)
+    ]
     assert len(parts["audit"].entries) == 10

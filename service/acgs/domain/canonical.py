@@ -46,8 +46,9 @@ def normalize(value: Any, *, max_depth: int = 64, _depth: int = 0) -> Any:
 
 def dumps(value: Any) -> str:
     """Canonical JSON text of an already normalized value."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def digest(*parts: str) -> str:

@@ -37,7 +37,11 @@ class Violation:
     message: str
 
     def as_dict(self) -> dict[str, str]:
-        return {"principle": self.principle, "severity": self.severity.value, "message": self.message}
+        return {
+            "principle": self.principle,
+            "severity": self.severity.value,
+            "message": self.message,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import grpc
-
 from acgs.domain.model import Caller
+from acgs.entrypoints.status import Context
 from acgs.service_layer.ports import Authenticator
 
 
@@ -21,6 +20,6 @@ class CallerResolver:
     def __init__(self, *, authenticator: Authenticator) -> None:
         self._authenticator = authenticator
 
-    async def resolve(self, context: grpc.aio.ServicerContext, service: str) -> Caller:
+    async def resolve(self, context: Context, service: str) -> Caller:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         return await self._authenticator.authenticate(metadata)

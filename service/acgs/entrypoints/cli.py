@@ -24,9 +24,11 @@ async def _serve(settings: Settings) -> int:
 
     app = await bootstrap.build(settings)
     await app.start()
-    print(f"acgs: serving on {settings.grpc_addr.rsplit(':', 1)[0]}:{app.port} "
-          f"(policy {app.engine.policy.revision}, metrics http://{settings.metrics_addr}/metrics)",
-          flush=True)
+    print(
+        f"acgs: serving on {settings.grpc_addr.rsplit(':', 1)[0]}:{app.port} "
+        f"(policy {app.engine.policy.revision}, metrics http://{settings.metrics_addr}/metrics)",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,8 +20,10 @@ from acgs.v1 import governance_pb2 as pb
 _MAX_SAFE_INT = 2**53
 _EFFECTS = {Effect.ALLOW: pb.ALLOW, Effect.DENY: pb.DENY, Effect.ESCALATE: pb.ESCALATE}
 _SEVERITIES = {
-    Severity.LOW: pb.LOW, Severity.MEDIUM: pb.MEDIUM,
-    Severity.HIGH: pb.HIGH, Severity.CRITICAL: pb.CRITICAL,
+    Severity.LOW: pb.LOW,
+    Severity.MEDIUM: pb.MEDIUM,
+    Severity.HIGH: pb.HIGH,
+    Severity.CRITICAL: pb.CRITICAL,
 }
 
 
@@ -109,7 +111,9 @@ def _no_constant(name: str) -> Any:
 def _check_depth(value: Any, max_depth: int, depth: int = 1) -> None:
     if depth > max_depth:
         raise InvalidRequest(f"input_json nests deeper than {max_depth} levels")
-    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    children = (
+        value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    )
     for child in children:
         _check_depth(child, max_depth, depth + 1)
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
-
 from acgs.entrypoints import convert
 from acgs.entrypoints.callers import CallerResolver
+from acgs.entrypoints.status import Context
 from acgs.errors import LimitExceeded
 from acgs.service_layer.decisions import DecisionService
 from acgs.v1 import governance_pb2 as pb
@@ -13,7 +12,7 @@ from acgs.v1 import governance_pb2 as pb
 HASH_METADATA = "x-constitutional-hash"
 
 
-def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
+def metadata_value(context: Context, key: str) -> str:
     for k, v in context.invocation_metadata() or ():
         if k == key:
             return v if isinstance(v, str) else ""
@@ -24,7 +23,11 @@ class GovernanceServicer:
     """Decide, DecideBatch and Evaluate. Errors are mapped to codes by grpc_registry."""
 
     def __init__(
-        self, *, service: DecisionService, callers: CallerResolver, max_batch: int,
+        self,
+        *,
+        service: DecisionService,
+        callers: CallerResolver,
+        max_batch: int,
         max_input_depth: int,
     ) -> None:
         self._service = service
@@ -32,7 +35,7 @@ class GovernanceServicer:
         self._max_batch = max_batch
         self._max_depth = max_input_depth
 
-    async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext) -> pb.Decision:
+    async def Decide(self, request: pb.DecideRequest, context: Context) -> pb.Decision:
         caller = await self._callers.resolve(context, "Governance")
         domain_request = convert.decision_request(
             request, metadata_hash=metadata_value(context, HASH_METADATA), max_depth=self._max_depth
@@ -43,7 +46,7 @@ class GovernanceServicer:
         return convert.decision_to_proto(decision)
 
     async def DecideBatch(
-        self, request: pb.DecideBatchRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DecideBatchRequest, context: Context
     ) -> pb.DecideBatchResponse:
         caller = await self._callers.resolve(context, "Governance")
         if len(request.requests) > self._max_batch:
@@ -60,20 +63,20 @@ class GovernanceServicer:
         )
         return pb.DecideBatchResponse(decisions=[convert.decision_to_proto(d) for d in decisions])
 
-    async def Evaluate(
-        self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
-    ) -> pb.EvaluateResponse:
+    async def Evaluate(self, request: pb.EvaluateRequest, context: Context) -> pb.EvaluateResponse:
         caller = await self._callers.resolve(context, "Governance")
         input_value = convert.parse_input_json(request.input_json, max_depth=self._max_depth)
         evaluation, decision_id = await self._service.evaluate(
-            request.path, input_value, caller,
-            constitutional_hash=request.constitutional_hash or metadata_value(context, HASH_METADATA),
+            request.path,
+            input_value,
+            caller,
+            constitutional_hash=request.constitutional_hash
+            or metadata_value(context, HASH_METADATA),
             deadline_s=context.time_remaining(),
         )
         return pb.EvaluateResponse(
-            result_json=evaluation.result_json, undefined=evaluation.undefined,
-            policy_revision=evaluation.policy_revision, decision_id=decision_id,
+            result_json=evaluation.result_json,
+            undefined=evaluation.undefined,
+            policy_revision=evaluation.policy_revision,
+            decision_id=decision_id,
         )
-
-
-

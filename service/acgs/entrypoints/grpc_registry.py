@@ -19,7 +19,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from acgs.entrypoints.status import abort_with
+from acgs.entrypoints.status import Context, abort_with
 
 logger = logging.getLogger("acgs.grpc")
 
@@ -35,28 +35,28 @@ def _safe_deserializer(cls: Any) -> Callable[[bytes], Any]:
     def deserialize(raw: bytes) -> Any:
         try:
             return cls.FromString(raw)
-        except Exception as err:  # noqa: BLE001 - any parse failure is the caller's bad input
+        except Exception as err:
             return Malformed(f"request is not a valid {cls.DESCRIPTOR.full_name}: {err}")
 
     return deserialize
 
 
-def _unary(fn: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Any:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+def _unary(fn: Callable[[Any, Context], Awaitable[Any]]) -> Any:
+    async def handler(request: Any, context: Context) -> Any:
         if isinstance(request, Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         try:
             return await fn(request, context)
         except grpc.aio.AbortError:
             raise
-        except Exception as err:  # noqa: BLE001 - mapped to a status, never leaked
+        except Exception as err:
             await abort_with(context, err)
 
     return handler
 
 
-def _stream(fn: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]) -> Any:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+def _stream(fn: Callable[[Any, Context], AsyncIterator[Any]]) -> Any:
+    async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         if isinstance(request, Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         try:
@@ -64,7 +64,7 @@ def _stream(fn: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]) -
                 yield item
         except grpc.aio.AbortError:
             raise
-        except Exception as err:  # noqa: BLE001 - mapped to a status, never leaked
+        except Exception as err:
             await abort_with(context, err)
 
     return handler
@@ -72,7 +72,7 @@ def _stream(fn: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]) -
 
 def register(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
     """Add ``servicer``'s methods (named as in the .proto) for ``service`` to ``server``."""
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    handlers: dict[str, Any] = {}
     for method in service.methods:
         fn = getattr(servicer, method.name)
         req_cls = message_factory.GetMessageClass(method.input_type)

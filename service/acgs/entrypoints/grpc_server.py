@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from acgs.entrypoints.grpc_registry import register
@@ -43,11 +44,11 @@ class GrpcServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )
-        self._health = health.aio.HealthServicer()
+        self._health = HealthServicer()
         self.port = 0
 
     @property
-    def health(self) -> health.aio.HealthServicer:
+    def health(self) -> HealthServicer:
         return self._health
 
     async def start(self) -> int:
@@ -55,7 +56,10 @@ class GrpcServer:
             register(self._server, descriptor, servicer)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [d.full_name for d, _ in self._services]
-        names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        names += [
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
         reflection.enable_server_reflection(names, self._server)
         if self._credentials is None:
             self.port = self._server.add_insecure_port(self._address)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, TypeAlias
 
 import grpc
+import grpc.aio
 
 from acgs import errors
 
 logger = logging.getLogger("acgs.grpc")
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+"""The servicer context of any acgs.v1 method."""
 
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.ConstitutionMismatch, grpc.StatusCode.FAILED_PRECONDITION),
@@ -33,7 +38,7 @@ def code_for(err: BaseException) -> grpc.StatusCode | None:
     return None
 
 
-async def abort_with(context: grpc.aio.ServicerContext, err: BaseException) -> None:
+async def abort_with(context: Context, err: BaseException) -> None:
     """Abort the call with the status for ``err``; unexpected errors become INTERNAL, logged."""
     code = code_for(err)
     if code is None:

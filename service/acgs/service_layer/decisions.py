@@ -115,7 +115,9 @@ class DecisionService:
         start = time.perf_counter_ns()
         for request in requests:
             self.check_hash(request.constitutional_hash)
-        timeout = self._timeout(deadline_s)
+        # The evaluation budget is per decision; a batch may use it once per item
+        # (the worst case, evaluated serially), but never past the caller's deadline.
+        timeout = self._timeout(deadline_s, items=len(requests))
         outcomes = await self._engine.decide_many(
             [r.policy_input for r in requests], timeout_s=timeout
         )
@@ -130,7 +132,12 @@ class DecisionService:
         return decisions
 
     async def evaluate(
-        self, path: str, input_value: Any, caller: Caller, *, constitutional_hash: str,
+        self,
+        path: str,
+        input_value: Any,
+        caller: Caller,
+        *,
+        constitutional_hash: str,
         deadline_s: float | None = None,
     ) -> tuple[Evaluation, str]:
         """The value of any rule of the active policy, audited; returns it and its decision id."""
@@ -144,10 +151,15 @@ class DecisionService:
             raise self._deadline_or(err, deadline_s) from err
         request_json = canonical.dumps({"path": path, "input": input_value})
         decision = Decision(
-            decision_id=new_decision_id(), request_id="", effect=Effect.ALLOW,
-            violations=(), policy_revision=evaluation.policy_revision,
-            constitutional_hash=self._hash, cached=False,
-            latency_us=(time.perf_counter_ns() - start) // 1000, decided_at_ns=time.time_ns(),
+            decision_id=new_decision_id(),
+            request_id="",
+            effect=Effect.ALLOW,
+            violations=(),
+            policy_revision=evaluation.policy_revision,
+            constitutional_hash=self._hash,
+            cached=False,
+            latency_us=(time.perf_counter_ns() - start) // 1000,
+            decided_at_ns=time.time_ns(),
         )
         if self._audit is not None:
             await self._audit.append([AuditEntry("evaluate", decision, caller, request_json)])
@@ -155,17 +167,22 @@ class DecisionService:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _timeout(self, deadline_s: float | None) -> float:
+    def _timeout(self, deadline_s: float | None, *, items: int = 1) -> float:
+        budget = self._eval_timeout_s * max(1, items)
         if deadline_s is None:
-            return self._eval_timeout_s
-        return max(0.0, min(self._eval_timeout_s, deadline_s))
+            return budget
+        return max(0.0, min(budget, deadline_s))
 
     def _deadline_or(self, err: EngineError, deadline_s: float | None) -> Exception:
         if deadline_s is not None and deadline_s <= self._eval_timeout_s:
-            return DeadlineExceeded(f"deadline of {deadline_s * 1000:.1f} ms passed during evaluation")
+            return DeadlineExceeded(
+                f"deadline of {deadline_s * 1000:.1f} ms passed during evaluation"
+            )
         return err
 
-    async def _evaluate(self, policy_input: Mapping[str, Any], deadline_s: float | None) -> EngineResult:
+    async def _evaluate(
+        self, policy_input: Mapping[str, Any], deadline_s: float | None
+    ) -> EngineResult:
         revision = self._engine.policy.revision
         try:
             return await self._engine.decide(policy_input, timeout_s=self._timeout(deadline_s))
@@ -235,10 +252,16 @@ class DecisionService:
     def _refused(self, decision: Decision, why: str) -> Decision:
         result = fail_safe_result(
             f"audit trail unavailable, refusing to decide: {why}",
-            revision=decision.policy_revision, principle=AUDIT_UNAVAILABLE,
+            revision=decision.policy_revision,
+            principle=AUDIT_UNAVAILABLE,
         )
-        return replace(decision, effect=result.effect, violations=result.violations, fail_safe=True,
-                       cached=False)
+        return replace(
+            decision,
+            effect=result.effect,
+            violations=result.violations,
+            fail_safe=True,
+            cached=False,
+        )
 
     def _request_json(self, request: DecisionRequest) -> str:
         doc = {"request_id": request.request_id, "input": request.policy_input}

@@ -42,7 +42,9 @@ class PolicyEngine(Protocol):
     @property
     def policy(self) -> PolicyInfo: ...
 
-    async def decide(self, policy_input: Mapping[str, Any], *, timeout_s: float) -> EngineResult: ...
+    async def decide(
+        self, policy_input: Mapping[str, Any], *, timeout_s: float
+    ) -> EngineResult: ...
 
     async def decide_many(
         self, inputs: Sequence[Mapping[str, Any]], *, timeout_s: float
