@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +118,8 @@ class ServerFactory:
         self, env: Mapping[str, str] | None = None, *, name: str | None = None
     ) -> ServerProcess:
         name = name or f"s{len(self.servers)}"
+        # Instance ids are unique per run: an audit chain belongs to one instance.
+        instance_id = f"{name}-{uuid.uuid4().hex[:8]}"
         port, mport = free_port(), free_port()
         full = {**os.environ, **self._base}
         full.update(
@@ -124,7 +127,7 @@ class ServerFactory:
                 "PYTHONPATH": f"{REPO / 'service'}{os.pathsep}{REPO}",
                 "ACGS_GRPC_ADDR": f"127.0.0.1:{port}",
                 "ACGS_METRICS_ADDR": f"127.0.0.1:{mport}",
-                "ACGS_INSTANCE_ID": name,
+                "ACGS_INSTANCE_ID": instance_id,
                 "ACGS_DATA_DIR": str(self._tmp / name),
                 "ACGS_POLICY_DIR": str(REPO / "policy"),
                 "ACGS_ENV": "test",
@@ -152,16 +155,27 @@ def server_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def servers(tmp_path: Path, server_env: dict[str, str]) -> Iterator[ServerFactory]:
-    factory = ServerFactory(tmp_path, server_env)
+def server_database(make_database: Callable[[], str]) -> str:
+    """A fresh database for this test's servers (they migrate it when they start)."""
+    return make_database()
+
+
+@pytest.fixture
+def servers(
+    tmp_path: Path, server_env: dict[str, str], server_database: str
+) -> Iterator[ServerFactory]:
+    """Servers on this test's own PostgreSQL database, stopped after the test."""
+    factory = ServerFactory(tmp_path, {"ACGS_DATABASE_URL": server_database, **server_env})
     yield factory
     factory.close()
 
 
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def shared_server(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str
+) -> Iterator[ServerProcess]:
     """One server for a whole test module (cheap tests that do not disturb it)."""
-    factory = ServerFactory(tmp_path_factory.mktemp("shared"), {})
+    factory = ServerFactory(tmp_path_factory.mktemp("shared"), {"ACGS_DATABASE_URL": postgres_url})
     server = factory.start()
     yield server
     factory.close()

@@ -1,0 +1,232 @@
+"""The shipper: copies journal records to PostgreSQL, exactly once, in the background.
+
+A thread of its own (so neither its I/O nor its encoding ever waits on the
+event loop) reads the fsynced, unshipped records of a journal, copies a batch
+into a temporary table, inserts it into ``audit_decisions`` with
+``ON CONFLICT (instance_id, seq) DO NOTHING`` and commits; only then does it
+advance the journal's shipped marker. A crash between commit and marker means
+the batch is sent again and the conflicts drop it: exactly once. A conflicting
+row with another ``record_hash`` means two chains claim one instance id (a
+journal was wiped and the id reused); that batch is never shipped and the
+shipper reports it, loudly, rather than lose either record.
+
+While PostgreSQL is unreachable the shipper retries with exponential backoff;
+decisions go on and the journal's backlog grows (up to its bound).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from acgs.adapters.journal_reader import JournalReader, ShipBatch
+from acgs.domain import canonical
+from acgs.domain.audit import AuditRecord
+
+logger = logging.getLogger("acgs.audit.shipper")
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+COLUMNS = (
+    "instance_id", "seq", "decision_id", "decided_at", "kind", "caller_id", "caller_role",
+    "request_id", "tenant_id", "principal_id", "request_json", "effect", "violations",
+    "policy_revision", "constitutional_hash", "cached", "latency_us", "escalation_id",
+    "prev_hash", "record_hash",
+)
+_COLS = ", ".join(COLUMNS)
+_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS acgs_audit_stage "
+          "(LIKE audit_decisions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+_COPY = f"COPY acgs_audit_stage ({_COLS}) FROM STDIN"
+_INSERT = (f"INSERT INTO audit_decisions ({_COLS}) SELECT {_COLS} FROM acgs_audit_stage "
+           "ON CONFLICT (instance_id, seq) DO NOTHING")
+_FORKED = ("SELECT s.instance_id, s.seq FROM acgs_audit_stage s JOIN audit_decisions a "
+           "ON a.instance_id = s.instance_id AND a.seq = s.seq "
+           "WHERE a.record_hash <> s.record_hash ORDER BY s.seq LIMIT 1")
+
+
+class ChainConflict(Exception):
+    """PostgreSQL holds another record at an (instance_id, seq) this journal is shipping."""
+
+
+def row_of(record: AuditRecord) -> tuple[object, ...]:
+    """A record as a row of ``audit_decisions`` (in :data:`COLUMNS` order)."""
+    return (
+        record.instance_id, record.seq, record.decision_id,
+        EPOCH + dt.timedelta(microseconds=record.decided_at_us), record.kind, record.caller_id,
+        record.caller_role, record.request_id, record.tenant_id, record.principal_id,
+        record.request_json, record.effect.value,
+        canonical.dumps([v.as_dict() for v in record.violations]), record.policy_revision,
+        record.constitutional_hash, record.cached, record.latency_us, record.escalation_id,
+        record.prev_hash, record.record_hash,
+    )
+
+
+class Shipper:
+    """Ships ``journal`` (and drained-then-removed ``orphans``) to PostgreSQL at ``conninfo``.
+
+    ``start`` launches the thread; ``stop`` makes a final attempt to ship what
+    is left, joins it and closes the connection. ``ship_once`` ships what is
+    available now, in the caller's thread, raising psycopg.Error or
+    ChainConflict (then ``close``). The attributes
+    ``shipped_records``, ``last_error`` and the properties ``backlog_records``,
+    ``backlog_bytes``, ``lag_s`` are for metrics and health; ``on_shipped(rows,
+    seconds)`` is called from the shipper's thread after each committed batch.
+    """
+
+    def __init__(
+        self,
+        *,
+        journal: JournalReader,
+        conninfo: str,
+        batch: int = 1000,
+        orphans: Sequence[JournalReader] = (),
+        idle_s: float = 0.2,
+        backoff_s: tuple[float, float] = (0.1, 5.0),
+        connect_timeout_s: int = 3,
+        on_shipped: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._journals = [journal, *orphans]
+        self._conninfo = conninfo
+        self._batch = batch
+        self._idle_s = idle_s
+        self._backoff_s = backoff_s
+        self._connect_timeout_s = connect_timeout_s
+        self._on_shipped = on_shipped
+        self._conn: psycopg.Connection[TupleRow] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._oldest_pending_us: int | None = None
+        self.shipped_records = 0
+        self.last_error: str | None = None
+
+    @property
+    def backlog_records(self) -> int:
+        return sum(max(0, j.synced_seq - j.shipped_seq) for j in self._journals)
+
+    @property
+    def backlog_bytes(self) -> int:
+        return sum(j.backlog_bytes for j in self._journals)
+
+    @property
+    def lag_s(self) -> float:
+        """Age of the oldest record waiting to be shipped; 0 when nothing waits."""
+        oldest = self._oldest_pending_us
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest / 1e6)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="acgs-shipper", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        """Stop the thread after one last attempt to ship everything; close the connection."""
+        self._stop.set()
+        for journal in self._journals:
+            journal.wake_readers()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                logger.error("shipper did not stop within %.1f s", timeout_s)
+
+    def ship_once(self) -> int:
+        """Ship every record available now; the number of rows inserted."""
+        inserted = 0
+        for journal in list(self._journals):
+            while batch := self._read(journal):
+                inserted += self._ship(journal, batch)
+            self._retire_if_drained(journal)
+        self._oldest_pending_us = None
+        return inserted
+
+    def _run(self) -> None:
+        delay = self._backoff_s[0]
+        while not self._stop.is_set():
+            try:
+                if self.ship_once() == 0:
+                    self._journals[0].wait_for_data(self._idle_s)
+                delay, self.last_error = self._backoff_s[0], None
+            except (psycopg.Error, OSError, ChainConflict) as err:
+                self._failed(err, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff_s[1])
+        self._final_attempt()
+
+    def _final_attempt(self) -> None:
+        try:
+            self.ship_once()
+        except (psycopg.Error, OSError, ChainConflict) as err:
+            logger.warning("final ship failed; %d records stay in the journal for the next "
+                           "start: %s", self.backlog_records, err)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection (``stop`` does this; call it after using only ``ship_once``)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg.Error:
+                logger.debug("error closing the shipper's connection", exc_info=True)
+
+    def _failed(self, err: Exception, delay: float) -> None:
+        self.close()
+        self.last_error = f"{type(err).__name__}: {err}".strip()
+        log = logger.critical if isinstance(err, ChainConflict) else logger.warning
+        log("shipping failed (backlog %d records), retrying in %.1f s: %s",
+            self.backlog_records, delay, self.last_error)
+
+    def _read(self, journal: JournalReader) -> ShipBatch | None:
+        batch = journal.read_unshipped(self._batch)
+        if not batch.records:
+            return None
+        first = batch.records[0].decided_at_us
+        if self._oldest_pending_us is None or first < self._oldest_pending_us:
+            self._oldest_pending_us = first
+        return batch
+
+    def _ship(self, journal: JournalReader, batch: ShipBatch) -> int:
+        start = time.perf_counter()
+        conn = self._connection()
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(_COPY) as copy:
+                for record in batch.records:
+                    copy.write_row(row_of(record))
+            cur.execute(_INSERT)
+            inserted = max(0, cur.rowcount)
+            forked = cur.execute(_FORKED).fetchone()
+            if forked is not None:
+                raise ChainConflict(
+                    f"PostgreSQL holds another record at instance {forked[0]!r} seq {forked[1]}; "
+                    "was this instance id reused after its journal was lost?"
+                )
+        journal.mark_shipped(batch)  # only after the commit: a crash before it re-sends
+        self.shipped_records += inserted
+        self._oldest_pending_us = None
+        if self._on_shipped is not None:
+            self._on_shipped(inserted, time.perf_counter() - start)
+        return inserted
+
+    def _retire_if_drained(self, journal: JournalReader) -> None:
+        if journal is self._journals[0] or journal.shipped_seq < journal.synced_seq:
+            return
+        remove = getattr(journal, "remove", None)
+        if remove is not None:
+            remove()
+        self._journals.remove(journal)
+
+    def _connection(self) -> psycopg.Connection[TupleRow]:
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(
+                self._conninfo, connect_timeout=self._connect_timeout_s, keepalives=1,
+                keepalives_idle=10, keepalives_interval=3, keepalives_count=3,
+            )
+            conn.execute("SET statement_timeout = '60s'")
+            conn.execute(_STAGE)
+            conn.commit()
+            self._conn = conn
+        return self._conn

@@ -1,0 +1,128 @@
+"""The audit trail's part of the composition root (called by :mod:`acgs.bootstrap`).
+
+Order at start: database (``ACGS_DATABASE_URL``, else the embedded
+PostgreSQL) → migrations and the constitution check (a database of another
+constitution stops the start here) → connection pool → journal recovery →
+shipper (which first replays what earlier runs left unshipped, including the
+journals of dead predecessors on this host). Closers are returned in start
+order; run them in reverse after the gRPC server stopped: journal flushed,
+shipper's final attempt, journal closed (its directory lock released last, so
+no other server adopts it mid-ship), pool, embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from psycopg_pool import AsyncConnectionPool
+
+from acgs.adapters.embedded_pg import EmbeddedPostgres
+from acgs.adapters.journal import Journal, adopt_orphans
+from acgs.adapters.pg_audit import Shipper
+from acgs.adapters.pg_audit_queries import AuditQueries
+from acgs.adapters.pg_migrations import check_constitution, migrate
+from acgs.config import Settings
+
+logger = logging.getLogger("acgs.bootstrap")
+
+Closer = Callable[[], Awaitable[None]]
+_MAX_SEGMENT = 64 * 1024 * 1024
+
+
+@dataclass
+class AuditTrail:
+    """The wired audit trail: ``journal`` is the AuditSink, ``queries`` the read side."""
+
+    journal: Journal
+    shipper: Shipper
+    queries: AuditQueries
+    closers: list[Closer] = field(default_factory=list)
+
+
+async def build_audit(
+    settings: Settings, *, on_shipped: Callable[[int, float], None] | None = None
+) -> AuditTrail:
+    """Start the audit trail's database, journal and shipper; see the module docstring.
+
+    Raises ConstitutionMismatch(what="database"), ConfigurationError (journal
+    owned by another process, changed migration), ConnectionError (embedded
+    PostgreSQL did not start) or psycopg.Error (database unreachable at start).
+    """
+    conninfo, stop_database = await open_database(settings)
+    closers: list[Closer] = [stop_database]
+    await migrate(conninfo, constitutional_hash=settings.constitutional_hash)
+    # A short timeout and a checked connection: an unreachable database is a
+    # prompt UNAVAILABLE for audit readers, never a 30 s hang.
+    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=4, open=False, name="acgs-audit",
+                               timeout=5.0, check=AsyncConnectionPool.check_connection)
+    await pool.open()
+    closers.append(pool.close)
+    journal = _journal(settings)
+    await asyncio.to_thread(journal.open)
+    root = settings.data_dir / "journal"
+    orphans = await asyncio.to_thread(adopt_orphans, root, exclude=settings.instance_id)
+    shipper = Shipper(journal=journal, conninfo=conninfo, batch=settings.audit_ship_batch,
+                      orphans=orphans, on_shipped=on_shipped)
+    shipper.start()
+    closers.append(lambda: asyncio.to_thread(journal.close))
+    closers.append(lambda: asyncio.to_thread(shipper.stop))
+    closers.append(_flush(journal))
+    logger.info("audit journal %s at seq %d, %d records to ship (%d adopted journals)",
+                journal.directory, journal.last_seq, shipper.backlog_records, len(orphans))
+    return AuditTrail(journal=journal, shipper=shipper, queries=AuditQueries(pool=pool),
+                      closers=closers)
+
+
+async def open_database(settings: Settings) -> tuple[str, Closer]:
+    """The database's conninfo (ACGS_DATABASE_URL, else the embedded PostgreSQL) and its closer.
+
+    Raises ConnectionError when the embedded PostgreSQL does not start.
+    """
+    if settings.database_url is not None:
+        return settings.database_url, _nothing
+    embedded = EmbeddedPostgres(directory=settings.data_dir / "pg")
+    conninfo = await asyncio.to_thread(embedded.start)
+    return conninfo, lambda: asyncio.to_thread(embedded.stop)
+
+
+@asynccontextmanager
+async def audit_queries(settings: Settings) -> AsyncIterator[AuditQueries]:
+    """The audit trail's read side for the command line (``acgs audit ...``).
+
+    Checks the database's constitution first (ConstitutionMismatch, or
+    ConfigurationError for an unmigrated database); closes everything on exit.
+    """
+    conninfo, stop_database = await open_database(settings)
+    try:
+        await check_constitution(conninfo, constitutional_hash=settings.constitutional_hash)
+        async with AsyncConnectionPool(conninfo, min_size=1, max_size=2, open=False) as pool:
+            yield AuditQueries(pool=pool)
+    finally:
+        await stop_database()
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _flush(journal: Journal) -> Closer:
+    async def flush() -> None:
+        if not await asyncio.to_thread(journal.flush):
+            logger.error("audit journal did not flush; unsynced records stay queued")
+
+    return flush
+
+
+def _journal(settings: Settings) -> Journal:
+    return Journal(
+        directory=settings.data_dir / "journal" / settings.instance_id,
+        instance_id=settings.instance_id,
+        fsync_interval_ms=settings.audit_fsync_interval_ms,
+        max_unshipped_bytes=settings.audit_journal_max_bytes,
+        segment_bytes=min(_MAX_SEGMENT, max(64 * 1024, settings.audit_journal_max_bytes // 8)),
+        mask_fields=settings.audit_mask_fields,
+    )

@@ -1,0 +1,50 @@
+"""What the audit trail is asked, and what it answers: filters, pages, chain reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from acgs.domain.audit import AuditRecord, ChainBreak
+from acgs.domain.model import Effect
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionFilter:
+    """Which records to list; empty fields match everything. ``until_us`` is exclusive."""
+
+    since_us: int | None = None
+    until_us: int | None = None
+    principal_id: str = ""
+    tenant_id: str = ""
+    effect: Effect | None = None
+    policy_revision: str = ""
+    instance_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    records: list[AuditRecord]
+    next_cursor: str  # "" after the last page
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """The outcome of a chain check: ``ok``, or the first break."""
+
+    instance_id: str
+    from_seq: int
+    last_seq: int  # the last seq checked and found good (from_seq - 1 if none)
+    checked: int
+    broken: ChainBreak | None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None
+
+
+@dataclass(frozen=True, slots=True)
+class ChainInfo:
+    instance_id: str
+    first_seq: int
+    last_seq: int
+    records: int

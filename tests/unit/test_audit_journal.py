@@ -1,0 +1,194 @@
+"""The local journal: durable group commit, recovery of a torn tail, the backlog bound."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from acgs.adapters import journal as journal_module
+from acgs.adapters.journal import Journal, adopt_orphans
+from acgs.adapters.journal_files import list_segments, segment_path, verify_directory
+from acgs.domain.audit import GENESIS_HASH, AuditRecord, ChainChecker
+from acgs.errors import AuditUnavailable, ConfigurationError
+
+from tests.audit_support import append_all, entry, open_journal
+
+
+def records_on_disk(directory: Path) -> list[AuditRecord]:
+    out = []
+    for first in list_segments(directory):
+        text = segment_path(directory, first).read_text("utf-8")
+        out += [AuditRecord.from_json(line) for line in text.splitlines()]
+    return out
+
+
+def assert_chain(records: list[AuditRecord]) -> None:
+    checker = ChainChecker(expect_seq=records[0].seq,
+                           prev_hash=GENESIS_HASH if records[0].seq == 1 else records[0].prev_hash)
+    for r in records:
+        assert checker.feed(r) is None
+
+
+def test_appends_are_chained_masked_and_in_order(tmp_path: Path) -> None:
+    j = open_journal(tmp_path, mask_fields=["principal.attributes.ssn"])
+    append_all(j, [[entry(i)] for i in range(20)] + [[entry(100), entry(101)]])
+    j.close()
+    records = records_on_disk(j.directory)
+    assert [r.seq for r in records] == list(range(1, 23))
+    assert_chain(records)
+    assert all("123-45-6789" not in r.request_json for r in records)
+    assert {(r.tenant_id, r.principal_id, r.instance_id) for r in records} == {
+        ("t1", "p1", "inst-a")}
+
+
+def test_concurrent_appends_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = os.fdatasync
+    monkeypatch.setattr(journal_module.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    j = open_journal(tmp_path)
+    append_all(j, [[entry(i)] for i in range(64)])
+    j.close()
+    assert j.last_seq == 64 and 1 <= len(calls) < 64
+
+
+def test_reopening_continues_the_chain(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    append_all(j, [[entry(1)], [entry(2)]])
+    j.close()
+    j = open_journal(tmp_path)
+    assert j.last_seq == 2
+    append_all(j, [[entry(3)]])
+    j.close()
+    assert_chain(records_on_disk(j.directory))
+
+
+@pytest.mark.parametrize("damage", ["torn", "garbage", "altered"])
+def test_a_damaged_tail_is_cut_and_kept_aside(tmp_path: Path, damage: str) -> None:
+    j = open_journal(tmp_path)
+    append_all(j, [[entry(i)] for i in range(5)])
+    j.close()
+    path = segment_path(j.directory, list_segments(j.directory)[-1])
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if damage == "torn":  # the last record only half written
+        path.write_bytes(data[: len(data) - len(lines[-2]) // 2 - 1])
+    elif damage == "garbage":  # zeros where a crash left unwritten pages
+        path.write_bytes(data + b"\0" * 4096)
+    else:  # a complete line whose content no longer matches its hash
+        path.write_bytes(data.replace(b'"latency_us":124', b'"latency_us":999'))
+    j = open_journal(tmp_path)
+    expected = 5 if damage == "garbage" else 4
+    assert j.last_seq == expected
+    append_all(j, [[entry(9)]])
+    j.close()
+    records = records_on_disk(j.directory)
+    assert [r.seq for r in records] == list(range(1, expected + 2))
+    assert_chain(records)
+    assert list(j.directory.glob("*.torn-*"))
+
+
+def test_the_backlog_bound_refuses_then_recovers(tmp_path: Path) -> None:
+    j = open_journal(tmp_path, max_unshipped_bytes=8000)
+    append_all(j, [[entry(i)] for i in range(8)])
+    with pytest.raises(AuditUnavailable, match="bound of 8000 bytes"):
+        append_all(j, [[entry(i) for i in range(8)]])
+    assert j.last_seq == 8 and j.backlog_bytes <= 8000  # nothing of the refused batch is kept
+    j.mark_shipped(j.read_unshipped(100))
+    assert j.backlog_bytes == 0 and j.backlog_records == 0
+    append_all(j, [[entry(99)]])
+    j.close()
+
+
+def test_rotation_marker_and_deletion_of_shipped_segments(tmp_path: Path) -> None:
+    j = open_journal(tmp_path, segment_bytes=2000)
+    for i in range(10):
+        append_all(j, [[entry(i)]])
+    assert len(list_segments(j.directory)) >= 3
+    batch = j.read_unshipped(6)
+    assert [r.seq for r in batch.records] == [1, 2, 3, 4, 5, 6]
+    j.mark_shipped(batch)
+    assert min(list_segments(j.directory)) > 1
+    j.close()
+    j = open_journal(tmp_path, segment_bytes=2000)
+    assert (j.shipped_seq, j.backlog_records) == (6, 4)
+    assert [r.seq for r in j.read_unshipped(100).records] == [7, 8, 9, 10]
+    j.close()
+
+
+def test_a_failed_write_refuses_this_and_later_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    j = open_journal(tmp_path)
+    append_all(j, [[entry(1)]])
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journal_module.os, "write", full)
+    with pytest.raises(AuditUnavailable, match="No space left"):
+        append_all(j, [[entry(2)]])
+    monkeypatch.undo()
+    with pytest.raises(AuditUnavailable, match="failed"):
+        append_all(j, [[entry(3)]])
+    j.close()
+    assert [r.seq for r in records_on_disk(j.directory)] == [1]
+
+
+def test_interval_mode_ships_only_synced_records(tmp_path: Path) -> None:
+    j = open_journal(tmp_path, fsync_interval_ms=200)
+    append_all(j, [[entry(1)]])
+    assert j.read_unshipped(10).records == []  # written, not yet fsynced
+    assert j.wait_for_data(2.0)
+    assert [r.seq for r in j.read_unshipped(10).records] == [1]
+    j.close()
+
+
+def test_orphans_are_adopted_but_live_journals_are_not(tmp_path: Path) -> None:
+    dead = open_journal(tmp_path, instance_id="dead")
+    append_all(dead, [[entry(1)]])
+    dead.close()
+    live = open_journal(tmp_path, instance_id="live")
+    orphans = adopt_orphans(tmp_path, exclude="me")
+    assert [o.instance_id for o in orphans] == ["dead"]
+    with pytest.raises(AuditUnavailable):
+        append_all(orphans[0], [[entry(2)]])
+    orphans[0].mark_shipped(orphans[0].read_unshipped(10))
+    orphans[0].remove()
+    assert not (tmp_path / "dead").exists()
+    with pytest.raises(ConfigurationError, match="owned by another live process"):
+        open_journal(tmp_path, instance_id="live")
+    live.close()
+
+
+def test_unsafe_instance_ids_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError):
+        Journal(directory=tmp_path, instance_id="../etc")
+
+
+def test_a_cancelled_caller_does_not_lose_its_record(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+
+    async def go() -> None:
+        task = asyncio.ensure_future(j.append([entry(1)]))
+        await asyncio.sleep(0)
+        task.cancel()
+        await j.append([entry(2)])
+
+    asyncio.run(go())
+    j.close()
+    assert [r.seq for r in records_on_disk(j.directory)] == [1, 2]
+
+
+def test_verify_directory_checks_a_journal_offline(tmp_path: Path) -> None:
+    j = open_journal(tmp_path, segment_bytes=2000)
+    for i in range(6):
+        append_all(j, [[entry(i)]])
+    j.close()
+    assert verify_directory(j.directory) == (6, None)
+    path = segment_path(j.directory, list_segments(j.directory)[1])
+    path.write_bytes(path.read_bytes().replace(b'"effect":"ALLOW"', b'"effect":"DENY"', 1))
+    checked, broken = verify_directory(j.directory)
+    assert broken is not None and broken.reason == "altered" and checked == broken.seq - 1
