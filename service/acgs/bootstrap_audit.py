@@ -126,3 +126,12 @@ def _journal(settings: Settings) -> Journal:
         segment_bytes=min(_MAX_SEGMENT, max(64 * 1024, settings.audit_journal_max_bytes // 8)),
         mask_fields=settings.audit_mask_fields,
     )
+
+
+async def migrate_database(settings: Settings) -> list[str]:
+    """Apply the migrations to the configured (or embedded) database; return what was applied."""
+    conninfo, stop_database = await open_database(settings)
+    try:
+        return await migrate(conninfo, constitutional_hash=settings.constitutional_hash)
+    finally:
+        await stop_database()

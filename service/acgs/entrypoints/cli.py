@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from acgs.config import Settings
+from acgs.entrypoints import admin_cli
 from acgs.errors import AcgsError
 
 logger = logging.getLogger("acgs.cli")
@@ -50,12 +51,25 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
     return run_policy_tests(Path(args.dir), out=sys.stdout, verbose=args.verbose)
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from acgs.bootstrap_audit import migrate_database
+
+    settings = Settings.from_env()
+    applied = asyncio.run(migrate_database(settings))
+    print(f"acgs: database at the constitution {settings.constitutional_hash}; "
+          f"applied {len(applied)} migration(s): {', '.join(applied) or 'none (up to date)'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acgs", description="ACGS-2 governance decision service")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve decisions over gRPC (settings from ACGS_*)")
     serve.set_defaults(func=cmd_serve)
+    migrate = sub.add_parser("migrate", help="apply the SQL migrations (ACGS_DATABASE_URL)")
+    migrate.set_defaults(func=cmd_migrate)
+    admin_cli.register(sub)
     policy = sub.add_parser("policy", help="policy commands").add_subparsers(
         dest="policy_command", required=True
     )

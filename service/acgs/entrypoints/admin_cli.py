@@ -1,0 +1,162 @@
+"""Admin commands of the ``acgs`` CLI that talk to a server over gRPC.
+
+They use the same API as any other client (``acgs.v1.Audit``, …), so they work
+against any server of the fleet, local or behind HAProxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, timestamp_pb2
+
+from acgs import CONSTITUTIONAL_HASH
+from acgs.v1 import audit_pb2, audit_pb2_grpc
+from acgs.v1 import governance_pb2 as gov_pb
+
+
+def add_connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--addr", default=os.environ.get("ACGS_ADDR", "localhost:50051"),
+                        help="server address (default: $ACGS_ADDR or localhost:50051)")
+    parser.add_argument("--cacert", default=os.environ.get("ACGS_CACERT"),
+                        help="CA certificate (PEM) to use TLS; plaintext when absent")
+    parser.add_argument("--token", default=os.environ.get("ACGS_TOKEN"),
+                        help="bearer token (default: $ACGS_TOKEN)")
+
+
+def channel(args: argparse.Namespace) -> grpc.Channel:
+    if args.cacert:
+        with open(args.cacert, "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        return grpc.secure_channel(args.addr, creds)
+    return grpc.insecure_channel(args.addr)
+
+
+def metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    md = [("x-constitutional-hash", CONSTITUTIONAL_HASH)]
+    if args.token:
+        md.append(("authorization", f"Bearer {args.token}"))
+    return tuple(md)
+
+
+def _fail(err: grpc.RpcError) -> int:
+    print(f"acgs: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+    return 1
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Verify every chain (or one): exit 0 when all are intact, 1 otherwise."""
+    with channel(args) as ch:
+        stub = audit_pb2_grpc.AuditStub(ch)
+        try:
+            if args.instance:
+                names = [args.instance]
+            else:
+                chains = stub.ListChains(audit_pb2.ListChainsRequest(), metadata=metadata(args))
+                names = [c.instance_id for c in chains.chains]
+            broken = 0
+            for name in names:
+                report = stub.VerifyChain(
+                    audit_pb2.VerifyChainRequest(instance_id=name), metadata=metadata(args)
+                )
+                broken += _print_report(name, report)
+        except grpc.RpcError as err:
+            return _fail(err)
+    if not names:
+        print("no audit chains yet")
+    return 1 if broken else 0
+
+
+def _print_report(name: str, report: audit_pb2.VerifyChainResponse) -> int:
+    if report.ok:
+        print(f"{name}: ok ({report.records_checked} records, last seq {report.last_seq})")
+        return 0
+    print(f"{name}: BROKEN at seq {report.broken_seq}: {report.reason} — {report.detail}")
+    return 1
+
+
+def _records(stub: audit_pb2_grpc.AuditStub, args: argparse.Namespace,
+             since: dt.datetime) -> Iterator[audit_pb2.AuditRecord]:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(since)
+    token = ""
+    while True:
+        page = stub.ListDecisions(
+            audit_pb2.ListDecisionsRequest(
+                filter=audit_pb2.DecisionFilter(since=ts), page_size=500, page_token=token),
+            metadata=metadata(args),
+        )
+        yield from page.decisions
+        token = page.next_page_token
+        if not token:
+            return
+
+
+def _line(r: audit_pb2.AuditRecord) -> str:
+    when = r.decided_at.ToDatetime(tzinfo=dt.UTC).isoformat(timespec="milliseconds")
+    principles = ",".join(v.principle for v in r.violations) or "-"
+    return (f"{when} {r.instance_id}#{r.seq} {gov_pb.Effect.Name(r.effect):8} "
+            f"{r.kind:8} principal={r.principal_id or '-'} tenant={r.tenant_id or '-'} "
+            f"violations={principles} cached={str(r.cached).lower()} id={r.decision_id}")
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    """Print the last N decisions of the trail; with --follow keep printing new ones."""
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=args.minutes)
+    seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+    with channel(args) as ch:
+        stub = audit_pb2_grpc.AuditStub(ch)
+        try:
+            last = collections.deque(_records(stub, args, since), maxlen=args.n)
+            for record in last:
+                _emit(record, args, seen)
+            while args.follow:
+                time.sleep(1.0)
+                start = last[-1].decided_at.ToDatetime(tzinfo=dt.UTC) if last else since
+                for record in _records(stub, args, start):
+                    if record.decision_id not in seen:
+                        last.append(record)
+                        _emit(record, args, seen)
+        except grpc.RpcError as err:
+            return _fail(err)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+def _emit(record: audit_pb2.AuditRecord, args: argparse.Namespace,
+          seen: collections.OrderedDict[str, None]) -> None:
+    seen[record.decision_id] = None
+    while len(seen) > 100_000:
+        seen.popitem(last=False)
+    if args.json:
+        doc: dict[str, Any] = json_format.MessageToDict(record)
+        print(json.dumps(doc, sort_keys=True), flush=True)
+    else:
+        print(_line(record), flush=True)
+
+
+def register(sub: Any) -> None:
+    """Add the ``audit`` command group to the CLI's sub-parsers."""
+    audit = sub.add_parser("audit", help="read and verify the audit trail (acgs.v1.Audit)")
+    group = audit.add_subparsers(dest="audit_command", required=True)
+    verify = group.add_parser("verify", help="verify the hash chains; exit 1 if any is broken")
+    verify.add_argument("--instance", help="one instance's chain (default: all)")
+    add_connection_args(verify)
+    verify.set_defaults(func=cmd_audit_verify)
+    tail = group.add_parser("tail", help="show the latest decisions")
+    tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new ones")
+    tail.add_argument("--minutes", type=float, default=60.0, help="look back this far (60)")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_connection_args(tail)
+    tail.set_defaults(func=cmd_audit_tail)
