@@ -91,8 +91,9 @@ class DecisionService:
         start = time.perf_counter_ns()
         self.check_hash(request.constitutional_hash)
         policy = self._engine.policy
-        key = decision_cache_key(policy, request.policy_input) if self._cache else ""
-        cached = await self._cache.get(key) if self._cache else None
+        cache = self._cache
+        key = decision_cache_key(policy, request.policy_input) if cache is not None else ""
+        cached = await cache.get(key) if cache is not None else None
         engine_us: float | None = None
         if cached is not None:
             result, from_cache = cached, True
@@ -103,8 +104,8 @@ class DecisionService:
             from_cache = False
         decision = self._decision(request, result, cached=from_cache, start_ns=start)
         decision = await self._keep(decision, request, caller)
-        if self._cache and not from_cache and not decision.fail_safe:
-            await self._cache.put(key, result)
+        if cache is not None and not from_cache and not decision.fail_safe:
+            await cache.put(key, result)
         self._telemetry.decision_made(decision, engine_us=engine_us)
         return decision
 
