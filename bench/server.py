@@ -1,0 +1,212 @@
+"""A server process under test: start it on free ports, read its CPU, RSS and metrics.
+
+The server is ``python -m acgs.entrypoints.cli serve`` with ``ACGS_ENV=development``
+(so that, with token authentication on, it writes a token per role the bench can use),
+its own data directory, the repository's policy, optional CPU pinning, and any
+``ACGS_*`` variables of the caller's environment (e.g. ``ACGS_DATABASE_URL``,
+``ACGS_REDIS_URL``) under the scenario's own overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+Metrics = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def parse_metrics(text: str) -> Metrics:
+    """Prometheus text exposition → {(name, labels): value}."""
+    out: Metrics = {}
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m:
+            labels = frozenset(_LABEL.findall(m.group(2) or ""))
+            out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def total(metrics: Metrics, name: str, **match: str) -> float:
+    """Sum of every series of ``name`` whose labels include ``match``."""
+    want = set(match.items())
+    return sum(v for (n, labels), v in metrics.items() if n == name and want <= labels)
+
+
+def series(metrics: Metrics, name: str) -> list[frozenset[tuple[str, str]]]:
+    return [labels for (n, labels) in metrics if n == name]
+
+
+class Server:
+    """One server process. ``start`` waits until Health says SERVING."""
+
+    def __init__(self, name: str, env: Mapping[str, str], *, cpus: set[int] | None) -> None:
+        self.name = name
+        self.port, self.metrics_port = free_port(), free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix=f"acgs-bench-{name}-"))
+        self.log_path = self._dir / "server.log"
+        inherited = {k: v for k, v in os.environ.items() if k.startswith("ACGS_")}
+        self.env = {
+            **os.environ,
+            # the bench measures capacity, not the per-caller limit (2,000/s for agents)
+            "ACGS_RATE_LIMIT_AGENT": "off", **inherited,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "service"), str(REPO)]),
+            "ACGS_GRPC_ADDR": f"127.0.0.1:{self.port}",
+            "ACGS_METRICS_ADDR": f"127.0.0.1:{self.metrics_port}",
+            "ACGS_INSTANCE_ID": f"bench-{name}",
+            "ACGS_DATA_DIR": str(self._dir / "data"),
+            "ACGS_POLICY_DIR": str(REPO / "policy"),
+            # development: like test, plus a token per role in <data>/dev-tokens (see token())
+            "ACGS_ENV": "development", **env,
+        }
+        self.overrides = dict(env)
+        self._cpus = cpus
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout_s: float = 120.0) -> Server:
+        cpus = self._cpus
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "acgs.entrypoints.cli", "serve"], cwd=REPO, env=self.env,
+            stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server {self.name} exited:\n{self.log_tail()}")
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return self
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"server {self.name} not SERVING after {timeout_s}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the whole process (every thread) so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+    def helper_cpu_s(self) -> float:
+        """CPU seconds of the server's helper processes: an embedded PostgreSQL under its data
+        directory (the postmaster names the directory; its backends descend from it)."""
+        stats: dict[int, tuple[int, float]] = {}
+        roots: set[int] = set()
+        marker = str(self._dir).encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == self.pid:
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if marker in (entry / "cmdline").read_bytes():
+                    roots.add(int(entry.name))
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]),
+                                      (int(fields[11]) + int(fields[12])) / _CLK_TCK)
+        members, grew = set(roots), True
+        while grew:
+            new = {p for p, (ppid, _) in stats.items() if ppid in members} - members
+            members |= new
+            grew = bool(new)
+        return sum(stats[p][1] for p in members if p in stats)
+
+    def thread_cpu_s(self) -> dict[int, float]:
+        """CPU seconds of each thread of the server, by OS thread id."""
+        out: dict[int, float] = {}
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the thread ended
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return out
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def metrics(self) -> Metrics:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return parse_metrics(resp.read().decode())
+
+    def headers(self, base: Mapping[str, str]) -> dict[str, str]:
+        """``base`` plus ``authorization: Bearer <agent token>`` when the server wrote dev tokens
+        (token authentication on, ACGS_ENV=development); the bench calls as an agent."""
+        path = self._dir / "data" / "dev-tokens"
+        text = path.read_text() if path.exists() else ""
+        m = re.search(r"ACGS_AGENT_TOKEN=['\"]?([A-Za-z0-9_.-]+)", text)
+        return {**base, "authorization": f"Bearer {m.group(1)}"} if m else dict(base)
+
+    def data_files(self) -> int:
+        """Files under the data directory (an audit journal shows up here)."""
+        root = self._dir / "data"
+        return sum(len(files) for _, _, files in os.walk(root)) if root.exists() else 0
+
+
+def features(server: Server) -> dict[str, bool]:
+    """What this build wires, judged from the outside (metrics series, files)."""
+    m = server.metrics()
+    return {
+        "cache": bool(series(m, "acgs_cache_hits_total")),
+        "audit": bool(series(m, "acgs_audit_journal_backlog_records")) or server.data_files() > 0,
+    }
+
+
+def endpoint(server: Server, target: str) -> tuple[str, int]:
+    """Where load goes. ``direct``: the server's own port. ``haproxy``: the edge, once it lands
+    (start haproxy/haproxy.cfg in front of ``server`` here and return its address)."""
+    if target == "direct":
+        return "127.0.0.1", server.port
+    raise NotImplementedError(f"--target {target}: the HAProxy edge is not wired into the "
+                              "benchmark yet (see bench/server.py endpoint())")
