@@ -7,21 +7,18 @@ package acgs.constitution
 
 import rego.v1
 
-high_impact_action(f, config) := by_type | by_score if {
-	by_type := {violation("high_impact_action", "high", msg) |
-		f.action_type in object.get(config, "high_impact_actions", [])
-		msg := sprintf("action '%s' is high-impact and needs human approval", [plain(f.action_type)])
-	}
-	by_score := impact_score_escalations(f.impact_score, object.get(config, "impact_threshold", 0.8))
-}
+# The reasons to escalate an action of type `at` with impact score `score`
+# (absent: 0), in message order.
+high_impact_action(at, score, config) := array.concat(
+	[violation("high_impact_action", "high", concat("", ["action '", at, "' is high-impact and needs human approval"])) |
+		at in config.high_impact_actions
+	],
+	impact_score_escalations(score, object.get(config, "impact_threshold", 0.8)),
+)
 
-impact_score_escalations(score, threshold) := {violation("high_impact_action", "high", msg)} if {
+impact_score_escalations(score, threshold) := [violation("high_impact_action", "high", sprintf("impact score reaches the threshold %v and needs human approval", [threshold]))] if {
 	is_number(score)
 	score >= threshold
-	msg := sprintf("impact score reaches the threshold %v and needs human approval", [threshold])
-} else := set() if {
+} else := [] if {
 	is_number(score)
-} else := {violation("high_impact_action", "high", msg)} if {
-	# A score that cannot be read might be high: a human decides.
-	msg := sprintf("impact score %s is not a number and needs human review", [shown(score)])
-}
+} else := [violation("high_impact_action", "high", concat("", ["impact score ", shown(score), " is not a number and needs human review"]))]

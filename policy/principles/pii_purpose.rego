@@ -5,41 +5,40 @@
 #
 # PII is involved when resource.attributes.contains_pii or action.attributes.pii
 # is present with any value other than false: a flag that cannot be read
-# ("yes", null) counts as PII, so doubt fails closed.
+# ("yes", null) counts as PII, so doubt fails closed. (`not x` holds exactly
+# when x is absent or false.)
 package acgs.constitution
 
 import rego.v1
 
-pii_purpose(f) := {violation("pii_purpose", "high", msg) |
-	pii_involved(f)
-	purposes := pii_purposes(f)
-	not purpose_allowed(f.purpose, purposes)
-	msg := pii_denial_message(f, purposes)
-}
+# The violations of a principal `p`, action attributes `aa` and resource
+# attributes `ra` (any of them may be null or not an object).
+pii_purpose(p, aa, ra, config) := [] if {
+	not ra.contains_pii
+	not aa.pii
+} else := [] if {
+	# Each role contributes only its own purposes, so "a PII role AND a
+	# purpose of that role" holds exactly when some role lists the purpose.
+	purpose := aa.purpose
+	some r in p.roles
+	purpose in config.roles[r].pii_purposes
+	is_string(purpose)
+	not purpose == ""
+} else := [violation("pii_purpose", "high", pii_message(
+	p, purpose_of(aa),
+	{purpose | some r in p.roles; some purpose in config.roles[r].pii_purposes},
+))]
 
-pii_involved(f) if {
-	some flag in f.pii_flags
-	flag != false
-}
-
-# Purposes allowed over the principal's known roles. Each role contributes
-# only its own purposes, so "a PII role AND a purpose of that role" holds
-# exactly when the stated purpose is in this union.
-pii_purposes(f) := {p |
-	some role in f.role_configs
-	some p in object.get(role, "pii_purposes", [])
-}
-
-purpose_allowed(purpose, purposes) if {
-	non_empty_string(purpose)
-	purpose in purposes
-}
-
-pii_denial_message(f, purposes) := sprintf("no role of the principal (%s) may handle PII", [roles_text(f)]) if {
-	count(purposes) == 0
+pii_message(p, purpose, purposes) := concat("", ["no role of the principal (", roles_text(p), ") may handle PII"]) if {
+	purposes == set()
 } else := "PII access must state action.attributes.purpose" if {
-	not non_empty_string(f.purpose)
-} else := sprintf(
-	"purpose %s is not allowed for PII to the principal's roles; allowed: %s",
-	[shown(f.purpose), plain(concat(", ", sort(purposes)))],
-)
+	not non_empty_string(purpose)
+} else := concat("", [
+	"purpose ", shown(purpose), " is not allowed for PII to the principal's roles; allowed: ",
+	trim_space(concat(", ", sort(purposes))),
+])
+
+# action.attributes.purpose; absent (or attributes not an object): null.
+purpose_of(aa) := purpose if {
+	purpose := aa.purpose
+} else := null

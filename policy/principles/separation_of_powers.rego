@@ -6,9 +6,14 @@ package acgs.constitution
 
 import rego.v1
 
-separation_of_powers(f, config) := {violation("separation_of_powers", "critical", msg) |
-	f.action_type in object.get(config, "self_review_actions", [])
-	non_empty_string(f.created_by)
-	f.created_by == f.principal_id
-	msg := sprintf("principal %s may not review its own output (action '%s')", [shown(f.principal_id), plain(f.action_type)])
-}
+# The violations of a principal `p`, an action type `at` and resource
+# attributes `ra` (any of them may be null or not an object).
+separation_of_powers(p, at, ra, config) := [violation("separation_of_powers", "critical", concat("", [
+	"principal ", shown(creator), " may not review its own output (action '", at, "')",
+]))] if {
+	creator := ra.created_by
+	creator == p.id
+	at in config.self_review_actions
+	is_string(creator)
+	not creator == ""
+} else := []

@@ -2,56 +2,25 @@ package acgs.constitution_test
 
 import rego.v1
 
-test_priority_at_ceiling_allowed if {
-	# viewer's ceiling is 1; protobuf Struct sends 1 as 1.0.
-	is_decision(decide({"action": {"attributes": {"priority": 1}}}), "ALLOW", set())
-	is_decision(decide({"action": {"attributes": {"priority": 1.0}}}), "ALLOW", set())
-}
 
-test_priority_above_ceiling_denied if {
-	d := decide({"action": {"attributes": {"priority": 1.5}}})
-	d.effect == "DENY"
-	d.violations == [{
-		"principle": "priority_ceiling",
-		"severity": "medium",
-		"message": "action priority exceeds the priority ceiling of every role of the principal",
-	}]
-}
-
-# An absent priority is 0, which even the ceiling of no known role (0) admits.
-test_absent_priority_is_zero if {
-	is_decision(decide({}), "ALLOW", set())
-	is_decision(decide(as_role("superuser", "read")), "DENY", {"role_permission"})
-}
-
-test_priority_must_be_a_number if {
-	is_decision(decide({"action": {"attributes": {"priority": "urgent"}}}), "DENY", {"priority_ceiling"})
-	is_decision(decide({"action": {"attributes": {"priority": null}}}), "DENY", {"priority_ceiling"})
-}
-
-test_ceiling_is_max_over_roles if {
-	roles := {"roles": ["viewer", "approver"]}
-	is_decision(decide({"principal": roles, "action": {"attributes": {"priority": 7.0}}}), "ALLOW", set())
-	is_decision(decide({"principal": roles, "action": {"attributes": {"priority": 7.5}}}), "DENY", {"priority_ceiling"})
-}
-
-# Ceilings compare as numbers, not as text (10 > 7 although "10" < "7").
-test_ceiling_of_ten_beats_seven if {
-	roles := {"roles": ["approver", "admin", "analyst"]}
-	is_decision(decide({"principal": roles, "action": {"attributes": {"priority": 10.0}}}), "ALLOW", set())
-	is_decision(decide({"principal": roles, "action": {"attributes": {"priority": 10.5}}}), "DENY", {"priority_ceiling"})
-}
-
-test_negative_priority_allowed if {
-	is_decision(decide({"action": {"attributes": {"priority": -1}}}), "ALLOW", set())
-}
-
-test_unknown_roles_have_ceiling_zero if {
-	d := decide({"principal": {"roles": ["superuser"]}, "action": {"attributes": {"priority": 1}}})
-	is_decision(d, "DENY", {"role_permission", "priority_ceiling"})
-}
-
-test_ceilings_come_from_data if {
-	d := decide_under({"action": {"attributes": {"priority": 4}}}, {"viewer": {"priority_ceiling": 4}}, {})
-	is_decision(d, "ALLOW", set())
-}
+tables contains json.unmarshal(`[
+{"name": "priority at the ceiling", "patch": {"action": {"attributes": {"priority": 1}}}, "effect": "ALLOW", "principles": []},
+{"name": "priority at the ceiling as a float", "patch": {"action": {"attributes": {"priority": 1.0}}}, "effect": "ALLOW", "principles": []},
+{"name": "priority above the ceiling", "patch": {"action": {"attributes": {"priority": 1.5}}}, "effect": "DENY", "principles": ["priority_ceiling"], "violations": [{"principle": "priority_ceiling", "severity": "medium", "message": "action priority exceeds the priority ceiling of every role of the principal"}]},
+{"name": "absent priority is zero", "patch": {}, "effect": "ALLOW", "principles": []},
+{"name": "absent priority with an unknown role", "patch": {"principal": {"roles": ["superuser"]}, "action": {"type": "read"}}, "effect": "DENY", "principles": ["role_permission"]},
+{"name": "priority not a number", "patch": {"action": {"attributes": {"priority": "urgent"}}}, "effect": "DENY", "principles": ["priority_ceiling"], "messages": [[0, "action priority must be a number, got 'urgent'"]]},
+{"name": "priority null", "patch": {"action": {"attributes": {"priority": null}}}, "effect": "DENY", "principles": ["priority_ceiling"], "messages": [[0, "action priority must be a number, got (missing)"]]},
+{"name": "priority false", "patch": {"action": {"attributes": {"priority": false}}}, "effect": "DENY", "principles": ["priority_ceiling"], "messages": [[0, "action priority must be a number, got (not shown)"]]},
+{"name": "priority a list", "patch": {"action": {"attributes": {"priority": [1]}}}, "effect": "DENY", "principles": ["priority_ceiling"]},
+{"name": "ceiling is the max over roles", "patch": {"principal": {"roles": ["viewer", "approver"]}, "action": {"attributes": {"priority": 7.0}}}, "effect": "ALLOW", "principles": []},
+{"name": "above the max over roles", "patch": {"principal": {"roles": ["viewer", "approver"]}, "action": {"attributes": {"priority": 7.5}}}, "effect": "DENY", "principles": ["priority_ceiling"]},
+{"name": "ceiling of another permitted role", "patch": {"principal": {"roles": ["viewer", "approver"]}, "action": {"type": "read", "attributes": {"priority": 5}}}, "effect": "ALLOW", "principles": []},
+{"name": "ceiling of a role that does not permit the action", "patch": {"principal": {"roles": ["viewer", "operator"]}, "action": {"type": "read", "attributes": {"priority": 4}}}, "effect": "ALLOW", "principles": []},
+{"name": "ceiling of ten beats seven", "patch": {"principal": {"roles": ["approver", "admin", "analyst"]}, "action": {"attributes": {"priority": 10.0}}}, "effect": "ALLOW", "principles": []},
+{"name": "above ten", "patch": {"principal": {"roles": ["approver", "admin", "analyst"]}, "action": {"attributes": {"priority": 10.5}}}, "effect": "DENY", "principles": ["priority_ceiling"]},
+{"name": "negative priority", "patch": {"action": {"attributes": {"priority": -1}}}, "effect": "ALLOW", "principles": []},
+{"name": "zero priority", "patch": {"action": {"attributes": {"priority": 0}}}, "effect": "ALLOW", "principles": []},
+{"name": "unknown roles have ceiling zero", "patch": {"principal": {"roles": ["superuser"]}, "action": {"attributes": {"priority": 1}}}, "effect": "DENY", "principles": ["role_permission", "priority_ceiling"]},
+{"name": "ceilings come from data", "patch": {"action": {"attributes": {"priority": 4}}}, "roles": {"viewer": {"priority_ceiling": 4}}, "effect": "ALLOW", "principles": []}
+]`)
