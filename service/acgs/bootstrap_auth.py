@@ -1,0 +1,179 @@
+"""The callers' part of the composition root (called by :mod:`acgs.bootstrap`).
+
+Builds the CallerResolver (bearer tokens checked against the token table in
+PostgreSQL, the role table, per-caller rate limits), the gRPC server's TLS
+credentials, and refuses an insecure production configuration. In development
+it also makes sure a token per role exists in ``<ACGS_DATA_DIR>/dev-tokens``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from psycopg_pool import AsyncConnectionPool
+
+from acgs.adapters import dev_tokens
+from acgs.adapters.pg_migrations import migrate
+from acgs.adapters.pg_tokens import PgTokenStore
+from acgs.bootstrap_audit import open_database
+from acgs.config import Settings
+from acgs.domain import tokens
+from acgs.domain.rate_limit import Rate, RateLimiter
+from acgs.entrypoints.access import ACCESS
+from acgs.entrypoints.callers import AnonymousAuthenticator, CallerResolver
+from acgs.errors import ConfigurationError
+from acgs.service_layer.authentication import TokenAuthenticator
+
+logger = logging.getLogger("acgs.bootstrap")
+
+Closer = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Callers:
+    """The wired resolver; ``starters`` run before serving, ``closers`` (reversed) after."""
+
+    resolver: CallerResolver
+    dev_tokens_file: Path | None = None
+    starters: list[Closer] = field(default_factory=list)
+    closers: list[Closer] = field(default_factory=list)
+
+
+def require_secure(settings: Settings) -> None:
+    """Raise ConfigurationError for a TLS setting that is half there, or for production
+    without TLS or without token authentication (unless ACGS_ALLOW_INSECURE=true)."""
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigurationError("set both ACGS_TLS_CERT and ACGS_TLS_KEY, or neither")
+    if settings.tls_client_ca is not None and settings.tls_cert is None:
+        raise ConfigurationError("ACGS_TLS_CLIENT_CA needs ACGS_TLS_CERT and ACGS_TLS_KEY")
+    if not settings.is_production or settings.allow_insecure:
+        return
+    problems = []
+    if settings.tls_cert is None:
+        problems.append("without TLS (set ACGS_TLS_CERT and ACGS_TLS_KEY)")
+    if settings.auth != "token":
+        problems.append("without token authentication (ACGS_AUTH=none)")
+    if problems:
+        raise ConfigurationError(
+            "ACGS_ENV=production refuses to serve " + " and ".join(problems)
+            + "; set ACGS_ALLOW_INSECURE=true only if something else protects the port"
+        )
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from ACGS_TLS_CERT/KEY (client certificates required when
+    ACGS_TLS_CLIENT_CA is set); None for plaintext. ConfigurationError if unreadable."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    ca = settings.tls_client_ca
+    return grpc.ssl_server_credentials(
+        [(_read(settings.tls_key, "ACGS_TLS_KEY"), _read(settings.tls_cert, "ACGS_TLS_CERT"))],
+        root_certificates=_read(ca, "ACGS_TLS_CLIENT_CA") if ca is not None else None,
+        require_client_auth=ca is not None,
+    )
+
+
+def rate_limiter(settings: Settings) -> RateLimiter:
+    return RateLimiter(rates={role: Rate(per_s, burst)
+                              for role, per_s, burst in settings.rate_limits})
+
+
+async def build_callers(settings: Settings, *, conninfo: str | None) -> Callers:
+    """The CallerResolver for ``settings``; ``conninfo`` is the (migrated) database, or None
+    to open and migrate it here. Raises psycopg.Error when the token table cannot be read."""
+    limiter = rate_limiter(settings)
+    if settings.auth == "none":
+        logger.warning("ACGS_AUTH=none: every caller is anonymous and may call every method")
+        return Callers(CallerResolver(authenticator=AnonymousAuthenticator(), access=None,
+                                      limiter=limiter))
+    closers: list[Closer] = []
+    if conninfo is None:
+        conninfo, stop_database = await open_database(settings)
+        closers.append(stop_database)
+        await migrate(conninfo, constitutional_hash=settings.constitutional_hash)
+    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=2, open=False, name="acgs-tokens",
+                               timeout=5.0, check=AsyncConnectionPool.check_connection)
+    await pool.open()
+    closers.append(pool.close)
+    store = PgTokenStore(pool=pool)
+    authenticator = TokenAuthenticator(source=store, refresh_interval_s=settings.token_refresh_s)
+    await authenticator.load()
+    dev_file = await _dev_tokens(settings, store, authenticator)
+    return Callers(
+        CallerResolver(authenticator=authenticator, access=ACCESS, limiter=limiter),
+        dev_tokens_file=dev_file, starters=[authenticator.start],
+        closers=[*closers, authenticator.stop],
+    )
+
+
+async def _dev_tokens(settings: Settings, store: PgTokenStore,
+                      authenticator: TokenAuthenticator) -> Path | None:
+    if settings.environment != "development":
+        return None
+    path = settings.data_dir / "dev-tokens"
+    if await ensure_dev_tokens(path, store=store, known=authenticator.records,
+                               created_by=f"dev-bootstrap {settings.instance_id}"):
+        await authenticator.load()
+    return path
+
+
+async def ensure_dev_tokens(path: Path, *, store: PgTokenStore, created_by: str,
+                            known: Mapping[str, tokens.TokenRecord]) -> bool:
+    """Keep the tokens of ``path`` that are still valid, issue the missing ones; True if any
+    was issued (then ``path`` is rewritten, mode 0600). Raises OSError, psycopg.Error."""
+    current = dev_tokens.read(path)
+    kept: dict[str, str] = {}
+    for role in tokens.ROLES:
+        token = current.get(role, "")
+        record = known.get(tokens.parse(token) or "")
+        if record and record.role == role and not record.revoked and tokens.matches(token, record):
+            kept[role] = token
+            continue
+        issued = tokens.issue(role=role, name=f"development {role}", created_by=created_by)
+        await store.insert(issued.record)
+        kept[role] = issued.token
+    if kept == current:
+        return False
+    dev_tokens.write(path, kept)
+    logger.info("wrote development tokens to %s", path)
+    return True
+
+
+def dev_token_help(path: Path, grpc_addr: str, *, tls: bool = False) -> str:
+    """How to call a development server with the tokens of ``path`` (printed at start)."""
+    agent, auditor = dev_tokens.variable(tokens.AGENT), dev_tokens.variable(tokens.AUDITOR)
+    transport = "-cacert <your CA>.pem" if tls else "-plaintext"
+    return (
+        f"acgs: development tokens (one per role) are in {path}; to call this server:\n"
+        f"  source {path}\n"
+        f"  grpcurl {transport} -H \"authorization: Bearer ${agent}\" -d '{{...}}' "
+        f"{grpc_addr} acgs.v1.Governance/Decide\n"
+        f"  grpcurl {transport} -H \"authorization: Bearer ${auditor}\" "
+        f"{grpc_addr} acgs.v1.Audit/ListChains"
+    )
+
+
+def _read(path: Path, name: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ConfigurationError(f"{name}={path}: {err.strerror}") from err
+
+
+@asynccontextmanager
+async def token_store(settings: Settings) -> AsyncIterator[PgTokenStore]:
+    """The token table for the command line (``acgs token ...``), on ACGS_DATABASE_URL or the
+    embedded PostgreSQL; migrates first, so that the first token needs no running server.
+    Raises ConstitutionMismatch, ConfigurationError, psycopg.Error; closes all on exit."""
+    conninfo, stop_database = await open_database(settings)
+    try:
+        await migrate(conninfo, constitutional_hash=settings.constitutional_hash)
+        async with AsyncConnectionPool(conninfo, min_size=1, max_size=1, open=False) as pool:
+            yield PgTokenStore(pool=pool)
+    finally:
+        await stop_database()

@@ -1,0 +1,91 @@
+"""Bearer tokens: their format, how they are issued, and how a presented one is checked.
+
+A token reads ``acgs_<16 hex>.<secret>``: the part before the dot is its public
+id (what the audit trail names as the caller, what ``acgs token revoke`` takes),
+the rest is 256 random bits (``secrets.token_urlsafe(32)``). Only the SHA-256 of
+the whole token is stored; a fast hash is enough because the secret is random,
+not a password. The secret is compared in constant time (``hmac.compare_digest``).
+No I/O here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+AGENT = "agent"
+ADMIN = "admin"
+AUDITOR = "auditor"
+ROLES = (AGENT, ADMIN, AUDITOR)
+"""Every role a token may carry. What each may call is :mod:`acgs.entrypoints.access`."""
+
+_ID = re.compile(r"acgs_[0-9a-f]{16}")
+_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """One stored token, as the token table holds it (never the token itself)."""
+
+    id: str
+    name: str
+    role: str
+    secret_hash: str
+    created_by: str = ""
+    created_at: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A new token: ``token`` is shown once, ``record`` is what gets stored."""
+
+    token: str
+    record: TokenRecord
+
+
+def issue(*, role: str, name: str, created_by: str) -> IssuedToken:
+    """A new random token for ``role``; ValueError for an unknown role or an empty name."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    if not name.strip():
+        raise ValueError("a token needs a name (who or what it is for)")
+    token_id = f"acgs_{secrets.token_hex(8)}"
+    token = f"{token_id}.{secrets.token_urlsafe(32)}"
+    record = TokenRecord(id=token_id, name=name.strip(), role=role,
+                         secret_hash=hash_token(token), created_by=created_by)
+    return IssuedToken(token=token, record=record)
+
+
+def hash_token(token: str) -> str:
+    """What the table stores of ``token``: its SHA-256, hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def parse(token: str) -> str | None:
+    """The public id of a well-formed token, else None (then no lookup is worth doing)."""
+    token_id, dot, secret = token.partition(".")
+    if not dot or not _ID.fullmatch(token_id) or not _SECRET.fullmatch(secret):
+        return None
+    return token_id
+
+
+def matches(token: str, record: TokenRecord) -> bool:
+    """True when ``token`` is the one ``record`` was issued for (constant-time compare)."""
+    return hmac.compare_digest(hash_token(token), record.secret_hash)
+
+
+def bearer(header: str) -> str | None:
+    """The token of an ``authorization: Bearer <token>`` value, else None."""
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()

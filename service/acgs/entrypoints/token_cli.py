@@ -1,0 +1,113 @@
+"""``acgs token create|list|revoke``: the token table, straight in the database.
+
+These commands talk to PostgreSQL (``ACGS_DATABASE_URL``, else the embedded one
+under ``ACGS_DATA_DIR``), not to a server: the first token must be creatable
+before any token exists, and whoever can reach the database can read the
+audit trail and rewrite the table anyway. Servers pick changes up within about
+``ACGS_TOKEN_REFRESH_S`` (1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import socket
+import sys
+from typing import Any
+
+from acgs.config import Settings
+from acgs.domain import tokens
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} (acgs token create)"
+
+
+def _quiet() -> None:
+    """The embedded PostgreSQL narrates every start and stop at INFO; a token command need not."""
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+
+
+async def _create(settings: Settings, role: str, name: str) -> tokens.IssuedToken:
+    from acgs.bootstrap_auth import token_store
+
+    issued = tokens.issue(role=role, name=name, created_by=_who())
+    async with token_store(settings) as store:
+        await store.insert(issued.record)
+    return issued
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    """Print the new token on stdout (once: only its hash is kept), what it is on stderr."""
+    _quiet()
+    try:
+        issued = asyncio.run(_create(Settings.from_env(), args.role, args.name))
+    except ValueError as err:
+        print(f"acgs: error: {err}", file=sys.stderr)
+        return 2
+    r = issued.record
+    print(f"acgs: token {r.id} for {r.name!r}, role {r.role}; it is shown only this once",
+          file=sys.stderr)
+    print(issued.token)
+    return 0
+
+
+async def _list(settings: Settings) -> list[tokens.TokenRecord]:
+    from acgs.bootstrap_auth import token_store
+
+    async with token_store(settings) as store:
+        return list(await store.load())
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """One line per token (never the token itself): id, role, state, created, by, name."""
+    _quiet()
+    records = asyncio.run(_list(Settings.from_env()))
+    if not args.all:
+        records = [r for r in records if not r.revoked]
+    print(f"{'ID':22} {'ROLE':8} {'STATE':8} {'CREATED':20} {'NAME'}")
+    for r in records:
+        created = r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else "-"
+        state = "revoked" if r.revoked else "active"
+        print(f"{r.id:22} {r.role:8} {state:8} {created:20} {r.name} (by {r.created_by})")
+    return 0
+
+
+async def _revoke(settings: Settings, token_id: str) -> bool:
+    from acgs.bootstrap_auth import token_store
+
+    async with token_store(settings) as store:
+        return await store.revoke(token_id)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    """Revoke a token by id; exit 1 when no active token has that id."""
+    _quiet()
+    if not asyncio.run(_revoke(Settings.from_env(), args.id)):
+        print(f"acgs: no active token {args.id!r}", file=sys.stderr)
+        return 1
+    print(f"acgs: revoked {args.id}; servers refuse it within a few seconds")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add the ``token`` command group to the CLI's sub-parsers."""
+    group = sub.add_parser(
+        "token", help="bearer tokens of callers (in the database: ACGS_DATABASE_URL)"
+    ).add_subparsers(dest="token_command", required=True)
+    create = group.add_parser("create", help="create a token; print it once")
+    create.add_argument("--role", required=True, choices=tokens.ROLES)
+    create.add_argument("--name", required=True, help="who or what the token is for")
+    create.set_defaults(func=cmd_create)
+    listing = group.add_parser("list", help="list tokens (ids, roles, names; never secrets)")
+    listing.add_argument("--all", action="store_true", help="include revoked tokens")
+    listing.set_defaults(func=cmd_list)
+    revoke = group.add_parser("revoke", help="revoke a token by id (acgs_...)")
+    revoke.add_argument("id")
+    revoke.set_defaults(func=cmd_revoke)

@@ -1,0 +1,128 @@
+"""Bearer-token authentication against a cached copy of the token table.
+
+The table is loaded at start, then reloaded every ``refresh_interval_s``
+(about 1 s), so a revoked token stops working on every server within about
+that long. A well-formed token whose id is not in the copy (created a moment
+ago) waits for an early reload: at most one per ``reload_interval_s`` (0.1 s),
+shared by every such call that arrives meanwhile, so a flood of made-up ids
+costs the database ten small queries a second. When the database is
+unreachable the last copy stays in force (decisions must go on while
+PostgreSQL is down), and revocations made meanwhile apply once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from acgs.domain.model import Caller
+from acgs.domain.tokens import TokenRecord, bearer, matches, parse
+from acgs.errors import Unauthenticated
+
+logger = logging.getLogger("acgs.auth")
+
+MISSING = "missing bearer token (metadata 'authorization: Bearer <token>')"
+INVALID = "invalid bearer token"  # one message for malformed, unknown, revoked and wrong
+
+
+class TokenSource(Protocol):
+    """The token table (:class:`acgs.adapters.pg_tokens.PgTokenStore`)."""
+
+    async def load(self) -> Sequence[TokenRecord]: ...
+
+
+class TokenAuthenticator:
+    """Implements the Authenticator port. ``load`` (or ``start``) before the first call."""
+
+    def __init__(
+        self,
+        *,
+        source: TokenSource,
+        refresh_interval_s: float = 1.0,
+        reload_interval_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._refresh_s = refresh_interval_s
+        self._reload_s = reload_interval_s
+        self._clock = clock
+        self._table: dict[str, TokenRecord] = {}
+        self._loaded_at = float("-inf")
+        self._reload: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.reloads = 0
+
+    @property
+    def records(self) -> Mapping[str, TokenRecord]:
+        """The current copy of the table, by id."""
+        return self._table
+
+    async def load(self) -> None:
+        """Replace the copy with the table as it is now; raises what the source raises."""
+        self._loaded_at = self._clock()
+        records = await self._source.load()
+        self._table = {r.id: r for r in records}
+        self.reloads += 1
+
+    async def start(self) -> None:
+        """Load now (errors propagate), then keep reloading in the background."""
+        await self.load()
+        self._poller = asyncio.create_task(self._poll(), name="acgs-token-refresh")
+
+    async def stop(self) -> None:
+        for task in (self._poller, self._reload):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def authenticate(self, metadata: Mapping[str, str]) -> Caller:
+        """The caller a token names; Unauthenticated when missing, malformed, unknown or revoked."""
+        header = metadata.get("authorization")
+        if header is None:
+            raise Unauthenticated(MISSING)
+        token = bearer(header)
+        token_id = parse(token) if token is not None else None
+        if token is None or token_id is None:
+            raise Unauthenticated(INVALID)
+        record = self._table.get(token_id)
+        if record is None:
+            record = await self._reload_for(token_id)
+        if record is None or record.revoked or not matches(token, record):
+            raise Unauthenticated(INVALID)
+        return Caller(id=record.id, role=record.role)
+
+    async def _reload_for(self, token_id: str) -> TokenRecord | None:
+        if self._reload is None or self._reload.done():
+            self._reload = asyncio.create_task(self._early_load(), name="acgs-token-reload")
+        await asyncio.shield(self._reload)
+        return self._table.get(token_id)
+
+    async def _early_load(self) -> None:
+        """Load once ``reload_interval_s`` has passed since the last load (now, if it has)."""
+        wait_s = self._loaded_at + self._reload_s - self._clock()
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+        try:
+            await self.load()
+        except Exception as err:
+            logger.warning("token table not reloaded, keeping the last copy: %s", err)
+
+    async def _poll(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                await self.load()
+            except Exception as err:
+                if not failing:
+                    logger.warning("token table not reloaded, keeping the last copy: %s", err)
+                failing = True
+                continue
+            if failing:
+                logger.info("token table reloaded again")
+            failing = False
