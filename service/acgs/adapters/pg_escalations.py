@@ -1,0 +1,229 @@
+"""Escalations in PostgreSQL (migration 0003): the EscalationStore port.
+
+Rows are read as ``to_jsonb(row)`` and turned into domain objects by
+:func:`acgs.domain.escalation.from_row`, together with the database's
+``now()``: every expiry decision uses the database clock. Writes happen in
+:meth:`PgEscalationStore.transaction`, which first takes the advisory lock
+that orders event seqs (see the migration), so that seqs become visible in
+order and transactions never deadlock on one another. Every method raises
+:class:`~acgs.errors.Unavailable` when PostgreSQL cannot be reached.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from acgs.domain import escalation as esc
+from acgs.domain.escalation import Escalation, EscalationEvent, EscalationFilter, EscalationPage
+from acgs.errors import InvalidRequest, NotFound, Unavailable
+
+LOCK_KEY = 0x4AC6E5C1  # the advisory lock of the migration's functions
+
+PROJECTION = (
+    "SELECT acgs_open_escalation(request_json::jsonb -> 'escalation') FROM acgs_audit_stage "
+    "WHERE kind = 'escalation' AND request_json::jsonb #>> '{escalation,event}' = 'opened' "
+    "ORDER BY seq"
+)
+"""Run by the audit shipper in each batch's transaction: opens the journaled escalations."""
+
+_EFFECTIVE = ("(CASE WHEN state IN ('open', 'acknowledged') AND expires_at <= now() "
+              "THEN 'expired' ELSE state END)")
+_SELECT = "SELECT to_jsonb(e), now() FROM escalations e"
+_UPDATE = (
+    "UPDATE escalations SET state = %s, approvals = %s, acknowledged_by = %s, "
+    "acknowledged_at = %s, resolved_by = %s, resolved_at = %s, resolution_comment = %s, "
+    "approval_decision_id = %s, updated_at = now() WHERE id = %s"
+)
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as err:
+        raise Unavailable(f"escalation database unreachable: {err}") from err
+
+
+def _key(escalation_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(escalation_id)
+    except ValueError as err:
+        raise InvalidRequest(f"escalation_id {escalation_id!r} is not a UUID") from err
+
+
+def _event(row: tuple[Any, ...]) -> EscalationEvent:
+    seq, kind, actor, at, snapshot = row
+    escalation = replace(esc.from_row(snapshot), last_event_seq=seq)
+    return EscalationEvent(seq=seq, kind=kind, actor_id=actor, at=at, escalation=escalation)
+
+
+class PgTransaction:
+    """One write transaction (see :meth:`PgEscalationStore.transaction`)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def lock(self, escalation_id: str) -> tuple[Escalation, dt.datetime]:
+        """The escalation, locked until the end of the transaction, and the database's now.
+
+        Raises InvalidRequest (not a UUID) or NotFound."""
+        cur = await self._conn.execute(_SELECT + " WHERE id = %s FOR UPDATE",
+                                       (_key(escalation_id),))
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no escalation {escalation_id}")
+        return esc.from_row(row[0]), row[1]
+
+    async def due(self, *, limit: int) -> tuple[list[Escalation], dt.datetime]:
+        """Up to ``limit`` pending escalations past their expiry, locked (others skip them)."""
+        cur = await self._conn.execute(
+            _SELECT + " WHERE state IN ('open', 'acknowledged') AND expires_at <= now() "
+            "ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED", (limit,))
+        rows = await cur.fetchall()
+        now = rows[0][1] if rows else dt.datetime.now(dt.UTC)
+        return [esc.from_row(r[0]) for r in rows], now
+
+    async def request_json(self, decision_id: str) -> str | None:
+        """The audited request of ``decision_id`` (shipped with the escalation), if any."""
+        cur = await self._conn.execute(
+            "SELECT request_json FROM audit_decisions WHERE decision_id = %s AND kind = 'decide' "
+            "LIMIT 1", (uuid.UUID(decision_id),))
+        row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def save(self, e: Escalation, *, event: str, actor: str) -> Escalation:
+        """Write ``e``'s changeable fields and record ``event``; ``e`` with its event seq."""
+        await self._conn.execute(_UPDATE, (
+            e.state.value, json.dumps(esc.approvals_json(e)), e.acknowledged_by or None,
+            e.acknowledged_at, e.resolved_by or None, e.resolved_at, e.resolution_comment,
+            uuid.UUID(e.approval_decision_id) if e.approval_decision_id else None,
+            uuid.UUID(e.id)))
+        cur = await self._conn.execute("SELECT acgs_escalation_event(%s, %s, %s)",
+                                       (uuid.UUID(e.id), event, actor))
+        row = await cur.fetchone()
+        assert row is not None
+        return replace(e, last_event_seq=int(row[0]))
+
+
+class PgEscalationStore:
+    """The escalations of one database, over an open ``AsyncConnectionPool`` (autocommit)."""
+
+    def __init__(self, *, pool: AsyncConnectionPool[Any], max_page: int = 1000) -> None:
+        self._pool = pool
+        self._max_page = max_page
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PgTransaction]:
+        """A transaction holding the escalation lock; committed when the block ends normally."""
+        with _reachable():
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+                yield PgTransaction(conn)
+
+    async def get(self, escalation_id: str) -> tuple[Escalation, dt.datetime]:
+        """One escalation and the database's now; InvalidRequest or NotFound."""
+        rows = await self._fetch(_SELECT + " WHERE id = %s", (_key(escalation_id),))
+        if not rows:
+            raise NotFound(f"no escalation {escalation_id}")
+        return esc.from_row(rows[0][0]), rows[0][1]
+
+    async def list_page(self, where: EscalationFilter, *, page_size: int,
+                   cursor: str = "") -> tuple[EscalationPage, dt.datetime]:
+        """A page in (created_at, id) order after ``cursor``; InvalidRequest for bad input."""
+        if not 1 <= page_size <= self._max_page:
+            raise InvalidRequest(f"page_size must be between 1 and {self._max_page}")
+        conds, params = _conditions(where)
+        if cursor:
+            conds.append(sql.SQL("(created_at, id) > (%s, %s)"))
+            params.extend(_decode(cursor))
+        query: sql.Composable = sql.SQL(_SELECT)
+        if conds:
+            query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds)
+        query += sql.SQL(" ORDER BY created_at, id LIMIT %s")
+        rows = await self._fetch(query, (*params, page_size))
+        found = [esc.from_row(r[0]) for r in rows]
+        now = rows[0][1] if rows else dt.datetime.now(dt.UTC)
+        more = len(found) == page_size
+        return EscalationPage(found, _encode(found[-1]) if more else ""), now
+
+    async def events_after(self, seq: int, *, limit: int) -> list[EscalationEvent]:
+        """Events with a seq above ``seq``, in seq order."""
+        rows = await self._fetch("SELECT seq, kind, actor_id, at, snapshot FROM escalation_events "
+                                 "WHERE seq > %s ORDER BY seq LIMIT %s", (seq, limit))
+        return [_event(r) for r in rows]
+
+    async def last_seq(self) -> int:
+        rows = await self._fetch("SELECT coalesce(max(seq), 0) FROM escalation_events", ())
+        return int(rows[0][0])
+
+    async def any_due(self) -> bool:
+        rows = await self._fetch("SELECT EXISTS (SELECT 1 FROM escalations WHERE state IN "
+                                 "('open', 'acknowledged') AND expires_at <= now())", ())
+        return bool(rows[0][0])
+
+    async def open_counts(self) -> dict[tuple[str, str], int]:
+        """Pending, unexpired escalations by (reason, severity)."""
+        rows = await self._fetch("SELECT reason, severity, count(*) FROM escalations WHERE state "
+                                 "IN ('open', 'acknowledged') AND expires_at > now() "
+                                 "GROUP BY reason, severity", ())
+        return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
+
+    async def insert(self, e: Escalation) -> None:
+        """Open ``e`` directly (for an incident the journal refused); a no-op if it exists."""
+        with _reachable():
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute("SELECT acgs_open_escalation(%s::jsonb)",
+                                   (json.dumps(e.spec()),))
+
+    async def _fetch(self, query: Any, params: Any) -> list[tuple[Any, ...]]:
+        with _reachable():
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(query, params)
+                rows: list[tuple[Any, ...]] = await cur.fetchall()
+                return rows
+
+
+def _conditions(where: EscalationFilter) -> tuple[list[sql.Composable], list[Any]]:
+    conds: list[sql.Composable] = []
+    params: list[Any] = []
+    if where.state is not None:
+        conds.append(sql.SQL(_EFFECTIVE + " = %s"))
+        params.append(where.state.value)
+    for column, value in (("reason", where.reason), ("tenant_id", where.tenant_id)):
+        if value:
+            conds.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+            params.append(value)
+    if where.since is not None:
+        conds.append(sql.SQL("created_at >= %s"))
+        params.append(where.since)
+    if where.until is not None:
+        conds.append(sql.SQL("created_at < %s"))
+        params.append(where.until)
+    if where.since and where.until and where.since >= where.until:
+        raise InvalidRequest("since must be before until")
+    return conds, params
+
+
+def _encode(e: Escalation) -> str:
+    raw = json.dumps([e.created_at.isoformat(), e.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def _decode(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        created, key = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        return dt.datetime.fromisoformat(created), uuid.UUID(key)
+    except (ValueError, TypeError, binascii.Error) as err:
+        raise InvalidRequest("page_token is not a valid cursor") from err

@@ -1,0 +1,177 @@
+"""Opening escalations: the :class:`~acgs.service_layer.ports.Escalator` of the DecisionService.
+
+Why through the journal. A decision that needs a human must carry its
+escalation id, and that escalation must survive anything the decision
+survives, including PostgreSQL being down and the server being killed right
+after answering. So the escalation is opened *in-process*: its id is a new
+UUID, its fields are computed here, and its opening is one more audit record
+("escalation", event "opened") appended in the same group-committed, fsynced
+journal write as the decision itself. Decide adds no database round trip.
+The shipper that copies the journal to PostgreSQL creates the escalation row
+in the same transaction as the audit rows (:data:`acgs.adapters.pg_escalations.PROJECTION`),
+exactly once; a journal left by a dead server is shipped, and its escalations
+opened, by the next server on the host.
+
+Incidents (a request naming another constitution, the audit trail refusing
+decisions) answer no durable decision. They are opened once per key at a
+time (``incident_window_s``), in the journal past its backlog bound (a full
+journal is what they report), else directly in PostgreSQL, else kept in an
+outbox retried by the sweeper. The condition that raised them is detected
+again after a restart, so an incident the outbox lost to a crash is raised anew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from acgs.domain import canonical
+from acgs.domain import escalation as esc
+from acgs.domain.escalation import Escalation, State
+from acgs.domain.model import Caller, Decision, Effect, Violation, new_decision_id
+from acgs.errors import AuditUnavailable, Unavailable
+from acgs.service_layer.escalation_ports import (
+    EscalationStore,
+    EscalationTelemetry,
+    ReservingSink,
+)
+from acgs.service_layer.ports import AuditEntry
+
+logger = logging.getLogger("acgs.escalations")
+
+# Incidents that no caller learns the id of are deduplicated across servers too.
+_FLEET_DEDUP = frozenset({esc.CONSTITUTION_MISMATCH})
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def escalation_entry(e: Escalation, *, event: str, caller: Caller, constitutional_hash: str,
+                     comment: str = "", decided_at_ns: int | None = None) -> AuditEntry:
+    """The audit record of ``event`` of ``e`` (kind "escalation"), by ``caller``.
+
+    Its request names the escalation's tenant and principal; an "opened" record
+    carries the whole opening (what the shipper's projection reads).
+    """
+    detail: dict[str, Any] = {"event": event, "id": e.id, "state": e.state.value,
+                              "reason": e.reason, "decision_id": e.decision_id}
+    if event == esc.OPENED:
+        detail = {**detail, **e.spec()}
+    elif comment:
+        detail["comment"] = comment
+    decision = Decision(
+        decision_id=new_decision_id(), request_id=e.request_id, effect=esc.outcome_effect(e),
+        violations=e.violations, policy_revision=e.policy_revision,
+        constitutional_hash=constitutional_hash, cached=False, latency_us=0,
+        decided_at_ns=decided_at_ns or time.time_ns(), escalation_id=e.id)
+    subject = {"tenant_id": e.tenant_id, "principal": {"id": e.principal_id}}
+    request_json = canonical.dumps({"escalation": detail, "input": subject})
+    return AuditEntry("escalation", decision, caller, request_json)
+
+
+class JournalEscalator:
+    """Opens escalations through the audit journal (see the module docstring).
+
+    ``ttl_s``: lifetime of an escalation (``ACGS_ESCALATION_TTL_S``);
+    ``required_approvals``: approvals needed when the policy names none;
+    ``direct_timeout_s``: budget of the direct insert of an incident.
+    """
+
+    def __init__(self, *, journal: ReservingSink, store: EscalationStore,
+                 telemetry: EscalationTelemetry, instance_id: str, constitutional_hash: str,
+                 ttl_s: float = 3600.0, required_approvals: int = 1,
+                 incident_window_s: float = 300.0, direct_timeout_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._journal = journal
+        self._store = store
+        self._telemetry = telemetry
+        self._instance = instance_id
+        self._hash = constitutional_hash
+        self._ttl = dt.timedelta(seconds=ttl_s)
+        self._approvals = max(1, min(100, required_approvals))
+        self._window_s = min(incident_window_s, ttl_s)
+        self._direct_timeout_s = direct_timeout_s
+        self._clock = clock
+        self._incidents: dict[str, tuple[str, float, asyncio.Future[None]]] = {}
+        self.outbox: list[Escalation] = []
+
+    def opening(self, decision: Decision, *, reason: str, caller: Caller,
+                policy_input: Mapping[str, Any]) -> AuditEntry:
+        """The record opening an escalation of ``decision`` (no I/O)."""
+        e = self._new(reason=reason, caller=caller, violations=decision.violations,
+                      policy_input=policy_input, decision=decision)
+        return escalation_entry(e, event=esc.OPENED, caller=caller,
+                                constitutional_hash=self._hash,
+                                decided_at_ns=decision.decided_at_ns)
+
+    def opened(self, entries: Sequence[AuditEntry]) -> None:
+        """Count escalations whose opening records are durable."""
+        for entry in entries:
+            reason = json.loads(entry.request_json)["escalation"]["reason"]
+            self._telemetry.escalation_created(reason=str(reason))
+
+    async def incident(self, *, reason: str, key: str, caller: Caller, violation: Violation,
+                       policy_input: Mapping[str, Any] | None = None) -> str:
+        """The id of the pending incident under ``key``, opening one if there is none."""
+        now = self._clock()
+        held = self._incidents.get(key)
+        if held is None or held[1] <= now:
+            e = self._new(reason=reason, caller=caller, violations=(violation,),
+                          policy_input=policy_input,
+                          dedup_key=key if reason in _FLEET_DEDUP else "")
+            future = asyncio.ensure_future(self._make_durable(e))
+            held = (e.id, now + self._window_s, future)
+            self._incidents = {k: v for k, v in self._incidents.items() if v[1] > now}
+            self._incidents[key] = held
+            self._telemetry.escalation_created(reason=reason)
+        await asyncio.shield(held[2])
+        return held[0]
+
+    async def retry_outbox(self) -> None:
+        """Try again to open the incidents that neither the journal nor the database took."""
+        waiting, self.outbox = self.outbox, []
+        for e in waiting:
+            await self._make_durable(e)
+
+    def _new(self, *, reason: str, caller: Caller, violations: Sequence[Violation],
+             policy_input: Mapping[str, Any] | None, decision: Decision | None = None,
+             dedup_key: str = "") -> Escalation:
+        principal_id, tenant_id = esc.subject_of(policy_input)
+        ns = decision.decided_at_ns if decision is not None else time.time_ns()
+        created = _EPOCH + dt.timedelta(microseconds=ns // 1000)
+        required = decision.required_approvals if decision is not None else 0
+        return Escalation(
+            id=str(uuid.uuid4()), decision_id=decision.decision_id if decision else "",
+            reason=reason, severity=esc.severity_of(violations),
+            message="; ".join(v.message for v in violations)[:2000], state=State.OPEN,
+            requester_id=caller.id, requester_role=caller.role, principal_id=principal_id,
+            tenant_id=tenant_id, request_id=decision.request_id if decision else "",
+            effect=decision.effect if decision else Effect.DENY, violations=tuple(violations),
+            policy_revision=decision.policy_revision if decision else "",
+            instance_id=self._instance, constitutional_hash=self._hash,
+            required_approvals=required or self._approvals, created_at=created,
+            expires_at=created + self._ttl, dedup_key=dedup_key)
+
+    async def _make_durable(self, e: Escalation) -> None:
+        """Journal ``e`` (past the bound), else insert it directly, else keep it in the outbox."""
+        caller = Caller(id=e.requester_id, role=e.requester_role)
+        entry = escalation_entry(e, event=esc.OPENED, caller=caller,
+                                 constitutional_hash=self._hash)
+        try:
+            await self._journal.append([entry], reserve=True)
+            return
+        except AuditUnavailable as err:
+            logger.error("journal refused incident escalation %s (%s): %s", e.id, e.reason, err)
+        try:
+            await asyncio.wait_for(self._store.insert(e), self._direct_timeout_s)
+        except (Unavailable, TimeoutError) as err:
+            logger.error("incident escalation %s kept in memory until the database answers: %s",
+                         e.id, err)
+            self.outbox.append(e)
+        except Exception:  # never fail the call that reports the incident
+            logger.exception("incident escalation %s could not be opened; retrying", e.id)
+            self.outbox.append(e)
