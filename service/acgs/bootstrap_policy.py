@@ -1,0 +1,175 @@
+"""The policy lifecycle's part of the composition root (called by :mod:`acgs.bootstrap`).
+
+Policy versions live in the audit trail's database, so the lifecycle exists
+only with the audit trail. At start, before the server reports SERVING: a
+database without a desired revision gets the policy of ``ACGS_POLICY_DIR``
+(already active in the engine) stored and made desired; then the server
+catches up with the desired revision (a server that was down during an
+activation serves the new version from its first answer). Then the
+reconciler runs (see :mod:`acgs.service_layer.policy_sync`). On stop the
+server leaves the fleet as soon as it stops serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from acgs.adapters.pg_notify import PgBell
+from acgs.adapters.pg_policies import CHANNEL, PgPolicyStore
+from acgs.adapters.policy_checker import SubprocessPolicyChecker
+from acgs.adapters.policy_signatures import Ed25519Verifier
+from acgs.adapters.rego_source import PolicyBundle, bundle_from_parts
+from acgs.adapters.regopy_engine import RegopyEngine
+from acgs.bootstrap_audit import AuditTrail
+from acgs.config import Settings
+from acgs.domain.policy_version import (
+    SIGNATURE_FILE,
+    CheckedPolicy,
+    PolicyVersion,
+    content_digest,
+)
+from acgs.entrypoints.callers import CallerResolver
+from acgs.entrypoints.policy_admin_servicer import PolicyAdminServicer
+from acgs.errors import PolicyError
+from acgs.service_layer.policy_admin import PolicyAdminService
+from acgs.service_layer.policy_replay import PolicyReplayer
+from acgs.service_layer.policy_sync import PolicySync
+from acgs.v1 import policy_admin_pb2
+
+logger = logging.getLogger("acgs.bootstrap")
+
+Closer = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class PolicyLifecycle:
+    """The wired lifecycle: the PolicyAdmin use cases, this server's reconciler, its hooks."""
+
+    service: PolicyAdminService
+    sync: PolicySync
+    store: PgPolicyStore
+    replayer: PolicyReplayer
+    starters: list[Closer] = field(default_factory=list)
+    stoppers: list[Closer] = field(default_factory=list)
+    closers: list[Closer] = field(default_factory=list)
+
+    def services(self, callers: CallerResolver) -> list[tuple[Any, object]]:
+        """acgs.v1.PolicyAdmin for the gRPC server."""
+        servicer = PolicyAdminServicer(service=self.service, callers=callers,
+                                       replayer=self.replayer)
+        return [(policy_admin_pb2.DESCRIPTOR.services_by_name["PolicyAdmin"], servicer)]
+
+
+def stored_bundle(version: PolicyVersion, *, constitutional_hash: str) -> PolicyBundle:
+    """The checked bundle of a stored version (compiles: call off the event loop).
+
+    Raises PolicyError (also when the content no longer matches its revision),
+    UnsupportedBuiltin or ConstitutionMismatch.
+    """
+    try:
+        manifest = json.loads(version.manifest_json)
+    except ValueError as err:
+        raise PolicyError(f"stored version {version.revision}: bad manifest: {err}") from err
+    bundle = bundle_from_parts(modules=dict(version.modules), data_json=version.data_json,
+                               manifest=manifest, constitutional_hash=constitutional_hash)
+    if bundle.revision != version.revision:
+        raise PolicyError(f"stored version {version.revision} has content of {bundle.revision}")
+    return bundle
+
+
+async def build_policy_lifecycle(
+    settings: Settings, *, trail: AuditTrail, engine: RegopyEngine,
+    address: Callable[[], str], serving: Callable[[], bool],
+    on_fresh: Callable[[bool], Awaitable[None]],
+) -> PolicyLifecycle:
+    """Wire the lifecycle on the audit trail's database; see the module docstring.
+
+    Raises ConfigurationError for unreadable trusted keys.
+    """
+    verifier = (Ed25519Verifier.from_files(settings.policy_trusted_keys)
+                if settings.policy_trusted_keys else None)
+    pool = AsyncConnectionPool(trail.conninfo, min_size=1, max_size=3, open=False,
+                               name="acgs-policy", timeout=5.0,
+                               check=AsyncConnectionPool.check_connection,
+                               kwargs={"autocommit": True})
+    await pool.open()
+    store = PgPolicyStore(pool=pool)
+    bell = PgBell(conninfo=trail.conninfo, channel=CHANNEL)
+
+    async def activate(version: PolicyVersion) -> None:
+        if verifier is not None:
+            verifier.verify(digest=content_digest(version.modules, version.data_json,
+                                                  version.manifest_json),
+                            signature=version.signature)
+        bundle = await asyncio.to_thread(stored_bundle, version,
+                                         constitutional_hash=settings.constitutional_hash)
+        await engine.activate(bundle)
+
+    sync = PolicySync(store=store, instance_id=settings.instance_id, activate=activate,
+                      active_revision=lambda: engine.policy.revision, address=address,
+                      serving=serving, on_fresh=on_fresh, bell=bell,
+                      interval_s=settings.policy_sync_s, max_lag_s=settings.policy_max_lag_s)
+    service = PolicyAdminService(
+        checker=SubprocessPolicyChecker(constitutional_hash=settings.constitutional_hash),
+        store=store, verifier=verifier, live_within_s=settings.policy_live_s)
+
+    async def candidate(version: PolicyVersion) -> RegopyEngine:
+        bundle = await asyncio.to_thread(stored_bundle, version,
+                                         constitutional_hash=settings.constitutional_hash)
+        private = RegopyEngine(workers=1, constitutional_hash=settings.constitutional_hash)
+        try:
+            await private.activate(bundle)
+        except BaseException:
+            private.close()
+            raise
+        return private
+
+    replayer = PolicyReplayer(records=trail.queries.export, store=store, engine_for=candidate)
+
+    async def seed() -> None:
+        await seed_fleet(settings, store=store, bundle=engine.bundle, verifier=verifier)
+
+    return PolicyLifecycle(service=service, sync=sync, store=store, replayer=replayer,
+                           starters=[seed, bell.start, sync.catch_up, sync.start],
+                           stoppers=[sync.stop], closers=[pool.close, bell.close])
+
+
+async def seed_fleet(settings: Settings, *, store: PgPolicyStore, bundle: PolicyBundle,
+                     verifier: Ed25519Verifier | None) -> None:
+    """First start of a fleet: store ``bundle`` (ACGS_POLICY_DIR) and make it desired.
+
+    Nothing changes when a desired revision exists. Raises BadSignature when
+    trusted keys are configured and the directory's ``policy.sig`` is missing
+    or wrong.
+    """
+    await store.forget_instances(older_than=dt.timedelta(hours=1))  # long-dead servers
+    state = await store.state()
+    if state is not None:
+        if state.desired_revision != bundle.revision:
+            logger.warning("%s (revision %s) is not the fleet's policy: serving the desired "
+                           "revision %s; `acgs policy push` and `activate` it to change that",
+                           settings.policy_dir, bundle.revision, state.desired_revision)
+        return
+    digest = content_digest(bundle.modules, bundle.data_json, bundle.manifest_json)
+    sig_path = settings.policy_dir / SIGNATURE_FILE
+    signature = sig_path.read_text("ascii").strip() if sig_path.exists() else ""
+    if verifier is not None:
+        verifier.verify(digest=digest, signature=signature)
+    checked = CheckedPolicy(revision=bundle.revision, digest=digest, name=bundle.name,
+                            version=bundle.version, modules=bundle.modules,
+                            data_json=bundle.data_json, manifest_json=bundle.manifest_json,
+                            tests_passed=0)
+    await store.insert_version(checked, signature=signature,
+                               created_by=f"bootstrap {settings.instance_id}")
+    state = await store.set_desired(bundle.revision, activated_by=settings.instance_id,
+                                    only_if_unset=True)
+    logger.info("fleet policy: %s desired (generation %d)", state.desired_revision,
+                state.generation)

@@ -1,0 +1,166 @@
+"""acgs.v1.PolicyAdmin: translate protobuf ↔ domain and call the policy lifecycle.
+
+Errors are mapped to status codes by :mod:`acgs.entrypoints.status`:
+PolicyError (syntax with file:line, failing tests, unsupported built-in) and
+InvalidRequest → INVALID_ARGUMENT; ConstitutionMismatch and BadSignature →
+FAILED_PRECONDITION, as is a rollback with nothing to roll back to;
+NotFound → NOT_FOUND; Unavailable (database) → UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from google.protobuf import timestamp_pb2
+
+from acgs.domain.policy_version import ActivationOutcome, InstanceInfo, PolicyVersion
+from acgs.entrypoints.callers import CallerResolver
+from acgs.entrypoints.status import Context
+from acgs.errors import InvalidRequest
+from acgs.service_layer.policy_admin import PolicyAdminService
+from acgs.service_layer.policy_replay import ReplayReport
+from acgs.v1 import policy_admin_pb2 as pb
+
+_SERVICE = "acgs.v1.PolicyAdmin/"
+_DEFAULT_WAIT_S, _MAX_WAIT_S = 10.0, 30.0
+_DEFAULT_REPLAY_LIMIT = 10_000
+
+
+class Replayer(Protocol):
+    """Re-evaluates recorded decisions under a candidate version (PolicyReplayer)."""
+
+    def replay(self, *, revision: str, since_us: int | None, until_us: int | None, limit: int,
+               examples: int, sample: float = ...) -> AsyncIterator[ReplayReport]: ...
+
+
+class PolicyAdminServicer:
+    """Every PolicyAdmin method; the caller (an admin) is recorded as creator / activator."""
+
+    def __init__(self, *, service: PolicyAdminService, callers: CallerResolver,
+                 replayer: Replayer | None = None) -> None:
+        self._service = service
+        self._callers = callers
+        self._replayer = replayer
+
+    async def CreatePolicyVersion(self, request: pb.CreatePolicyVersionRequest,
+                                  context: Context) -> pb.PolicyVersion:
+        caller = await self._callers.resolve(context, _SERVICE + "CreatePolicyVersion")
+        version, passed = await self._service.create(
+            modules=dict(request.modules), data_json=request.data_json,
+            manifest_json=request.manifest_json, signature=request.signature,
+            created_by=caller.id)
+        out = version_to_proto(version)
+        out.tests_passed = passed
+        return out
+
+    async def ValidatePolicy(self, request: pb.CreatePolicyVersionRequest,
+                             context: Context) -> pb.ValidatePolicyResponse:
+        await self._callers.resolve(context, _SERVICE + "ValidatePolicy")
+        checked = await self._service.validate(
+            modules=dict(request.modules), data_json=request.data_json,
+            manifest_json=request.manifest_json, signature=request.signature)
+        return pb.ValidatePolicyResponse(revision=checked.revision,
+                                         tests_passed=checked.tests_passed)
+
+    async def ListPolicyVersions(self, request: pb.ListPolicyVersionsRequest,
+                                 context: Context) -> pb.ListPolicyVersionsResponse:
+        await self._callers.resolve(context, _SERVICE + "ListPolicyVersions")
+        state = await self._service.state()
+        desired = state.desired_revision if state else ""
+        versions = [version_to_proto(v, desired=desired)
+                    for v in await self._service.list_versions()]
+        return pb.ListPolicyVersionsResponse(versions=versions)
+
+    async def GetPolicyVersion(self, request: pb.GetPolicyVersionRequest,
+                               context: Context) -> pb.PolicyVersion:
+        await self._callers.resolve(context, _SERVICE + "GetPolicyVersion")
+        version = await self._service.get_version(request.revision)
+        state = await self._service.state()
+        return version_to_proto(version, desired=state.desired_revision if state else "")
+
+    async def ActivatePolicyVersion(self, request: pb.ActivatePolicyVersionRequest,
+                                    context: Context) -> pb.ActivationResult:
+        caller = await self._callers.resolve(context, _SERVICE + "ActivatePolicyVersion")
+        outcome = await self._service.activate(
+            request.revision, activated_by=caller.id, wait_s=_wait_s(request.timeout_ms, context))
+        return outcome_to_proto(outcome)
+
+    async def RollbackPolicy(self, request: pb.RollbackPolicyRequest,
+                             context: Context) -> pb.ActivationResult:
+        caller = await self._callers.resolve(context, _SERVICE + "RollbackPolicy")
+        outcome = await self._service.rollback(
+            activated_by=caller.id, wait_s=_wait_s(request.timeout_ms, context))
+        return outcome_to_proto(outcome)
+
+    async def ListInstances(self, request: pb.ListInstancesRequest,
+                            context: Context) -> pb.ListInstancesResponse:
+        await self._callers.resolve(context, _SERVICE + "ListInstances")
+        state = await self._service.state()
+        instances = [instance_to_proto(i) for i in await self._service.instances()]
+        return pb.ListInstancesResponse(
+            desired_revision=state.desired_revision if state else "",
+            generation=state.generation if state else 0, instances=instances)
+
+    async def ReplayDecisions(self, request: pb.ReplayDecisionsRequest,
+                              context: Context) -> AsyncIterator[pb.ReplayProgress]:
+        await self._callers.resolve(context, _SERVICE + "ReplayDecisions")
+        if not request.revision:
+            raise InvalidRequest("revision (the candidate version) is required")
+        if self._replayer is None:
+            raise InvalidRequest("replay needs the audit trail (ACGS_AUDIT_ENABLED)")
+        if not 0.0 <= request.sample <= 1.0:
+            raise InvalidRequest("sample is a fraction between 0 and 1 (0: every decision)")
+        reports = self._replayer.replay(
+            revision=request.revision,
+            since_us=request.since.ToMicroseconds() if request.HasField("since") else None,
+            until_us=request.until.ToMicroseconds() if request.HasField("until") else None,
+            limit=request.limit or _DEFAULT_REPLAY_LIMIT, examples=request.examples or 3,
+            sample=request.sample or 1.0)
+        async for report in reports:
+            yield report_to_proto(report)
+
+
+def _wait_s(timeout_ms: int, context: Context) -> float:
+    if timeout_ms:
+        return min(timeout_ms / 1000, _MAX_WAIT_S)
+    remaining = context.time_remaining()
+    if remaining is None:
+        return _DEFAULT_WAIT_S
+    return max(0.0, min(remaining - 0.5, _MAX_WAIT_S))
+
+
+def _timestamp(at: dt.datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(at)
+    return ts
+
+
+def version_to_proto(v: PolicyVersion, *, desired: str = "") -> pb.PolicyVersion:
+    return pb.PolicyVersion(
+        revision=v.revision, name=v.name, version=v.version, created_by=v.created_by,
+        created_at=_timestamp(v.created_at), signed=bool(v.signature), modules=dict(v.modules),
+        data_json=v.data_json if v.modules else "", manifest_json=v.manifest_json if v.modules
+        else "", desired=v.revision == desired)
+
+
+def outcome_to_proto(o: ActivationOutcome) -> pb.ActivationResult:
+    return pb.ActivationResult(revision=o.revision, generation=o.generation,
+                               complete=o.complete, acknowledged=o.acknowledged,
+                               pending=o.pending, previous_revision=o.previous_revision)
+
+
+def report_to_proto(r: ReplayReport) -> pb.ReplayProgress:
+    groups = [pb.ReplayGroup(change=change, count=count, examples=[
+        pb.ReplayExample(decision_id=e.decision_id, request_id=e.request_id,
+                         recorded_effect=e.recorded, replayed_effect=e.replayed)
+        for e in r.examples.get(change, [])]) for change, count in sorted(r.counts.items())]
+    return pb.ReplayProgress(replayed=r.replayed, changed=r.changed, skipped=r.skipped,
+                             done=r.done, groups=groups if r.done else [])
+
+
+def instance_to_proto(i: InstanceInfo) -> pb.Instance:
+    return pb.Instance(instance_id=i.instance_id, address=i.address,
+                       active_revision=i.active_revision, serving=i.serving,
+                       last_heartbeat=_timestamp(i.last_heartbeat), live=i.live)

@@ -1,0 +1,173 @@
+"""``acgs policy push|activate|rollback|list|instances|sign``: policy versions over gRPC.
+
+Every command but ``sign`` calls acgs.v1.PolicyAdmin on any server of the fleet
+(``--addr``), with ``--token``, else ``$ACGS_TOKEN``, else the admin token of
+``$ACGS_DATA_DIR/dev-tokens``. ``sign`` works offline, with a private key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from acgs import CONSTITUTIONAL_HASH
+from acgs.domain.policy_version import SIGNATURE_FILE
+from acgs.entrypoints import admin_cli
+from acgs.errors import PolicyError
+from acgs.v1 import policy_admin_pb2 as pb
+from acgs.v1 import policy_admin_pb2_grpc as pb_grpc
+
+
+def read_policy_dir(directory: Path) -> pb.CreatePolicyVersionRequest:
+    """The upload of ``directory``: ``*.rego`` (not hidden), data.json, manifest.json and the
+    signature in ``policy.sig`` when present. Raises PolicyError when unreadable."""
+    try:
+        modules = {f.relative_to(directory).as_posix(): f.read_text("utf-8")
+                   for f in sorted(directory.rglob("*.rego"))
+                   if not any(p.startswith(".") for p in f.relative_to(directory).parts)}
+        data = directory / "data.json"
+        sig = directory / SIGNATURE_FILE
+        return pb.CreatePolicyVersionRequest(
+            modules=modules, manifest_json=(directory / "manifest.json").read_text("utf-8"),
+            data_json=data.read_text("utf-8") if data.exists() else "{}",
+            signature=sig.read_text("ascii").strip() if sig.exists() else "")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PolicyError(f"cannot read policy directory {directory}: {err}") from err
+
+
+def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    md = [("x-constitutional-hash", CONSTITUTIONAL_HASH)]
+    bearer = admin_cli.token(args, role="admin")
+    if bearer:
+        md.append(("authorization", f"Bearer {bearer}"))
+    return tuple(md)
+
+
+def _call(args: argparse.Namespace, method: str, request: Any, *, timeout: float = 60.0) -> Any:
+    with admin_cli.channel(args) as ch:
+        return getattr(pb_grpc.PolicyAdminStub(ch), method)(
+            request, metadata=_metadata(args), timeout=timeout)
+
+
+def _fail(err: grpc.RpcError) -> int:
+    print(f"acgs: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+    return 1
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Upload DIR as a version (checked, tests run); print its revision."""
+    request = read_policy_dir(Path(args.dir))
+    try:
+        if args.dry_run:
+            checked = _call(args, "ValidatePolicy", request)
+            print(f"{checked.revision} valid ({checked.tests_passed} Rego tests passed)")
+            return 0
+        version = _call(args, "CreatePolicyVersion", request)
+    except grpc.RpcError as err:
+        return _fail(err)
+    print(version.revision)
+    print(f"acgs: stored {version.name} {version.version} as {version.revision} "
+          f"({version.tests_passed} Rego tests passed); activate with "
+          f"`acgs policy activate {version.revision}`", file=sys.stderr)
+    return 0
+
+
+def _report(result: pb.ActivationResult) -> int:
+    print(f"{result.revision} desired (generation {result.generation}, previous "
+          f"{result.previous_revision or '-'}); acknowledged by {len(result.acknowledged)}: "
+          f"{', '.join(result.acknowledged) or '-'}")
+    if not result.complete:
+        print(f"acgs: not yet serving it: {', '.join(result.pending)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    """Make REV the fleet's policy; exit 1 if a live server did not acknowledge in time."""
+    request = pb.ActivatePolicyVersionRequest(revision=args.revision,
+                                              timeout_ms=int(args.wait * 1000))
+    try:
+        return _report(_call(args, "ActivatePolicyVersion", request, timeout=args.wait + 5))
+    except grpc.RpcError as err:
+        return _fail(err)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Activate the revision that was desired before the current one."""
+    request = pb.RollbackPolicyRequest(timeout_ms=int(args.wait * 1000))
+    try:
+        return _report(_call(args, "RollbackPolicy", request, timeout=args.wait + 5))
+    except grpc.RpcError as err:
+        return _fail(err)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Every stored version, newest first; ``*`` marks the fleet's desired one."""
+    try:
+        versions = _call(args, "ListPolicyVersions", pb.ListPolicyVersionsRequest()).versions
+    except grpc.RpcError as err:
+        return _fail(err)
+    for v in versions:
+        when = v.created_at.ToDatetime().isoformat(timespec="seconds")
+        print(f"{'*' if v.desired else ' '} {v.revision}  {v.name} {v.version}  {when}Z  "
+              f"{'signed' if v.signed else 'unsigned'}  by {v.created_by}")
+    return 0
+
+
+def cmd_instances(args: argparse.Namespace) -> int:
+    """The servers of the fleet and the revision each serves."""
+    try:
+        answer = _call(args, "ListInstances", pb.ListInstancesRequest())
+    except grpc.RpcError as err:
+        return _fail(err)
+    print(f"desired {answer.desired_revision or '-'} (generation {answer.generation})")
+    for i in answer.instances:
+        state = ("live" if i.live else "silent") + (", serving" if i.serving else "")
+        print(f"{i.instance_id}  {i.address}  {i.active_revision}  {state}")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """Sign DIR's content with an Ed25519 private key (PEM); write DIR/policy.sig."""
+    from acgs.adapters.policy_signatures import sign
+    from acgs.adapters.rego_source import load_policy_dir
+    from acgs.domain.policy_version import content_digest
+
+    directory = Path(args.dir)
+    bundle = load_policy_dir(directory, constitutional_hash=CONSTITUTIONAL_HASH)
+    digest = content_digest(bundle.modules, bundle.data_json, bundle.manifest_json)
+    signature = sign(digest, private_key_pem=Path(args.key).read_bytes())
+    (directory / SIGNATURE_FILE).write_text(signature + "\n", "ascii")
+    print(json.dumps({"revision": bundle.revision, "signature_file":
+                      str(directory / SIGNATURE_FILE)}))
+    return 0
+
+
+def register(policy: Any) -> None:
+    """Add the lifecycle commands to the ``policy`` command group's sub-parsers."""
+    push = policy.add_parser("push", help="upload a policy directory as a version")
+    push.add_argument("dir")
+    push.add_argument("--dry-run", action="store_true", help="check only (ValidatePolicy)")
+    push.set_defaults(func=cmd_push)
+    activate = policy.add_parser("activate", help="make a version the fleet's policy")
+    activate.add_argument("revision")
+    rollback = policy.add_parser("rollback", help="activate the previously desired version")
+    for cmd, fn in ((activate, cmd_activate), (rollback, cmd_rollback)):
+        cmd.add_argument("--wait", type=float, default=10.0,
+                         help="seconds to wait for every server's acknowledgement (10)")
+        cmd.set_defaults(func=fn)
+    listing = policy.add_parser("list", help="stored versions (* = desired)")
+    listing.set_defaults(func=cmd_list)
+    instances = policy.add_parser("instances", help="servers and the revision each serves")
+    instances.set_defaults(func=cmd_instances)
+    for cmd in (push, activate, rollback, listing, instances):
+        admin_cli.add_connection_args(cmd)
+    signer = policy.add_parser("sign", help="sign a policy directory (writes DIR/policy.sig)")
+    signer.add_argument("dir")
+    signer.add_argument("--key", required=True, help="Ed25519 private key, PEM")
+    signer.set_defaults(func=cmd_sign)

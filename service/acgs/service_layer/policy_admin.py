@@ -1,0 +1,115 @@
+"""Policy versions and their activation across the fleet: the use cases of acgs.v1.PolicyAdmin.
+
+An upload is checked by the PolicyChecker (never in the server's own
+process), its signature by the SignatureVerifier when trusted keys are
+configured, then stored. Activation makes a stored version the fleet's
+desired one (PostgreSQL notifies every server) and waits until every live
+server (heartbeat within ``live_within_s``) reports serving it; rollback
+activates the revision desired before the current one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+from acgs.domain.policy_version import (
+    ActivationOutcome,
+    CheckedPolicy,
+    FleetState,
+    InstanceInfo,
+    PolicyVersion,
+    content_digest,
+)
+from acgs.errors import InvalidRequest, InvalidTransition
+from acgs.service_layer.policy_ports import PolicyChecker, PolicyStore, SignatureVerifier
+
+
+class PolicyAdminService:
+    """The use cases; ``verifier`` None: signatures are optional (kept, not checked)."""
+
+    def __init__(self, *, checker: PolicyChecker, store: PolicyStore,
+                 verifier: SignatureVerifier | None = None, live_within_s: float = 3.0,
+                 poll_s: float = 0.05) -> None:
+        self._checker = checker
+        self._store = store
+        self._verifier = verifier
+        self._live_within_s = live_within_s
+        self._poll_s = poll_s
+
+    async def validate(self, *, modules: Mapping[str, str], data_json: str, manifest_json: str,
+                       signature: str = "") -> CheckedPolicy:
+        """Every check of :meth:`create`; nothing is stored. Raises the checker's errors
+        and BadSignature (trusted keys configured, signature missing or wrong)."""
+        checked = await self._checker.check(modules=modules, data_json=data_json,
+                                            manifest_json=manifest_json)
+        if self._verifier is not None:
+            self._verifier.verify(digest=checked.digest, signature=signature)
+        return checked
+
+    async def create(self, *, modules: Mapping[str, str], data_json: str, manifest_json: str,
+                     signature: str, created_by: str) -> tuple[PolicyVersion, int]:
+        """Check and store a version; return it and its number of passed Rego tests."""
+        checked = await self.validate(modules=modules, data_json=data_json,
+                                      manifest_json=manifest_json, signature=signature)
+        stored = await self._store.insert_version(checked, signature=signature,
+                                                  created_by=created_by)
+        return stored, checked.tests_passed
+
+    async def list_versions(self) -> list[PolicyVersion]:
+        return await self._store.list_versions()
+
+    async def get_version(self, revision: str) -> PolicyVersion:
+        """One version with its sources; NotFound when absent."""
+        return await self._store.get_version(_required(revision))
+
+    async def state(self) -> FleetState | None:
+        return await self._store.state()
+
+    async def instances(self) -> list[InstanceInfo]:
+        return await self._store.instances(live_within_s=self._live_within_s)
+
+    async def activate(self, revision: str, *, activated_by: str,
+                       wait_s: float) -> ActivationOutcome:
+        """Make ``revision`` desired, then wait up to ``wait_s`` for every live server.
+
+        Raises NotFound (unknown revision) and BadSignature (a trusted-keys
+        fleet refuses it); a server that does not acknowledge in time is
+        reported in ``pending``, not raised.
+        """
+        version = await self._store.get_version(_required(revision))
+        if self._verifier is not None:
+            self._verifier.verify(digest=content_digest(version.modules, version.data_json,
+                                                        version.manifest_json),
+                                  signature=version.signature)
+        state = await self._store.set_desired(version.revision, activated_by=activated_by)
+        return await self._await_fleet(state, wait_s)
+
+    async def rollback(self, *, activated_by: str, wait_s: float) -> ActivationOutcome:
+        """Activate the revision desired before the current one; InvalidTransition if none."""
+        state = await self._store.state()
+        if state is None or not state.previous_revision:
+            raise InvalidTransition("no earlier policy version to roll back to")
+        return await self.activate(state.previous_revision, activated_by=activated_by,
+                                   wait_s=wait_s)
+
+    async def _await_fleet(self, state: FleetState, wait_s: float) -> ActivationOutcome:
+        deadline = time.monotonic() + wait_s
+        while True:
+            live = [i for i in await self.instances() if i.live]
+            done = tuple(i.instance_id for i in live if i.active_revision == state.desired_revision)
+            pending = tuple(i.instance_id for i in live
+                            if i.active_revision != state.desired_revision)
+            if not pending or time.monotonic() >= deadline:
+                return ActivationOutcome(revision=state.desired_revision,
+                                         generation=state.generation,
+                                         previous_revision=state.previous_revision,
+                                         acknowledged=done, pending=pending)
+            await asyncio.sleep(self._poll_s)
+
+
+def _required(revision: str) -> str:
+    if not revision.strip():
+        raise InvalidRequest("revision is required (acgs policy list names them)")
+    return revision.strip()

@@ -1,0 +1,144 @@
+"""Keeps one server on the fleet's desired policy revision, and tells the fleet it does.
+
+Every ``interval_s`` (sooner when the bell rings: PostgreSQL NOTIFY on an
+activation) the server reads the desired revision; when it differs from the
+revision it serves, it loads that version and activates it (``activate``:
+fetch, verify, compile and warm, then one atomic swap), then heartbeats its
+active revision and serving flag into the fleet table. This heartbeat is the
+acknowledgement ActivatePolicyVersion waits for.
+
+Freshness: while the served revision lags the desired one for longer than
+``max_lag_s`` (the version does not load here, or the swap is slow), the
+server reports itself stale (``on_fresh(False)``: NOT_SERVING) until it
+catches up. While PostgreSQL is unreachable the last known desired revision
+stands: an outage alone never makes a server stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from acgs.domain.policy_version import PolicyVersion
+from acgs.errors import AcgsError
+from acgs.service_layer.policy_ports import PolicyStore
+
+logger = logging.getLogger("acgs.policy.sync")
+
+
+class Bell(Protocol):
+    """Rings on a notification (:class:`acgs.adapters.pg_notify.PgBell`)."""
+
+    def next_ring(self) -> asyncio.Future[None]: ...
+
+    async def wait(self, ring: asyncio.Future[None], *, timeout_s: float) -> None: ...
+
+
+class PolicySync:
+    """One server's reconciler; ``catch_up`` before serving, then ``start`` .. ``stop``."""
+
+    def __init__(self, *, store: PolicyStore, instance_id: str,
+                 activate: Callable[[PolicyVersion], Awaitable[None]],
+                 active_revision: Callable[[], str], address: Callable[[], str],
+                 serving: Callable[[], bool], on_fresh: Callable[[bool], Awaitable[None]],
+                 bell: Bell | None = None, interval_s: float = 1.0,
+                 max_lag_s: float = 10.0) -> None:
+        self._store = store
+        self._instance_id = instance_id
+        self._activate = activate
+        self._active_revision = active_revision
+        self._address = address
+        self._serving = serving
+        self._on_fresh = on_fresh
+        self._bell = bell
+        self._interval_s = interval_s
+        self._max_lag_s = max_lag_s
+        self._desired = ""
+        self._lag_since: float | None = None
+        self._failed: str = ""
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def desired_revision(self) -> str:
+        return self._desired
+
+    async def catch_up(self) -> None:
+        """Serve the desired revision before serving at all: raises what loading it raised
+        (PolicyError, BadSignature, ConstitutionMismatch, Unavailable)."""
+        state = await self._store.state()
+        if state is None:
+            return
+        self._desired = state.desired_revision
+        if state.desired_revision != self._active_revision():
+            version = await self._store.get_version(state.desired_revision)
+            await self._activate(version)
+
+    async def start(self) -> None:
+        await self._heartbeat()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="acgs-policy-sync")
+
+    async def stop(self) -> None:
+        """Stop reconciling and leave the fleet (no activation waits for a stopped server)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(AcgsError):
+            await self._store.leave(self._instance_id)
+
+    async def _run(self) -> None:
+        while True:
+            ring = self._bell.next_ring() if self._bell is not None else None
+            try:
+                await self.reconcile()
+            except Exception:  # the loop must outlive any one failure
+                logger.exception("policy reconciliation failed")
+            if ring is not None and self._bell is not None:
+                await self._bell.wait(ring, timeout_s=self._interval_s)
+            else:
+                await asyncio.sleep(self._interval_s)
+
+    async def reconcile(self) -> None:
+        """One round: read the desired revision, catch up, heartbeat, judge freshness."""
+        try:
+            state = await self._store.state()
+            if state is not None:
+                self._desired = state.desired_revision
+            if self._desired and self._desired != self._active_revision():
+                await self._load(self._desired)
+        except AcgsError as err:
+            logger.warning("policy reconciliation: %s", err)
+        await self._judge_freshness()
+        await self._heartbeat()
+
+    async def _load(self, revision: str) -> None:
+        try:
+            await self._activate(await self._store.get_version(revision))
+            self._failed = ""
+        except AcgsError as err:
+            if self._failed != revision:  # once per revision: it is retried every round
+                logger.error("cannot activate desired policy %s: %s", revision, err)
+            self._failed = revision
+            raise
+
+    async def _judge_freshness(self) -> None:
+        lagging = bool(self._desired) and self._desired != self._active_revision()
+        now = time.monotonic()
+        if not lagging:
+            self._lag_since = None
+        elif self._lag_since is None:
+            self._lag_since = now
+        stale = self._lag_since is not None and now - self._lag_since > self._max_lag_s
+        await self._on_fresh(not stale)
+
+    async def _heartbeat(self) -> None:
+        try:
+            await self._store.heartbeat(instance_id=self._instance_id, address=self._address(),
+                                        active_revision=self._active_revision(),
+                                        serving=self._serving())
+        except AcgsError as err:
+            logger.warning("policy heartbeat failed: %s", err)

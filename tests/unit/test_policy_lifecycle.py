@@ -1,0 +1,244 @@
+"""The policy lifecycle with fakes: freshness of a lagging server, activation waiting for
+the fleet, signatures, and a checker that crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from acgs.adapters.policy_checker import SubprocessPolicyChecker
+from acgs.adapters.policy_signatures import Ed25519Verifier, sign
+from acgs.domain.audit import AuditRecord
+from acgs.domain.audit_query import DecisionFilter
+from acgs.domain.model import Effect, EngineResult, Severity, Violation
+from acgs.domain.policy_version import (
+    CheckedPolicy,
+    FleetState,
+    InstanceInfo,
+    PolicyVersion,
+)
+from acgs.errors import BadSignature, EngineError, InvalidTransition, PolicyError
+from acgs.service_layer.policy_admin import PolicyAdminService
+from acgs.service_layer.policy_replay import PolicyReplayer, ReplayReport
+from acgs.service_layer.policy_sync import PolicySync
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.versions: dict[str, PolicyVersion] = {}
+        self.fleet: FleetState | None = None
+        self.rows: dict[str, InstanceInfo] = {}
+
+    async def insert_version(self, policy: CheckedPolicy, *, signature: str,
+                             created_by: str) -> PolicyVersion:
+        v = PolicyVersion(policy.revision, policy.name, policy.version, created_by, NOW,
+                          signature, policy.modules, policy.data_json, policy.manifest_json)
+        return self.versions.setdefault(policy.revision, v)
+
+    async def get_version(self, revision: str, *, full: bool = True) -> PolicyVersion:
+        return self.versions[revision]
+
+    async def list_versions(self) -> list[PolicyVersion]:
+        return list(self.versions.values())
+
+    async def state(self) -> FleetState | None:
+        return self.fleet
+
+    async def set_desired(self, revision: str, *, activated_by: str,
+                          only_if_unset: bool = False) -> FleetState:
+        old = self.fleet
+        if old is None or not only_if_unset:
+            previous = old.desired_revision if old else ""
+            self.fleet = FleetState(revision, previous, (old.generation + 1) if old else 1)
+        assert self.fleet is not None
+        return self.fleet
+
+    async def heartbeat(self, *, instance_id: str, address: str, active_revision: str,
+                        serving: bool) -> None:
+        self.rows[instance_id] = InstanceInfo(instance_id, address, active_revision, serving,
+                                              NOW, True)
+
+    async def leave(self, instance_id: str) -> None:
+        self.rows.pop(instance_id, None)
+
+    async def instances(self, *, live_within_s: float) -> list[InstanceInfo]:
+        return list(self.rows.values())
+
+
+def version(revision: str) -> PolicyVersion:
+    return PolicyVersion(revision, "p", "1", "t", NOW)
+
+
+def checked(revision: str) -> CheckedPolicy:
+    return CheckedPolicy(revision, revision * 4, "p", "1", (("a.rego", "package a"),), "{}",
+                         "{}", 1)
+
+
+class Server:
+    """A fake server: its active revision, what activation does, its readiness reports."""
+
+    def __init__(self, store: FakeStore, *, fail: bool = False, max_lag_s: float = 0.2) -> None:
+        self.active = "r0"
+        self.fail = fail
+        self.fresh: list[bool] = []
+        self.sync = PolicySync(store=store, instance_id="s1", activate=self._activate,
+                               active_revision=lambda: self.active, address=lambda: "x:1",
+                               serving=lambda: True, on_fresh=self._on_fresh,
+                               interval_s=0.01, max_lag_s=max_lag_s)
+
+    async def _activate(self, v: PolicyVersion) -> None:
+        if self.fail:
+            raise PolicyError("does not compile here")
+        self.active = v.revision
+
+    async def _on_fresh(self, fresh: bool) -> None:
+        self.fresh.append(fresh)
+
+
+def test_a_server_catches_up_and_acknowledges() -> None:
+    async def run() -> None:
+        store = FakeStore()
+        store.versions = {"r0": version("r0"), "r1": version("r1")}
+        store.fleet = FleetState("r1", "r0", 2)
+        server = Server(store)
+        await server.sync.catch_up()
+        assert server.active == "r1"
+        await server.sync.reconcile()
+        assert store.rows["s1"].active_revision == "r1" and server.fresh == [True]
+
+    asyncio.run(run())
+
+
+def test_a_server_that_cannot_load_the_desired_version_goes_stale_after_the_lag() -> None:
+    async def run() -> None:
+        store = FakeStore()
+        store.versions = {"r1": version("r1")}
+        store.fleet = FleetState("r1", "r0", 2)
+        server = Server(store, fail=True, max_lag_s=0.1)
+        await server.sync.reconcile()
+        assert server.fresh == [True]  # lagging, not yet for long
+        await asyncio.sleep(0.15)
+        await server.sync.reconcile()
+        assert server.fresh[-1] is False and store.rows["s1"].active_revision == "r0"
+        server.fail = False
+        await server.sync.reconcile()
+        assert server.fresh[-1] is True and server.active == "r1"
+
+    asyncio.run(run())
+
+
+def test_activation_names_the_servers_that_did_not_acknowledge() -> None:
+    async def run() -> None:
+        store = FakeStore()
+        service = PolicyAdminService(checker=None, store=store, poll_s=0.01)  # type: ignore[arg-type]
+        await store.insert_version(checked("r0"), signature="", created_by="t")
+        await store.insert_version(checked("r1"), signature="", created_by="t")
+        await store.set_desired("r0", activated_by="t")
+        await store.heartbeat(instance_id="slow", address="x", active_revision="r0",
+                              serving=True)
+        outcome = await service.activate("r1", activated_by="admin", wait_s=0.05)
+        assert (outcome.complete, outcome.pending, outcome.previous_revision) == (
+            False, ("slow",), "r0")
+        store.rows["slow"] = replace(store.rows["slow"], active_revision="r0", live=False)
+        back = await service.rollback(activated_by="admin", wait_s=0.05)
+        assert back.complete and back.revision == "r0"
+        with pytest.raises(InvalidTransition):
+            await PolicyAdminService(checker=None, store=FakeStore()).rollback(  # type: ignore[arg-type]
+                activated_by="a", wait_s=0)
+
+    asyncio.run(run())
+
+
+def test_signatures_verify_only_under_a_trusted_key() -> None:
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    verifier = Ed25519Verifier(keys=[other.public_key(), key.public_key()])
+    signature = sign("ab" * 32, private_key_pem=pem)
+    verifier.verify(digest="ab" * 32, signature=signature)
+    for digest, sig, message in (("cd" * 32, signature, "does not verify"),
+                                 ("ab" * 32, "", "unsigned"), ("ab" * 32, "@@", "base64")):
+        with pytest.raises(BadSignature, match=message):
+            verifier.verify(digest=digest, signature=sig)
+
+
+def test_a_checker_that_crashes_is_a_refusal_not_an_outage() -> None:
+    crash = [sys.executable, "-c", "import os; os.abort()"]
+    checker = SubprocessPolicyChecker(constitutional_hash="h", command=crash)
+    with pytest.raises(PolicyError, match="SIGABRT"):
+        asyncio.run(checker.check(modules={"a.rego": "package a"}, data_json="{}",
+                                  manifest_json="{}"))
+
+
+def record(n: int, action: str, *, effect: Effect = Effect.ALLOW, kind: str = "decide",
+           violations: tuple[Violation, ...] = ()) -> AuditRecord:
+    doc = {"request_id": f"r{n}", "input": {"action": {"type": action}}}
+    return AuditRecord(decision_id=f"id-{n}", instance_id="s", seq=n + 1, decided_at_us=n,
+                       kind=kind, caller_id="c", caller_role="agent", request_id=f"r{n}",
+                       tenant_id="t", principal_id="p", request_json=json.dumps(doc),
+                       effect=effect, violations=violations, policy_revision="r0",
+                       constitutional_hash="h", cached=False, latency_us=1, escalation_id="",
+                       prev_hash="")
+
+
+class DenyReads:
+    """The candidate: reads are denied, writes escalated, the rest allowed; 'boom' fails."""
+
+    closed = False
+
+    async def decide_many(self, inputs: Sequence[Mapping[str, Any]], *,
+                          timeout_s: float) -> list[EngineResult | Exception]:
+        out: list[EngineResult | Exception] = []
+        for doc in inputs:
+            action = doc["action"]["type"]
+            effect = {"read": Effect.DENY, "write": Effect.ESCALATE}.get(action, Effect.ALLOW)
+            out.append(EngineError("boom") if action == "boom"
+                       else EngineResult(effect, (), "cand"))
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_replay_groups_the_changes_and_skips_what_says_nothing_about_the_policy() -> None:
+    fail_safe = (Violation("fail_safe", Severity.CRITICAL, "timed out"),)
+    records = ([record(n, "read") for n in range(4)] + [record(4, "write"), record(5, "list"),
+               record(6, "boom"), record(7, "read", effect=Effect.DENY, violations=fail_safe),
+               record(8, "read", kind="evaluate")])
+    engine = DenyReads()
+
+    async def export(where: DecisionFilter) -> AsyncIterator[AuditRecord]:
+        for r in records:
+            yield r
+
+    async def engine_for(v: PolicyVersion) -> DenyReads:
+        return engine
+
+    async def run(**kw: Any) -> list[ReplayReport]:
+        store = FakeStore()
+        store.versions["cand"] = version("cand")
+        replayer = PolicyReplayer(records=export, store=store, engine_for=engine_for, batch=3,
+                                  progress_every=3)
+        return [r async for r in replayer.replay(revision="cand", since_us=None, until_us=None,
+                                                 limit=100, examples=2, **kw)]
+
+    reports = asyncio.run(run())
+    final = reports[-1]
+    assert final.done and not any(r.done for r in reports[:-1]) and len(reports) > 1
+    assert (final.replayed, final.changed, final.skipped) == (7, 6, 2)
+    assert final.counts == {"ALLOW->DENY": 4, "ALLOW->ESCALATE": 1, "ALLOW->FAIL_SAFE": 1}
+    assert [e.decision_id for e in final.examples["ALLOW->DENY"]] == ["id-0", "id-1"]
+    assert engine.closed
+    sampled = asyncio.run(run(sample=0.5))[-1]
+    assert 0 < sampled.replayed + sampled.skipped < 9
+    assert sampled.replayed == asyncio.run(run(sample=0.5))[-1].replayed  # deterministic
