@@ -44,8 +44,16 @@ test: proto policy-test lint
 test-unit: proto
 	$(PYTHON) -m pytest tests/unit
 
+# make bench BENCH_ARGS=--quick (~1 min); --soak N, --profile: see python3 -m bench.run --help
 bench: proto
-	$(PYTHON) -m bench.run
+	$(PYTHON) -m bench.run $(BENCH_ARGS)
+
+# HAProxy (TLS) + 3 servers + PostgreSQL + Redis + Prometheus on loopback, state in .acgs/stack.
+stack: proto
+	$(PYTHON) -m acgs.entrypoints.stack up
+
+stack-down:
+	$(PYTHON) -m acgs.entrypoints.stack down
 
 clean:
 	rm -rf $(GEN_DIR) .pytest_cache .mypy_cache

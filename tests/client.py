@@ -1,9 +1,10 @@
-"""Helpers for tests: build acgs.v1 requests from plain dicts."""
+"""Helpers for tests: build acgs.v1 requests from plain dicts; send a bearer token."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import grpc
 from acgs.v1 import governance_pb2 as pb
 from google.protobuf import struct_pb2
 
@@ -56,3 +57,35 @@ def allow_input(**overrides: Any) -> dict[str, Any]:
     }
     doc.update(overrides)
     return doc
+
+
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds ``authorization: Bearer <token>`` to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), self._header))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+def authorized(channel: grpc.Channel, token: str) -> grpc.Channel:
+    """``channel`` sending ``token`` as its bearer token on every call."""
+    return grpc.intercept_channel(channel, _Bearer(token))

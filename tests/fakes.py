@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from acgs.domain.model import Caller, Decision, Effect, EngineResult, Severity, Violation
@@ -73,11 +73,27 @@ class FakeAudit:
 
 @dataclass
 class FakeEscalator:
-    opened: list[tuple[str, str]] = field(default_factory=list)
+    """Escalation ids esc-1, esc-2, ...; ``durable``: (decision id, reason) once durable."""
 
-    async def escalate(self, decision: Decision, *, reason: str, caller: Caller) -> str:
-        self.opened.append((decision.decision_id, reason))
-        return f"esc-{len(self.opened)}"
+    durable: list[tuple[str, str]] = field(default_factory=list)
+    incidents: list[tuple[str, str]] = field(default_factory=list)  # (reason, key)
+    _pending: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def opening(self, decision: Decision, *, reason: str, caller: Caller,
+                policy_input: Mapping[str, Any]) -> AuditEntry:
+        escalation_id = f"esc-{len(self._pending) + 1}"
+        self._pending[escalation_id] = (decision.decision_id, reason)
+        record = replace(decision, decision_id=f"open-{escalation_id}",
+                         escalation_id=escalation_id)
+        return AuditEntry("escalation", record, caller, '{"escalation": {}}')
+
+    def opened(self, entries: Sequence[AuditEntry]) -> None:
+        self.durable.extend(self._pending[e.decision.escalation_id] for e in entries)
+
+    async def incident(self, *, reason: str, key: str, caller: Caller, violation: Violation,
+                       policy_input: Mapping[str, Any] | None = None) -> str:
+        self.incidents.append((reason, key))
+        return f"incident-{len(self.incidents)}"
 
 
 @dataclass

@@ -13,20 +13,27 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from acgs.adapters.memory_cache import MemoryDecisionCache
 from acgs.adapters.redis_cache import RedisDecisionCache
 from acgs.adapters.rego_source import load_policy_dir
 from acgs.adapters.regopy_engine import RegopyEngine
 from acgs.adapters.tiered_cache import TieredDecisionCache
+from acgs.bootstrap_audit import AuditTrail, build_audit
+from acgs.bootstrap_auth import build_callers, require_secure, server_credentials
+from acgs.bootstrap_escalations import Escalations, build_escalations
+from acgs.bootstrap_policy import PolicyLifecycle, build_policy_lifecycle
 from acgs.config import Settings
-from acgs.entrypoints.callers import AnonymousAuthenticator, CallerResolver
+from acgs.entrypoints.audit_servicer import AuditServicer
+from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.governance_servicer import GovernanceServicer
 from acgs.entrypoints.grpc_server import GrpcServer
-from acgs.metrics import Metrics
+from acgs.metrics import Metrics, NullTelemetry
 from acgs.service_layer.decisions import DecisionService
 from acgs.service_layer.ports import AuditSink, DecisionCache, Telemetry
-from acgs.v1 import governance_pb2
+from acgs.v1 import audit_pb2, governance_pb2
 
 logger = logging.getLogger("acgs.bootstrap")
 
@@ -44,6 +51,15 @@ class Application:
     telemetry: Telemetry
     closers: list[Closer] = field(default_factory=list)
     starters: list[Closer] = field(default_factory=list)
+    ready: bool = False
+    """Follows gRPC health (SERVING); HTTP ``/ready`` on the metrics port reports it."""
+    dev_tokens_file: Path | None = None
+    """Development only: the file holding a token per role (see bootstrap_auth)."""
+    stoppers: list[Closer] = field(default_factory=list)
+    """Run once NOT_SERVING, before the drain: end long-lived streams (escalation watchers)."""
+    policy_fresh: bool = True
+    """False while the served policy lags the fleet's desired one too long (bootstrap_policy)."""
+    serving_wanted: bool = False
 
     @property
     def port(self) -> int:
@@ -53,7 +69,9 @@ class Application:
         for starter in self.starters:
             await starter()
         await self.server.start()
-        await self.server.set_serving(True)
+        self.serving_wanted = True
+        await self.server.set_serving(self.policy_fresh)
+        self.ready = self.policy_fresh
         logger.info(
             "serving policy %s under constitution %s",
             self.engine.policy.revision,
@@ -62,7 +80,10 @@ class Application:
 
     async def stop(self) -> None:
         """NOT_SERVING, wait for the load balancer to notice, drain, then close in order."""
+        self.ready = self.serving_wanted = False
         await self.server.set_serving(False)
+        for stopper in self.stoppers:
+            await stopper()
         if self.settings.drain_delay_s > 0:
             await asyncio.sleep(self.settings.drain_delay_s)
         await self.server.stop(self.settings.grace_period_s)
@@ -72,9 +93,21 @@ class Application:
             except Exception:
                 logger.exception("error while closing")
 
+    async def set_policy_fresh(self, fresh: bool) -> None:
+        """Readiness follows policy freshness while started (a stale server is NOT_SERVING)."""
+        if fresh == self.policy_fresh:
+            return
+        self.policy_fresh = fresh
+        logger.warning("policy %s: %s", self.engine.policy.revision,
+                       "caught up, serving" if fresh else "lags the fleet: NOT_SERVING")
+        if self.serving_wanted:
+            self.ready = fresh
+            await self.server.set_serving(fresh)
+
 
 async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Application:
     """Construct every adapter from ``settings``. Raises AcgsError subclasses on bad config."""
+    require_secure(settings)
     closers: list[Closer] = []
     starters: list[Closer] = []
     if telemetry is None:
@@ -96,17 +129,25 @@ async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Ap
     cache = _decision_cache(settings, engine, starters=starters, closers=closers)
     if isinstance(telemetry, Metrics):
         _watch(telemetry, engine=engine, cache=cache)
-    audit: AuditSink | None = None
+    trail = await _audit_trail(settings, telemetry, closers) if settings.audit_enabled else None
+    audit: AuditSink | None = trail.journal if trail is not None else None
+    escalations = await _escalations(settings, trail, telemetry, starters, closers)
     service = DecisionService(
         engine=engine,
         cache=cache,
         audit=audit,
-        escalator=None,
+        escalator=escalations.escalator if escalations is not None else None,
         telemetry=telemetry,
         constitutional_hash=settings.constitutional_hash,
         eval_timeout_s=settings.eval_timeout_ms / 1000,
     )
-    callers = CallerResolver(authenticator=AnonymousAuthenticator())
+    auth = await build_callers(settings, conninfo=trail.conninfo if trail is not None else None)
+    starters.extend(auth.starters)
+    closers.extend(auth.closers)
+    callers = auth.resolver
+    policy = await _policy(settings, trail, engine, starters, closers,
+                           address=lambda: f"{settings.grpc_addr.rsplit(':', 1)[0]}:{app.port}",
+                           serving=lambda: app.ready, on_fresh=lambda f: app.set_policy_fresh(f))
     governance = GovernanceServicer(
         service=service,
         callers=callers,
@@ -115,10 +156,15 @@ async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Ap
     )
     server = GrpcServer(
         address=settings.grpc_addr,
-        services=[(governance_pb2.DESCRIPTOR.services_by_name["Governance"], governance)],
+        services=[(governance_pb2.DESCRIPTOR.services_by_name["Governance"], governance),
+                  *_audit_services(trail, callers),
+                  *(escalations.services(callers) if escalations is not None else []),
+                  *(policy.services(callers) if policy is not None else [])],
         max_message_bytes=settings.max_message_bytes,
+        credentials=server_credentials(settings),
+        guard=callers.resolve,
     )
-    return Application(
+    app = Application(
         settings=settings,
         server=server,
         service=service,
@@ -126,7 +172,13 @@ async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Ap
         telemetry=telemetry,
         closers=closers,
         starters=starters,
+        dev_tokens_file=auth.dev_tokens_file,
+        stoppers=[*(escalations.stoppers if escalations is not None else []),
+                  *(policy.stoppers if policy is not None else [])],
     )
+    if isinstance(telemetry, Metrics):
+        telemetry.watch_readiness(lambda: app.ready)
+    return app
 
 
 def _decision_cache(
@@ -173,6 +225,54 @@ def _watch(metrics: Metrics, *, engine: RegopyEngine, cache: DecisionCache | Non
             metrics.watch_cache(tier="redis", stats=cache.remote.stats)
     elif isinstance(cache, MemoryDecisionCache):
         metrics.watch_cache(tier="local", stats=cache.stats)
+
+
+async def _audit_trail(
+    settings: Settings, telemetry: Telemetry, closers: list[Closer]
+) -> AuditTrail:
+    """Database, migrations + constitution check, journal, shipper (see bootstrap_audit)."""
+    metrics = telemetry if isinstance(telemetry, Metrics) else None
+    trail = await build_audit(settings, on_shipped=(
+        (lambda n, s: metrics.audit_shipped(records=n, duration_s=s)) if metrics else None))
+    closers.extend(trail.closers)  # run reversed: flush, final ship, close, pool, database
+    if metrics is not None:
+        shipper = trail.shipper
+        metrics.watch_audit_journal(backlog_records=lambda: shipper.backlog_records,
+                                    ship_lag_s=lambda: shipper.lag_s)
+    return trail
+
+
+async def _escalations(settings: Settings, trail: AuditTrail | None, telemetry: Telemetry,
+                       starters: list[Closer], closers: list[Closer]) -> Escalations | None:
+    """Escalations on the audit trail's database (none without the audit trail)."""
+    if trail is None:
+        return None
+    metrics = telemetry if isinstance(telemetry, Metrics) else NullTelemetry()
+    escalations = await build_escalations(settings, trail=trail, telemetry=metrics)
+    starters.extend(escalations.starters)
+    closers.extend(escalations.closers)
+    return escalations
+
+
+async def _policy(settings: Settings, trail: AuditTrail | None, engine: RegopyEngine,
+                  starters: list[Closer], closers: list[Closer], *, address: Callable[[], str],
+                  serving: Callable[[], bool], on_fresh: Callable[[bool], Awaitable[None]],
+                  ) -> PolicyLifecycle | None:
+    """Policy versions and fleet sync on the audit trail's database (none without it)."""
+    if trail is None:
+        return None
+    policy = await build_policy_lifecycle(settings, trail=trail, engine=engine, address=address,
+                                          serving=serving, on_fresh=on_fresh)
+    starters.extend(policy.starters)
+    closers.extend(policy.closers)
+    return policy
+
+
+def _audit_services(trail: AuditTrail | None, callers: CallerResolver) -> list[tuple[Any, object]]:
+    if trail is None:
+        return []
+    servicer = AuditServicer(reader=trail.queries, callers=callers)
+    return [(audit_pb2.DESCRIPTOR.services_by_name["Audit"], servicer)]
 
 
 def _async(fn: Callable[[], object]) -> Closer:

@@ -24,6 +24,7 @@ from acgs.adapters.embedded_pg import EmbeddedPostgres
 from acgs.adapters.journal import Journal, adopt_orphans
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries
+from acgs.adapters.pg_escalations import PROJECTION as ESCALATIONS
 from acgs.adapters.pg_migrations import check_constitution, migrate
 from acgs.config import Settings
 
@@ -41,6 +42,8 @@ class AuditTrail:
     shipper: Shipper
     queries: AuditQueries
     closers: list[Closer] = field(default_factory=list)
+    conninfo: str = ""
+    """The migrated database the trail ships to (the token table lives there too)."""
 
 
 async def build_audit(
@@ -66,7 +69,7 @@ async def build_audit(
     root = settings.data_dir / "journal"
     orphans = await asyncio.to_thread(adopt_orphans, root, exclude=settings.instance_id)
     shipper = Shipper(journal=journal, conninfo=conninfo, batch=settings.audit_ship_batch,
-                      orphans=orphans, on_shipped=on_shipped)
+                      orphans=orphans, on_shipped=on_shipped, projections=(ESCALATIONS,))
     shipper.start()
     closers.append(lambda: asyncio.to_thread(journal.close))
     closers.append(lambda: asyncio.to_thread(shipper.stop))
@@ -74,7 +77,7 @@ async def build_audit(
     logger.info("audit journal %s at seq %d, %d records to ship (%d adopted journals)",
                 journal.directory, journal.last_seq, shipper.backlog_records, len(orphans))
     return AuditTrail(journal=journal, shipper=shipper, queries=AuditQueries(pool=pool),
-                      closers=closers)
+                      closers=closers, conninfo=conninfo)
 
 
 async def open_database(settings: Settings) -> tuple[str, Closer]:

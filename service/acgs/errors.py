@@ -43,6 +43,14 @@ class UnsupportedBuiltin(PolicyError):
     """A policy calls a built-in the engine lacks or refuses (http.send, opa.runtime)."""
 
 
+class PolicyTestsFailed(PolicyError):
+    """A policy version's Rego unit tests (rules ``test_*``) do not all pass."""
+
+
+class BadSignature(AcgsError):
+    """A policy version is unsigned or not signed by a trusted key where signatures are required."""
+
+
 class UnknownRule(AcgsError):
     """An Evaluate path names no rule of the active policy."""
 
@@ -73,3 +81,15 @@ class Unauthenticated(AcgsError):
 
 class PermissionDenied(AcgsError):
     """The caller's role may not call this method."""
+
+
+class SelfResolution(PermissionDenied):
+    """A principal tried to resolve the escalation of its own action (separation of powers)."""
+
+
+class InvalidTransition(AcgsError):
+    """The escalation's state does not allow this change (already resolved, or expired)."""
+
+
+class Unavailable(AcgsError):
+    """A dependency (the database) cannot be reached, or the server is stopping; retry."""

@@ -3,6 +3,8 @@
 Metrics go through the OpenTelemetry SDK (a ``MeterProvider`` with a
 ``PrometheusMetricReader`` on a private ``CollectorRegistry``) and are served
 by prometheus_client's HTTP server on ``Settings.metrics_addr`` at ``/metrics``.
+The same server answers ``/ready`` (200 ``SERVING`` or 503 ``NOT_SERVING``, see
+:meth:`Metrics.watch_readiness`) for load balancers that cannot speak gRPC health.
 
 The hot path does not call SDK instruments. A synchronous ``Counter.add`` or
 ``Histogram.record`` costs about 6 µs in opentelemetry-sdk 1.45 (attribute
@@ -29,13 +31,15 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 import time
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -53,7 +57,8 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from acgs import CONSTITUTIONAL_HASH, __version__
 from acgs.domain.model import Decision, Effect, Severity
@@ -65,6 +70,12 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )
 """Upper bounds (seconds) of every latency histogram: 25 µs to 1 s."""
+
+RESOLUTION_BUCKETS_S: tuple[float, ...] = (
+    10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0,
+)
+"""Upper bounds (seconds) of the escalation time-to-resolution histogram: 10 s to a day."""
+_OUTCOMES = ("approved", "denied", "expired")
 
 _BOOL = {True: "true", False: "false"}
 _SERVICE_PRINCIPLES = ("fail_safe", "audit_unavailable", "constitutional_hash")
@@ -84,14 +95,15 @@ class CacheCounters(Protocol):
 class _Buckets:
     """A cumulative fixed-bound histogram: one list index bump and one float add per value."""
 
-    __slots__ = ("counts", "sum")
+    __slots__ = ("bounds", "counts", "sum")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
 
     def observe(self, value_s: float) -> None:
-        self.counts[bisect_left(LATENCY_BUCKETS_S, value_s)] += 1
+        self.counts[bisect_left(self.bounds, value_s)] += 1
         self.sum += value_s
 
     def point(self, labels: Mapping[str, str], *, start_ns: int, now_ns: int) -> HistogramDataPoint:
@@ -99,7 +111,7 @@ class _Buckets:
         return HistogramDataPoint(
             attributes=dict(labels), start_time_unix_nano=start_ns, time_unix_nano=now_ns,
             count=sum(counts), sum=self.sum, bucket_counts=counts,
-            explicit_bounds=LATENCY_BUCKETS_S, min=math.nan, max=math.nan, exemplars=[],
+            explicit_bounds=self.bounds, min=math.nan, max=math.nan, exemplars=[],
         )  # min/max are not tracked; the Prometheus exporter does not use them
 
 
@@ -120,6 +132,13 @@ class _Reader(PrometheusMetricReader):
         ours = ScopeMetrics(scope=self._scope, metrics=self._extra(), schema_url="")
         first = ResourceMetrics(first.resource, [*first.scope_metrics, ours], first.schema_url)
         super()._receive_metrics(MetricsData([first, *rest]), timeout_millis, **kwargs)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr: health checks probe ``/ready`` several times a second."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 class Metrics:
@@ -154,9 +173,12 @@ class Metrics:
         self._events = {"hash_mismatches": 0, "audit_refusals": 0}
         self._escalations_created: dict[str, int] = {}
         self._escalations_open: dict[tuple[str, str], int] = {}
+        self._escalations_resolved: dict[tuple[str, str], int] = {}
+        self._resolution = {o: _Buckets(RESOLUTION_BUCKETS_S) for o in _OUTCOMES}
         self._caches: dict[str, CacheCounters] = {}
         self._audit_sources: tuple[Callable[[], int], Callable[[], float]] | None = None
         self._policy_revision: Callable[[], str] | None = None
+        self._ready: Callable[[], bool] = lambda: False
         self._registry = CollectorRegistry(auto_describe=True)
         self._provider = MeterProvider(
             metric_readers=[_Reader(registry=self._registry, extra=self._histograms)],
@@ -171,12 +193,19 @@ class Metrics:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Serve ``/metrics`` on ``address``; raise OSError if the address cannot be bound."""
+        """Serve ``/metrics`` and ``/ready`` on ``address``; raise OSError if it cannot bind."""
         if self._server is not None:
             raise RuntimeError("metrics server already started")
         host, _, port = self._address.rpartition(":")
-        self._server = start_http_server(int(port), host.strip("[]") or "0.0.0.0",
-                                         registry=self._registry)
+        host = host.strip("[]") or "0.0.0.0"
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        httpd = make_server(host, int(port), self._wsgi_app(), Server, handler_class=_QuietHandler)
+        thread = threading.Thread(target=httpd.serve_forever, name="acgs-metrics", daemon=True)
+        thread.start()
+        self._server = (httpd, thread)
         logger.info("metrics on http://%s:%d/metrics", host, self.port)
 
     def close(self) -> None:
@@ -197,6 +226,26 @@ class Metrics:
         if self._server is None:
             raise RuntimeError("metrics server not started")
         return int(self._server[0].server_address[1])
+
+    def _wsgi_app(self) -> WSGIApplication:
+        """``/ready`` from the readiness callback; every other path is the exposition."""
+        metrics = make_wsgi_app(self._registry)
+
+        def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") != "/ready":
+                return metrics(environ, start_response)  # type: ignore[no-any-return]
+            try:
+                ready = bool(self._ready())
+            except Exception:  # a broken callback must not read as ready
+                logger.exception("readiness callback failed")
+                ready = False
+            body = b"SERVING\n" if ready else b"NOT_SERVING\n"
+            start_response("200 OK" if ready else "503 Service Unavailable", [
+                ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store")])
+            return [body]
+
+        return app
 
     def render(self) -> bytes:
         """The current exposition, exactly as ``/metrics`` would serve it (text format)."""
@@ -237,6 +286,13 @@ class Metrics:
         """Replace the open-escalation snapshot: ``{(reason, severity): open count}``."""
         self._escalations_open = dict(counts)
 
+    def escalation_resolved(self, *, reason: str, outcome: str, duration_s: float) -> None:
+        """Count an escalation approved, denied or expired ``duration_s`` after it was opened."""
+        key = (reason, outcome)
+        self._escalations_resolved[key] = self._escalations_resolved.get(key, 0) + 1
+        if outcome in self._resolution:
+            self._resolution[outcome].observe(duration_s)
+
     def audit_shipped(self, *, records: int, duration_s: float) -> None:
         """Count one batch of ``records`` shipped to PostgreSQL in ``duration_s`` seconds."""
         self._shipped.add(records)
@@ -258,6 +314,14 @@ class Metrics:
         """Read the active policy revision at each scrape (cheap, no I/O, any thread)."""
         self._policy_revision = revision
 
+    def watch_readiness(self, ready: Callable[[], bool]) -> None:
+        """Answer ``GET /ready`` with 200 while ``ready()`` is true, else 503 (the default).
+
+        ``ready`` runs in the HTTP server's threads on every probe: cheap, no I/O.
+        HAProxy checks it (``option httpchk GET /ready``), as it cannot speak gRPC health.
+        """
+        self._ready = ready
+
     # -- instruments -------------------------------------------------------------------------
 
     def _declare(self) -> None:
@@ -275,6 +339,8 @@ class Metrics:
             ("acgs_cache_misses", "Cache lookups not answered, by tier", self._cache_obs("misses")),
             ("acgs_cache_redis_errors", "Redis errors and timeouts", self._obs_redis_errors),
             ("acgs_escalations_created", "Escalations opened, by reason", self._obs_escalated),
+            ("acgs_escalations_resolved", "Escalations approved, denied or expired, by reason "
+             "and outcome", self._obs_resolved),
         ):
             counter(name, [callback], unit="1", description=doc)
         for name, unit, doc, callback in (
@@ -299,6 +365,8 @@ class Metrics:
         latency = [b.point({"cached": _BOOL[c]}, start_ns=start, now_ns=now)
                    for c, b in self._latency.items()]
         engine = [self._engine.point({}, start_ns=start, now_ns=now)]
+        resolution = [b.point({"outcome": o}, start_ns=start, now_ns=now)
+                      for o, b in self._resolution.items()]
         cumulative = AggregationTemporality.CUMULATIVE
         return [
             Metric(name="acgs_decision_duration_seconds", unit="s",
@@ -307,6 +375,10 @@ class Metrics:
             Metric(name="acgs_engine_evaluation_duration_seconds", unit="s",
                    description="Time the policy engine took to evaluate one uncached request",
                    data=Histogram(data_points=engine, aggregation_temporality=cumulative)),
+            Metric(name="acgs_escalation_resolution_seconds", unit="s",
+                   description="Time from an escalation's opening to its approval, denial "
+                   "or expiry",
+                   data=Histogram(data_points=resolution, aggregation_temporality=cumulative)),
         ]
 
     def _obs_decisions(self, _: CallbackOptions) -> Observations:
@@ -333,6 +405,10 @@ class Metrics:
 
     def _obs_escalated(self, _: CallbackOptions) -> Observations:
         return [Observation(n, {"reason": r}) for r, n in list(self._escalations_created.items())]
+
+    def _obs_resolved(self, _: CallbackOptions) -> Observations:
+        return [Observation(n, {"reason": r, "outcome": o})
+                for (r, o), n in list(self._escalations_resolved.items())]
 
     def _obs_escalations_open(self, _: CallbackOptions) -> Observations:
         return [Observation(n, {"reason": r, "severity": s})
@@ -372,6 +448,9 @@ class NullTelemetry:
     def set_open_escalations(self, counts: Mapping[tuple[str, str], int]) -> None:
         pass
 
+    def escalation_resolved(self, *, reason: str, outcome: str, duration_s: float) -> None:
+        pass
+
     def audit_shipped(self, *, records: int, duration_s: float) -> None:
         pass
 
@@ -383,4 +462,7 @@ class NullTelemetry:
         pass
 
     def watch_policy(self, *, revision: Callable[[], str]) -> None:
+        pass
+
+    def watch_readiness(self, ready: Callable[[], bool]) -> None:
         pass

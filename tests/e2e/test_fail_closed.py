@@ -16,13 +16,13 @@ from acgs.v1 import governance_pb2 as pb
 from acgs.v1 import governance_pb2_grpc as pb_grpc
 
 from tests.client import allow_input, decide_request
-from tests.plugins.servers import REPO, ServerFactory
+from tests.plugins.servers import REPO, ServerFactory, agent_channel
 
 FAULTY = Path(__file__).parent / "policies" / "faulty"
 
 
 def _decide(address: str, context: dict[str, object], timeout: float = 10.0) -> pb.Decision:
-    with grpc.insecure_channel(address) as ch:
+    with agent_channel(address) as ch:
         return pb_grpc.GovernanceStub(ch).Decide(
             decide_request(allow_input(context=context)), timeout=timeout
         )

@@ -19,9 +19,7 @@ EFFECT = {"ALLOW": pb.ALLOW, "DENY": pb.DENY, "ESCALATE": pb.ESCALATE}
 
 @pytest.fixture(scope="module")
 def channel(shared_server: ServerProcess) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(
-        shared_server.address, options=[("grpc.max_send_message_length", 64 << 20)]
-    ) as ch:
+    with shared_server.channel(options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
         yield ch
 
 

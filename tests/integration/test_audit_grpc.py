@@ -24,7 +24,8 @@ pytestmark = pytest.mark.postgres
 async def _scenario(url: str) -> None:
     async with AsyncConnectionPool(url, min_size=1, max_size=2, open=False) as pool:
         servicer = AuditServicer(reader=AuditQueries(pool=pool),
-                                 callers=CallerResolver(authenticator=AnonymousAuthenticator()))
+                                 callers=CallerResolver(authenticator=AnonymousAuthenticator(),
+                                                        access=None))
         server = GrpcServer(address="127.0.0.1:0", max_message_bytes=1 << 20,
                             services=[(pb.DESCRIPTOR.services_by_name["Audit"], servicer)])
         port = await server.start()

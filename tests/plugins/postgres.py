@@ -33,7 +33,7 @@ from acgs.adapters.pg_migrations import migrate
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-_KEEP = ("acgs_schema_migrations", "acgs_meta")
+_KEEP = ("acgs_schema_migrations", "acgs_meta", "auth_tokens")  # tokens: running servers
 
 
 def unavailable(reason: str) -> NoReturn:

@@ -2,10 +2,18 @@
 
 Servers run as subprocesses (``python -m acgs.entrypoints.cli serve``) so that
 tests exercise the real process: signals, kill -9, restart.
+
+Servers need bearer tokens. One :class:`RoleTokens` set (one token per role) is
+made per test session (fixture ``tokens``) and stored in each server's database
+before it starts, so the same tokens work on every test server and through
+HAProxy. ``server.channel()`` (or ``agent_channel(address)``) is a channel that
+sends the agent token on every call; ``channel(role="auditor")`` another role's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import signal
 import socket
@@ -13,16 +21,80 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+import psycopg
 import pytest
+from acgs import CONSTITUTIONAL_HASH
+from acgs.adapters.embedded_pg import EmbeddedPostgres
+from acgs.adapters.pg_migrations import migrate
+from acgs.domain import tokens as tk
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.client import authorized
 
 REPO = Path(__file__).resolve().parents[2]
 HASH = "cdd01ef066bc6cf2"
+
+
+@dataclass(frozen=True)
+class RoleTokens:
+    """One issued token per role; ``token(role)``, or ``.agent``, ``.admin``, ``.auditor``."""
+
+    issued: dict[str, tk.IssuedToken]
+
+    @classmethod
+    def generate(cls) -> RoleTokens:
+        return cls({role: tk.issue(role=role, name=f"test {role}", created_by="tests")
+                    for role in tk.ROLES})
+
+    def token(self, role: str) -> str:
+        return self.issued[role].token
+
+    def id(self, role: str) -> str:
+        return self.issued[role].record.id
+
+    @property
+    def agent(self) -> str:
+        return self.token(tk.AGENT)
+
+    @property
+    def admin(self) -> str:
+        return self.token(tk.ADMIN)
+
+    @property
+    def auditor(self) -> str:
+        return self.token(tk.AUDITOR)
+
+
+@functools.cache
+def session_tokens() -> RoleTokens:
+    """The tokens of this test session, stored in every test server's database."""
+    return RoleTokens.generate()
+
+
+def store_tokens(conninfo: str, records: Sequence[tk.TokenRecord]) -> None:
+    """Migrate the database at ``conninfo`` and insert ``records`` (kept if already there)."""
+    asyncio.run(migrate(conninfo, constitutional_hash=CONSTITUTIONAL_HASH))
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for r in records:
+            conn.execute("INSERT INTO auth_tokens (id, name, role, secret_hash, created_by, "
+                         "revoked_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                         (r.id, r.name, r.role, r.secret_hash, r.created_by, r.revoked_at))
+
+
+def revoke_token(conninfo: str, token_id: str) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("UPDATE auth_tokens SET revoked_at = now() WHERE id = %s", (token_id,))
+
+
+def agent_channel(address: str, **kw: Any) -> grpc.Channel:
+    """A plaintext channel to ``address`` sending the session's agent token."""
+    return authorized(grpc.insecure_channel(address, **kw), session_tokens().agent)
 
 
 def free_port() -> int:
@@ -37,6 +109,7 @@ class ServerProcess:
 
     env: dict[str, str]
     log_path: Path
+    tokens: RoleTokens = field(default_factory=session_tokens)
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     metrics_port: int = 0
@@ -46,7 +119,12 @@ class ServerProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def channel(self, role: str = "agent", **kw: Any) -> grpc.Channel:
+        """A plaintext channel to this server sending ``role``'s token on every call."""
+        return authorized(grpc.insecure_channel(self.address, **kw), self.tokens.token(role))
+
     def start(self, *, timeout: float = 30.0, wait_serving: bool = True) -> ServerProcess:
+        self._provision()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "acgs.entrypoints.cli", "serve"],
@@ -58,6 +136,18 @@ class ServerProcess:
         if wait_serving:
             self.wait_serving(timeout=timeout)
         return self
+
+    def _provision(self) -> None:
+        """Store the tokens in this server's database (the embedded one if no URL is set)."""
+        records = [t.record for t in self.tokens.issued.values()]
+        if self.env.get("ACGS_DATABASE_URL"):
+            store_tokens(self.env["ACGS_DATABASE_URL"], records)
+            return
+        embedded = EmbeddedPostgres(directory=Path(self.env["ACGS_DATA_DIR"]) / "pg")
+        try:
+            store_tokens(embedded.start(), records)
+        finally:
+            embedded.stop()
 
     def health(self) -> int:
         with grpc.insecure_channel(self.address) as ch:
@@ -146,6 +236,12 @@ class ServerFactory:
     def close(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def tokens() -> RoleTokens:
+    """One token per role, valid on every server these fixtures start."""
+    return session_tokens()
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ def test_engine_error_is_fail_safe_deny_never_cached_and_escalated() -> None:
     assert decision.effect is Effect.DENY and decision.fail_safe
     assert [v.principle for v in decision.violations] == ["fail_safe"]
     assert not parts["cache"].entries
-    assert parts["escalator"].opened == [(decision.decision_id, "fail_safe")]
+    assert parts["escalator"].durable == [(decision.decision_id, "fail_safe")]
     assert decision.escalation_id == "esc-1"
 
 
@@ -90,4 +90,40 @@ def test_batch_keeps_order_and_audits_each_item() -> None:
     assert [d.effect for d in decisions] == [
         Effect.ALLOW if i % 2 else Effect.DENY for i in range(10)
     ]
-    assert len(parts["audit"].entries) == 10
+    kinds = [e.kind for e in parts["audit"].entries]
+    # Each critical DENY (tenant isolation) is followed by the opening of its escalation.
+    assert kinds.count("decide") == 10 and kinds.count("escalation") == 5
+    assert kinds[:3] == ["decide", "escalation", "decide"]
+    assert [d for d in decisions if d.escalation_id] == decisions[0::2]
+
+
+def test_escalation_opens_in_the_same_durable_write_as_its_decision() -> None:
+    service, parts = make()
+    decision = asyncio.run(
+        service.decide(req(allow_input(action={"type": "fund_transfer"})), CALLER)
+    )
+    decided, opening = parts["audit"].entries
+    assert decided.decision == decision and decision.escalation_id == "esc-1"
+    assert opening.kind == "escalation" and opening.decision.escalation_id == "esc-1"
+    assert parts["escalator"].durable == [(decision.decision_id, "high_impact_action")]
+
+
+def test_wrong_hash_opens_an_incident_keyed_by_caller() -> None:
+    service, parts = make()
+    for _ in range(2):
+        with pytest.raises(ConstitutionMismatch):
+            asyncio.run(service.decide(req(h="bad"), CALLER))
+    key = ("constitution_mismatch", "constitution_mismatch:svc-a")
+    assert parts["escalator"].incidents == [key, key]  # the escalator keeps one per key
+    assert not parts["audit"].entries
+
+
+def test_refused_audit_carries_the_audit_unavailable_incident() -> None:
+    service, parts = make(audit=FakeAudit(full=True))
+    decision = asyncio.run(
+        service.decide(req(allow_input(action={"type": "fund_transfer"})), CALLER)
+    )
+    assert [v.principle for v in decision.violations] == ["audit_unavailable"]
+    assert decision.escalation_id == "incident-1"
+    assert parts["escalator"].incidents == [("audit_unavailable", "audit_unavailable")]
+    assert parts["escalator"].durable == []  # the opening was never durable

@@ -33,6 +33,8 @@ EXPECTED_FAMILIES = {
     "acgs_audit_refusals": ("counter", set()),
     "acgs_escalations_open": ("gauge", {"reason", "severity"}),
     "acgs_escalations_created": ("counter", {"reason"}),
+    "acgs_escalations_resolved": ("counter", {"reason", "outcome"}),
+    "acgs_escalation_resolution_seconds": ("histogram", {"outcome"}),
     "acgs_constitutional_violations": ("counter", {"principle", "severity"}),
     "acgs_constitutional_hash_mismatches": ("counter", set()),
     "acgs_policy_info": ("gauge", {"revision", "constitutional_hash"}),
@@ -98,6 +100,7 @@ def feed(m: Metrics) -> None:
     m.audit_refused()
     m.escalation_created(reason="high_impact_action")
     m.set_open_escalations({("high_impact_action", "high"): 3})
+    m.escalation_resolved(reason="high_impact_action", outcome="approved", duration_s=42.0)
     m.audit_shipped(records=10, duration_s=0.004)
     m.watch_audit_journal(backlog_records=lambda: 42, ship_lag_s=lambda: 1.5)
     m.watch_cache(tier="local", stats=Counters(hits=7, misses=3))
@@ -194,6 +197,10 @@ def test_watched_sources_are_read_at_each_scrape(metrics: Metrics) -> None:
     assert value(text, "acgs_audit_shipped_records_total") == 10
     assert value(text, "acgs_escalations_open", reason="high_impact_action", severity="high") == 3
     assert value(text, "acgs_escalations_created_total", reason="high_impact_action") == 1
+    assert value(text, "acgs_escalations_resolved_total", reason="high_impact_action",
+                 outcome="approved") == 1
+    assert value(text, "acgs_escalation_resolution_seconds_bucket", outcome="approved",
+                 le="60.0") == 1
     local.hits = 8
     assert value(scrape(metrics), "acgs_cache_hits_total", tier="local") == 8
 

@@ -133,12 +133,14 @@ class Journal(JournalWriter):
 
     # -- the AuditSink port ------------------------------------------------------------------
 
-    async def append(self, entries: Sequence[AuditEntry]) -> None:
+    async def append(self, entries: Sequence[AuditEntry], *, reserve: bool = False) -> None:
         """Make ``entries`` durable, in order, as the next records of this chain.
 
         Returns once every entry is written (and fsynced, see ``fsync_interval_ms``).
         Raises AuditUnavailable when the backlog is over its bound, the journal
-        is closed or read-only, or its disk failed.
+        is closed or read-only, or its disk failed. ``reserve=True`` lets a few
+        records past the backlog bound: the escalation that reports the refusals
+        themselves (one per episode; see acgs.service_layer.escalator).
         """
         if not entries:
             return
@@ -147,7 +149,7 @@ class Journal(JournalWriter):
         with self._cond:
             self._check_open()
             data, last_seq, last_hash = self._encode(entries)
-            if self._backlog_bytes + len(data) > self._max_bytes:
+            if not reserve and self._backlog_bytes + len(data) > self._max_bytes:
                 raise AuditUnavailable(
                     f"audit backlog of {self._backlog_bytes} bytes not yet shipped to the "
                     f"database is at its bound of {self._max_bytes} bytes"

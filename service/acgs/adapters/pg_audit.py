@@ -12,6 +12,12 @@ shipper reports it, loudly, rather than lose either record.
 
 While PostgreSQL is unreachable the shipper retries with exponential backoff;
 decisions go on and the journal's backlog grows (up to its bound).
+
+``projections`` are SQL statements run in each batch's transaction after the
+insert, reading the batch from the ``acgs_audit_stage`` temporary table: the
+escalations opened by journaled records are created that way
+(:data:`acgs.adapters.pg_escalations.PROJECTION`), exactly once, atomically
+with the records that open them.
 """
 
 from __future__ import annotations
@@ -89,8 +95,10 @@ class Shipper:
         backoff_s: tuple[float, float] = (0.1, 5.0),
         connect_timeout_s: int = 3,
         on_shipped: Callable[[int, float], None] | None = None,
+        projections: Sequence[str] = (),
     ) -> None:
         self._journals = [journal, *orphans]
+        self._projections = tuple(projections)
         self._conninfo = conninfo
         self._batch = batch
         self._idle_s = idle_s
@@ -198,6 +206,8 @@ class Shipper:
                     copy.write_row(row_of(record))
             cur.execute(_INSERT)
             inserted = max(0, cur.rowcount)
+            for projection in self._projections:
+                cur.execute(projection.encode("utf-8"))
             forked = cur.execute(_FORKED).fetchone()
             if forked is not None:
                 raise ChainConflict(

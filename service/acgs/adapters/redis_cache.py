@@ -47,21 +47,28 @@ class RedisCacheStats:
 
 
 def encode_result(result: EngineResult) -> bytes:
-    """Compact JSON: ``[effect, policy_revision, [[principle, severity, message], ...]]``."""
+    """Compact JSON: ``[effect, policy_revision, [[principle, severity, message], ...]]``,
+    plus ``required_approvals`` as a fourth item when the policy set it."""
     violations = [[v.principle, v.severity.value, v.message] for v in result.violations]
-    doc = [result.effect.value, result.policy_revision, violations]
+    doc: list[object] = [result.effect.value, result.policy_revision, violations]
+    if result.required_approvals:
+        doc.append(result.required_approvals)
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def decode_result(raw: bytes | str) -> EngineResult:
     """Inverse of :func:`encode_result`; raises ValueError (or TypeError) on anything else."""
-    effect, revision, violations = json.loads(raw)
+    effect, revision, violations, *rest = json.loads(raw)
     if not isinstance(revision, str):
         raise ValueError("policy revision is not a string")
+    approvals = rest[0] if rest else 0
+    if not isinstance(approvals, int) or len(rest) > 1:
+        raise ValueError("required_approvals is not an integer")
     return EngineResult(
         effect=Effect(effect),
         violations=tuple(Violation(str(p), Severity(s), str(m)) for p, s, m in violations),
         policy_revision=revision,
+        required_approvals=approvals,
     )
 
 

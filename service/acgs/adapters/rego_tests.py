@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import regopy
 
 from acgs import CONSTITUTIONAL_HASH
-from acgs.adapters.rego_source import compile_policy, load_policy_dir
+from acgs.adapters.rego_source import PolicyBundle, compile_policy, load_policy_dir
 from acgs.adapters.regopy_engine import output_value
 from acgs.errors import AcgsError
 
@@ -54,6 +54,22 @@ def run_policy_tests(
     if failed:
         print(f"FAIL: {failed}/{total}", file=out)
     return 1 if failed else 0
+
+
+def failing_tests(bundle: PolicyBundle) -> tuple[int, list[str]]:
+    """Run every ``test_*`` rule of ``bundle``: ``(passed, failures)``.
+
+    Each failure reads ``data.pkg.test_x: FAIL`` (or ``ERROR: message``).
+    Raises PolicyError when the bundle does not compile.
+    """
+    _, compiled = compile_policy(bundle.modules, bundle.data_json, bundle.entrypoints)
+    failures = []
+    for entrypoint in bundle.tests:
+        status, detail, _ = _run_one(compiled, entrypoint)
+        if status != "PASS":
+            name = "data." + entrypoint.replace("/", ".")
+            failures.append(f"{name}: {status}{' ' + detail.strip() if detail else ''}")
+    return len(bundle.tests) - len(failures), failures
 
 
 def _run_one(compiled: Any, entrypoint: str) -> tuple[str, str, float]:

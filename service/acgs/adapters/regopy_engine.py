@@ -286,8 +286,10 @@ def parse_decision(value: Any, *, revision: str) -> EngineResult:
     """Read ``{"effect": "ALLOW"|"DENY"|"ESCALATE", "violations": [...]}`` strictly.
 
     Each violation is ``{"principle", "severity" (lowercase), "message"}``,
-    all strings; ALLOW has none, DENY and ESCALATE at least one. Other keys
-    are ignored. Raises EngineError on any other shape or value.
+    all strings; ALLOW has none, DENY and ESCALATE at least one. An optional
+    ``required_approvals`` (an integer 1..100) is how many distinct humans
+    must approve an escalation of this decision. Other keys are ignored.
+    Raises EngineError on any other shape or value.
     """
     if not isinstance(value, dict):
         raise EngineError(f"decision is not an object: {value!r:.200}")
@@ -301,7 +303,16 @@ def parse_decision(value: Any, *, revision: str) -> EngineResult:
         raise EngineError(f"decision {effect} with {len(violations)} violation(s)")
     return EngineResult(effect=Effect[effect],
                         violations=tuple(_violation(v) for v in violations),
-                        policy_revision=revision)
+                        policy_revision=revision,
+                        required_approvals=_approvals(value.get("required_approvals", 0)))
+
+
+def _approvals(raw: Any) -> int:
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)
+    if not isinstance(raw, int) or isinstance(raw, bool) or not 0 <= raw <= 100:
+        raise EngineError(f"decision has invalid required_approvals {raw!r:.50}")
+    return raw
 
 
 def _violation(raw: Any) -> Violation:

@@ -76,6 +76,8 @@ class EngineResult:
     effect: Effect
     violations: tuple[Violation, ...]
     policy_revision: str
+    required_approvals: int = 0
+    """Approvals an escalation of this result needs (0: the configured default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class Decision:
     decided_at_ns: int
     escalation_id: str = ""
     fail_safe: bool = field(default=False)
+    required_approvals: int = 0  # from the EngineResult; 0: the configured default
 
 
 def new_decision_id() -> str:

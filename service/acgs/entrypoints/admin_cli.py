@@ -14,12 +14,14 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import json_format, timestamp_pb2
 
 from acgs import CONSTITUTIONAL_HASH
+from acgs.adapters import dev_tokens
 from acgs.v1 import audit_pb2, audit_pb2_grpc
 from acgs.v1 import governance_pb2 as gov_pb
 
@@ -29,8 +31,9 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
                         help="server address (default: $ACGS_ADDR or localhost:50051)")
     parser.add_argument("--cacert", default=os.environ.get("ACGS_CACERT"),
                         help="CA certificate (PEM) to use TLS; plaintext when absent")
-    parser.add_argument("--token", default=os.environ.get("ACGS_TOKEN"),
-                        help="bearer token (default: $ACGS_TOKEN)")
+    parser.add_argument("--token", default=None,
+                        help="bearer token (default: $ACGS_TOKEN, else the auditor token of "
+                             "$ACGS_DATA_DIR/dev-tokens when that file exists)")
 
 
 def channel(args: argparse.Namespace) -> grpc.Channel:
@@ -41,10 +44,22 @@ def channel(args: argparse.Namespace) -> grpc.Channel:
     return grpc.insecure_channel(args.addr)
 
 
+def token(args: argparse.Namespace, *, role: str = "auditor") -> str | None:
+    """--token, else $ACGS_TOKEN, else ``role``'s token in the development tokens file."""
+    if args.token or os.environ.get("ACGS_TOKEN"):
+        return str(args.token or os.environ["ACGS_TOKEN"])
+    path = Path(os.environ.get("ACGS_DATA_DIR") or ".acgs") / "dev-tokens"
+    try:
+        return dev_tokens.read(path).get(role)
+    except OSError:
+        return None
+
+
 def metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     md = [("x-constitutional-hash", CONSTITUTIONAL_HASH)]
-    if args.token:
-        md.append(("authorization", f"Bearer {args.token}"))
+    bearer = token(args)
+    if bearer:
+        md.append(("authorization", f"Bearer {bearer}"))
     return tuple(md)
 
 

@@ -54,12 +54,12 @@ class AuditServicer:
 
     async def GetDecision(self, request: pb.GetDecisionRequest, context: Context
                           ) -> pb.AuditRecord:
-        await self._callers.resolve(context, "Audit")
+        await self._callers.resolve(context, "acgs.v1.Audit/GetDecision")
         return record_to_proto(await self._reader.get_decision(request.decision_id))
 
     async def ListDecisions(self, request: pb.ListDecisionsRequest, context: Context
                             ) -> pb.ListDecisionsResponse:
-        await self._callers.resolve(context, "Audit")
+        await self._callers.resolve(context, "acgs.v1.Audit/ListDecisions")
         page = await self._reader.list_decisions(
             filter_from_proto(request.filter), page_size=request.page_size or DEFAULT_PAGE,
             cursor=request.page_token,
@@ -69,7 +69,7 @@ class AuditServicer:
 
     async def VerifyChain(self, request: pb.VerifyChainRequest, context: Context
                           ) -> pb.VerifyChainResponse:
-        await self._callers.resolve(context, "Audit")
+        await self._callers.resolve(context, "acgs.v1.Audit/VerifyChain")
         if not request.instance_id:
             raise InvalidRequest("instance_id is required (ListChains names them)")
         report = await self._reader.verify_chain(
@@ -85,13 +85,13 @@ class AuditServicer:
 
     async def ExportDecisions(self, request: pb.ExportDecisionsRequest, context: Context
                               ) -> AsyncIterator[pb.AuditRecord]:
-        await self._callers.resolve(context, "Audit")
+        await self._callers.resolve(context, "acgs.v1.Audit/ExportDecisions")
         async for record in self._reader.export(filter_from_proto(request.filter)):
             yield record_to_proto(record)
 
     async def ListChains(self, request: pb.ListChainsRequest, context: Context
                          ) -> pb.ListChainsResponse:
-        await self._callers.resolve(context, "Audit")
+        await self._callers.resolve(context, "acgs.v1.Audit/ListChains")
         chains = await self._reader.list_chains()
         return pb.ListChainsResponse(chains=[
             pb.Chain(instance_id=c.instance_id, first_seq=c.first_seq, last_seq=c.last_seq,

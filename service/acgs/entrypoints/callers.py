@@ -1,25 +1,68 @@
-"""Who is calling: metadata → Caller, through the configured Authenticator."""
+"""Who is calling, and may they: metadata → Caller → role check → rate limit.
+
+Every acgs.v1 method starts with ``await callers.resolve(context, METHOD)``; the
+Caller it returns is the only identity the service layer (and the audit trail)
+ever sees: nothing is taken from a request body.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from acgs.domain.model import Caller
+from acgs.domain.rate_limit import RateLimiter
+from acgs.entrypoints.access import AccessTable, allowed_roles
 from acgs.entrypoints.status import Context
+from acgs.errors import PermissionDenied, Unauthenticated
 from acgs.service_layer.ports import Authenticator
 
 
 class AnonymousAuthenticator:
-    """Every caller is anonymous. Used until token authentication is configured."""
+    """Every caller is anonymous: ``ACGS_AUTH=none`` (refused in production)."""
 
-    async def authenticate(self, metadata: object) -> Caller:
+    async def authenticate(self, metadata: Mapping[str, str]) -> Caller:
         return Caller.anonymous()
 
 
 class CallerResolver:
-    """Authenticates the call and checks that its role may use ``service``."""
+    """Authenticates the call, checks its role against ``access``, then its rate.
 
-    def __init__(self, *, authenticator: Authenticator) -> None:
+    ``access=None`` turns the role check off; it goes with AnonymousAuthenticator
+    only. ``limiter=None`` turns rate limits off.
+    """
+
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        access: AccessTable | None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self._authenticator = authenticator
+        self._access = access
+        self._limiter = limiter
 
-    async def resolve(self, context: Context, service: str) -> Caller:
-        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        return await self._authenticator.authenticate(metadata)
+    async def resolve(self, context: Context, method: str) -> Caller:
+        """The caller of ``method`` ("acgs.v1.Service/Method").
+
+        Raises Unauthenticated (missing, unknown or revoked token, or two
+        ``authorization`` values), PermissionDenied (the role may not call
+        ``method``) or LimitExceeded (the caller's rate is used up).
+        """
+        caller = await self._authenticator.authenticate(_metadata(context))
+        if self._access is not None and caller.role not in allowed_roles(self._access, method):
+            raise PermissionDenied(f"role {caller.role!r} may not call {method}")
+        if self._limiter is not None:
+            self._limiter.check(caller)
+        return caller
+
+
+def _metadata(context: Context) -> dict[str, str]:
+    metadata: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if not isinstance(value, str):
+            continue
+        if key == "authorization" and key in metadata:
+            raise Unauthenticated("more than one authorization value")
+        metadata[key] = value
+    return metadata

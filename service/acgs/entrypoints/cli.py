@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from acgs.config import Settings
-from acgs.entrypoints import admin_cli
+from acgs.entrypoints import admin_cli, escalations_cli, policy_cli, token_cli
 from acgs.errors import AcgsError
 
 logger = logging.getLogger("acgs.cli")
@@ -22,6 +22,7 @@ logger = logging.getLogger("acgs.cli")
 
 async def _serve(settings: Settings) -> int:
     from acgs import bootstrap  # imported here: the other commands need no server stack
+    from acgs.bootstrap_auth import dev_token_help
 
     app = await bootstrap.build(settings)
     await app.start()
@@ -30,6 +31,10 @@ async def _serve(settings: Settings) -> int:
         f"(policy {app.engine.policy.revision}, metrics http://{settings.metrics_addr}/metrics)",
         flush=True,
     )
+    if app.dev_tokens_file is not None:
+        address = f"{settings.grpc_addr.rsplit(':', 1)[0]}:{app.port}"
+        print(dev_token_help(app.dev_tokens_file, address, tls=settings.tls_cert is not None),
+              flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -70,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply the SQL migrations (ACGS_DATABASE_URL)")
     migrate.set_defaults(func=cmd_migrate)
     admin_cli.register(sub)
+    escalations_cli.register(sub)
+    token_cli.register(sub)
     policy = sub.add_parser("policy", help="policy commands").add_subparsers(
         dest="policy_command", required=True
     )
@@ -77,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("dir", nargs="?", default="policy")
     test.add_argument("-v", "--verbose", action="store_true")
     test.set_defaults(func=cmd_policy_test)
+    policy_cli.register(policy)
     return parser
 
 

@@ -101,6 +101,12 @@ def parse_input_json(text: str, *, max_depth: int) -> Any:
     except (ValueError, RecursionError) as err:
         raise InvalidRequest(f"input_json is not valid JSON: {err}") from err
     _check_depth(value, max_depth)
+    if "\\u" in text:  # only an escape can make a lone surrogate, which no engine can encode
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InvalidRequest("input_json holds a lone UTF-16 surrogate (\\ud800-\\udfff)"
+                                 ) from err
     return value
 
 

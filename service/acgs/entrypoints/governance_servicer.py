@@ -10,6 +10,9 @@ from acgs.service_layer.decisions import DecisionService
 from acgs.v1 import governance_pb2 as pb
 
 HASH_METADATA = "x-constitutional-hash"
+DECIDE = "acgs.v1.Governance/Decide"
+DECIDE_BATCH = "acgs.v1.Governance/DecideBatch"
+EVALUATE = "acgs.v1.Governance/Evaluate"
 
 
 def metadata_value(context: Context, key: str) -> str:
@@ -36,7 +39,7 @@ class GovernanceServicer:
         self._max_depth = max_input_depth
 
     async def Decide(self, request: pb.DecideRequest, context: Context) -> pb.Decision:
-        caller = await self._callers.resolve(context, "Governance")
+        caller = await self._callers.resolve(context, DECIDE)
         domain_request = convert.decision_request(
             request, metadata_hash=metadata_value(context, HASH_METADATA), max_depth=self._max_depth
         )
@@ -48,7 +51,7 @@ class GovernanceServicer:
     async def DecideBatch(
         self, request: pb.DecideBatchRequest, context: Context
     ) -> pb.DecideBatchResponse:
-        caller = await self._callers.resolve(context, "Governance")
+        caller = await self._callers.resolve(context, DECIDE_BATCH)
         if len(request.requests) > self._max_batch:
             raise LimitExceeded(
                 f"batch of {len(request.requests)} requests exceeds the limit of {self._max_batch}"
@@ -64,7 +67,7 @@ class GovernanceServicer:
         return pb.DecideBatchResponse(decisions=[convert.decision_to_proto(d) for d in decisions])
 
     async def Evaluate(self, request: pb.EvaluateRequest, context: Context) -> pb.EvaluateResponse:
-        caller = await self._callers.resolve(context, "Governance")
+        caller = await self._callers.resolve(context, EVALUATE)
         input_value = convert.parse_input_json(request.input_json, max_depth=self._max_depth)
         evaluation, decision_id = await self._service.evaluate(
             request.path,

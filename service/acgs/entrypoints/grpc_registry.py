@@ -6,6 +6,9 @@ protobuf's recursion limit, invalid UTF-8 in a string field) then surfaces as
 INTERNAL. Here each method gets a deserializer that turns a parse failure into a
 :class:`Malformed` value, answered with INVALID_ARGUMENT, and every domain
 error is mapped to its status code in one place (:mod:`acgs.entrypoints.status`).
+A malformed body first passes the ``guard`` (the CallerResolver) that the
+servicer would have called, so that an unauthenticated caller learns nothing
+from a body that does not parse: UNAUTHENTICATED comes before INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from acgs.entrypoints.status import Context, abort_with
+from acgs.errors import InvalidRequest
 
 logger = logging.getLogger("acgs.grpc")
 
@@ -41,11 +45,21 @@ def _safe_deserializer(cls: Any) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def _unary(fn: Callable[[Any, Context], Awaitable[Any]]) -> Any:
+Guard = Callable[[Context, str], Awaitable[object]]
+"""Checks the caller of a method ("package.Service/Method"); raises to refuse."""
+
+
+async def _refuse(request: Malformed, context: Context, method: str, guard: Guard | None) -> None:
+    if guard is not None:
+        await guard(context, method)
+    raise InvalidRequest(request.reason)
+
+
+def _unary(fn: Callable[[Any, Context], Awaitable[Any]], method: str, guard: Guard | None) -> Any:
     async def handler(request: Any, context: Context) -> Any:
-        if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         try:
+            if isinstance(request, Malformed):
+                await _refuse(request, context, method, guard)
             return await fn(request, context)
         except grpc.aio.AbortError:
             raise
@@ -55,11 +69,12 @@ def _unary(fn: Callable[[Any, Context], Awaitable[Any]]) -> Any:
     return handler
 
 
-def _stream(fn: Callable[[Any, Context], AsyncIterator[Any]]) -> Any:
+def _stream(fn: Callable[[Any, Context], AsyncIterator[Any]], method: str,
+            guard: Guard | None) -> Any:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
-        if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         try:
+            if isinstance(request, Malformed):
+                await _refuse(request, context, method, guard)
             async for item in fn(request, context):
                 yield item
         except grpc.aio.AbortError:
@@ -70,22 +85,29 @@ def _stream(fn: Callable[[Any, Context], AsyncIterator[Any]]) -> Any:
     return handler
 
 
-def register(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
-    """Add ``servicer``'s methods (named as in the .proto) for ``service`` to ``server``."""
+def register(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object, *,
+             guard: Guard | None = None) -> None:
+    """Add ``servicer``'s methods (named as in the .proto) for ``service`` to ``server``;
+    ``guard`` checks the caller of a body that does not parse (see the module docstring)."""
     handlers: dict[str, Any] = {}
     for method in service.methods:
         fn = getattr(servicer, method.name)
+        name = f"{service.full_name}/{method.name}"
         req_cls = message_factory.GetMessageClass(method.input_type)
         resp_cls = message_factory.GetMessageClass(method.output_type)
         deserializer = _safe_deserializer(req_cls)
         serializer = resp_cls.SerializeToString
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(fn), request_deserializer=deserializer, response_serializer=serializer
+                _stream(fn, name, guard),
+                request_deserializer=deserializer,
+                response_serializer=serializer,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(fn), request_deserializer=deserializer, response_serializer=serializer
+                _unary(fn, name, guard),
+                request_deserializer=deserializer,
+                response_serializer=serializer,
             )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)

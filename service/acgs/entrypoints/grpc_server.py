@@ -11,13 +11,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from acgs.entrypoints.grpc_registry import register
+from acgs.entrypoints.grpc_registry import Guard, register
 
 logger = logging.getLogger("acgs.server")
 
 
 class GrpcServer:
     """A grpc.aio server whose health reports SERVING only when told to.
+
+    ``credentials``: TLS, else plaintext. ``guard``: the CallerResolver's
+    ``resolve``, applied to bodies that do not parse (see grpc_registry).
 
     ``start`` binds and returns the bound port (useful with port 0); ``stop``
     reports NOT_SERVING first, then lets in-flight calls finish for up to
@@ -31,9 +34,11 @@ class GrpcServer:
         services: Sequence[tuple[ServiceDescriptor, object]],
         max_message_bytes: int,
         credentials: grpc.ServerCredentials | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self._address = address
         self._credentials = credentials
+        self._guard = guard
         self._services = list(services)
         self._server = grpc.aio.server(
             options=[
@@ -53,7 +58,7 @@ class GrpcServer:
 
     async def start(self) -> int:
         for descriptor, servicer in self._services:
-            register(self._server, descriptor, servicer)
+            register(self._server, descriptor, servicer, guard=self._guard)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [d.full_name for d, _ in self._services]
         names += [

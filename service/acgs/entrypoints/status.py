@@ -17,6 +17,7 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.ConstitutionMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.BadSignature, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.UnknownRule, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.PolicyError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -28,6 +29,8 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.AuditUnavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.EngineError, grpc.StatusCode.UNAVAILABLE),
+    (errors.InvalidTransition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
 

@@ -1,8 +1,13 @@
 """The decision use cases: Decide, DecideBatch and Evaluate.
 
 One request's path, in order: constitutional hash → cache → engine (fail-safe
-on any doubt) → audit (durable before the answer) → cache fill → telemetry.
-Nothing here knows about gRPC.
+on any doubt) → escalation → audit (durable before the answer) → cache fill →
+telemetry. Nothing here knows about gRPC.
+
+A decision that needs a human (ESCALATE, fail-safe, a critical violation) gets
+an escalation id; the escalation's opening record goes in the same durable
+write as the decision's, so the answer never waits on PostgreSQL. A wrong hash
+and refused audit writes open incident escalations (see the Escalator port).
 """
 
 from __future__ import annotations
@@ -14,14 +19,18 @@ from dataclasses import replace
 from typing import Any
 
 from acgs.domain import canonical
+from acgs.domain import escalation as esc
 from acgs.domain.cache_key import decision_cache_key
 from acgs.domain.model import (
     AUDIT_UNAVAILABLE,
+    CONSTITUTIONAL_HASH,
     Caller,
     Decision,
     DecisionRequest,
     Effect,
     EngineResult,
+    Severity,
+    Violation,
     fail_safe_result,
     new_decision_id,
 )
@@ -84,12 +93,27 @@ class DecisionService:
             self._telemetry.hash_mismatch()
             raise ConstitutionMismatch(expected=self._hash, got=got)
 
+    async def _check_hash(self, got: str, caller: Caller,
+                          policy_input: Mapping[str, Any] | None = None) -> None:
+        """check_hash, and escalate a mismatch: one incident per caller at a time (a client
+        sending the wrong hash on every call is one incident, not thousands)."""
+        try:
+            self.check_hash(got)
+        except ConstitutionMismatch as err:
+            if self._escalator is not None:
+                await self._escalator.incident(
+                    reason=esc.CONSTITUTION_MISMATCH,
+                    key=f"{esc.CONSTITUTION_MISMATCH}:{caller.id}", caller=caller,
+                    violation=Violation(CONSTITUTIONAL_HASH, Severity.HIGH, str(err)),
+                    policy_input=policy_input)
+            raise
+
     async def decide(
         self, request: DecisionRequest, caller: Caller, *, deadline_s: float | None = None
     ) -> Decision:
         """Decide one request; the decision is durable in the audit trail when this returns."""
         start = time.perf_counter_ns()
-        self.check_hash(request.constitutional_hash)
+        await self._check_hash(request.constitutional_hash, caller, request.policy_input)
         policy = self._engine.policy
         cache = self._cache
         key = decision_cache_key(policy, request.policy_input) if cache is not None else ""
@@ -115,7 +139,7 @@ class DecisionService:
         """Decide every request, in order; the batch is audited with one durable write."""
         start = time.perf_counter_ns()
         for request in requests:
-            self.check_hash(request.constitutional_hash)
+            await self._check_hash(request.constitutional_hash, caller, request.policy_input)
         # The evaluation budget is per decision; a batch may use it once per item
         # (the worst case, evaluated serially), but never past the caller's deadline.
         timeout = self._timeout(deadline_s, items=len(requests))
@@ -142,7 +166,7 @@ class DecisionService:
         deadline_s: float | None = None,
     ) -> tuple[Evaluation, str]:
         """The value of any rule of the active policy, audited; returns it and its decision id."""
-        self.check_hash(constitutional_hash)
+        await self._check_hash(constitutional_hash, caller)
         start = time.perf_counter_ns()
         try:
             evaluation = await self._engine.evaluate(
@@ -217,6 +241,7 @@ class DecisionService:
             latency_us=(time.perf_counter_ns() - start_ns) // 1000,
             decided_at_ns=time.time_ns(),
             fail_safe=_is_fail_safe(result),
+            required_approvals=result.required_approvals,
         )
 
     async def _keep(self, decision: Decision, request: DecisionRequest, caller: Caller) -> Decision:
@@ -225,44 +250,57 @@ class DecisionService:
     async def _keep_many(
         self, decisions: list[Decision], requests: Sequence[DecisionRequest], caller: Caller
     ) -> list[Decision]:
-        """Escalate what needs humans, then make every decision durable before it is returned."""
-        if self._escalator is not None:
-            decisions = [await self._escalate(d, caller) for d in decisions]
+        """Escalate what needs humans, then make every decision (and the opening of every
+        escalation, in the same write) durable before it is returned."""
         if self._audit is None:
             return decisions
-        entries = [
-            AuditEntry("decide", d, caller, self._request_json(r))
-            for d, r in zip(decisions, requests, strict=True)
-        ]
+        entries: list[AuditEntry] = []
+        openings: list[AuditEntry] = []
+        for i, (decision, request) in enumerate(zip(decisions, requests, strict=True)):
+            opening = self._opening(decision, request, caller)
+            if opening is not None:
+                decision = replace(decision, escalation_id=opening.decision.escalation_id)
+                decisions[i] = decision
+                openings.append(opening)
+            entries.append(AuditEntry("decide", decision, caller, self._request_json(request)))
+            entries.extend([opening] if opening is not None else [])
         try:
             await self._audit.append(entries)
         except AuditUnavailable as err:
             self._telemetry.audit_refused()
             logger.error("audit trail refused %d records: %s", len(entries), err)
-            return [self._refused(d, str(err)) for d in decisions]
+            return await self._refuse_all(decisions, str(err), caller)
+        if openings and self._escalator is not None:
+            self._escalator.opened(openings)
         return decisions
 
-    async def _escalate(self, decision: Decision, caller: Caller) -> Decision:
-        assert self._escalator is not None
-        reason = _escalation_reason(decision)
-        if not reason:
-            return decision
-        escalation_id = await self._escalator.escalate(decision, reason=reason, caller=caller)
-        return replace(decision, escalation_id=escalation_id)
+    def _opening(self, decision: Decision, request: DecisionRequest,
+                 caller: Caller) -> AuditEntry | None:
+        reason = esc.reason_for(decision) if self._escalator is not None else ""
+        if self._escalator is None or not reason:
+            return None
+        return self._escalator.opening(decision, reason=reason, caller=caller,
+                                       policy_input=request.policy_input)
 
-    def _refused(self, decision: Decision, why: str) -> Decision:
+    async def _refuse_all(self, decisions: list[Decision], why: str,
+                          caller: Caller) -> list[Decision]:
+        """Every decision becomes a DENY audit_unavailable carrying this server's incident."""
+        incident = ""
+        if self._escalator is not None:
+            incident = await self._escalator.incident(
+                reason=esc.AUDIT_UNAVAILABLE, key=esc.AUDIT_UNAVAILABLE, caller=caller,
+                violation=Violation(AUDIT_UNAVAILABLE, Severity.CRITICAL,
+                                    f"audit trail refused decisions: {why}"))
+        return [self._refused(d, why, incident) for d in decisions]
+
+    def _refused(self, decision: Decision, why: str, escalation_id: str) -> Decision:
         result = fail_safe_result(
             f"audit trail unavailable, refusing to decide: {why}",
             revision=decision.policy_revision,
             principle=AUDIT_UNAVAILABLE,
         )
-        return replace(
-            decision,
-            effect=result.effect,
-            violations=result.violations,
-            fail_safe=True,
-            cached=False,
-        )
+        return replace(decision, effect=result.effect, violations=result.violations,
+                       fail_safe=True, cached=False, escalation_id=escalation_id)
 
     def _request_json(self, request: DecisionRequest) -> str:
         doc = {"request_id": request.request_id, "input": request.policy_input}
@@ -273,13 +311,3 @@ class DecisionService:
 
 def _is_fail_safe(result: EngineResult) -> bool:
     return any(v.principle in ("fail_safe", AUDIT_UNAVAILABLE) for v in result.violations)
-
-
-def _escalation_reason(decision: Decision) -> str:
-    if decision.effect is Effect.ESCALATE:
-        return "high_impact_action"
-    if decision.fail_safe:
-        return "fail_safe"
-    if any(v.severity.value == "critical" for v in decision.violations):
-        return "critical_violation"
-    return ""

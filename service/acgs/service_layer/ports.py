@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from acgs.domain.model import Caller, Decision, EngineResult
+from acgs.domain.model import Caller, Decision, EngineResult, Violation
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class DecisionCache(Protocol):
 class AuditEntry:
     """What the audit trail keeps of one decision or evaluation."""
 
-    kind: str  # "decide" | "evaluate"
+    kind: str  # "decide" | "evaluate" | "escalation" (a change of one) | "approval" (its ALLOW)
     decision: Decision
     caller: Caller
     request_json: str  # canonical JSON of the request (masked where configured)
@@ -81,9 +81,26 @@ class AuditSink(Protocol):
 
 
 class Escalator(Protocol):
-    """Hands decisions to humans. Returns the escalation id, or "" when none was opened."""
+    """Hands decisions to humans (:mod:`acgs.service_layer.escalator`).
 
-    async def escalate(self, decision: Decision, *, reason: str, caller: Caller) -> str: ...
+    ``opening`` does no I/O: it returns the audit entry that opens an escalation
+    of ``decision`` (its ``decision.escalation_id`` is the new escalation's id).
+    The escalation exists once that entry is durable, so the caller appends it
+    with the decision's own entry, then reports them with ``opened``.
+    ``incident`` opens an escalation that no durable decision carries (a
+    request naming another constitution, the audit trail refusing decisions):
+    once per ``key`` at a time, durable before it returns when the journal or
+    the database takes it (else retried in the background); it returns the id
+    and never raises.
+    """
+
+    def opening(self, decision: Decision, *, reason: str, caller: Caller,
+                policy_input: Mapping[str, Any]) -> AuditEntry: ...
+
+    def opened(self, entries: Sequence[AuditEntry]) -> None: ...
+
+    async def incident(self, *, reason: str, key: str, caller: Caller, violation: Violation,
+                       policy_input: Mapping[str, Any] | None = None) -> str: ...
 
 
 class Telemetry(Protocol):
