@@ -125,6 +125,8 @@ class ServerProcess:
 
     def start(self, *, timeout: float = 30.0, wait_serving: bool = True) -> ServerProcess:
         self._provision()
+        if self._log is not None:  # a restart: the previous process's handle
+            self._log.close()  # type: ignore[attr-defined]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "acgs.entrypoints.cli", "serve"],
