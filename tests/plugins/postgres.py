@@ -24,7 +24,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
-from typing import NoReturn
 
 import psycopg
 import pytest
@@ -33,38 +32,9 @@ from acgs.adapters.pg_migrations import migrate
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from tests.plugins.common import docker_reachable, unavailable
+
 _KEEP = ("acgs_schema_migrations", "acgs_meta", "auth_tokens")  # tokens: running servers
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip with ``reason``, or fail when running in CI (where every test must run)."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def _docker_reachable() -> bool:
-    """True when a Docker daemon answers ``/_ping`` within two seconds."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    try:
-        if host.startswith("unix://"):
-            sock = socket.socket(socket.AF_UNIX)
-            sock.settimeout(2)
-            try:
-                sock.connect(host.removeprefix("unix://"))
-            except OSError:
-                sock.close()
-                raise
-        elif host.startswith("tcp://"):
-            name, _, port = host.removeprefix("tcp://").partition(":")
-            sock = socket.create_connection((name, int(port or 2375)), timeout=2)
-        else:
-            return False
-        with sock:
-            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            return b" 200 " in sock.recv(64)
-    except (OSError, ValueError):
-        return False
 
 
 def _throwaway_server(directory: Path) -> tuple[str, Callable[[], None]]:
@@ -81,7 +51,7 @@ def _throwaway_server(directory: Path) -> tuple[str, Callable[[], None]]:
 
 def _testcontainers_postgres() -> type | None:
     """The testcontainers PostgreSQL class when it is installed and Docker answers."""
-    if not _docker_reachable():
+    if not docker_reachable():
         return None
     try:
         from testcontainers.postgres import PostgresContainer

@@ -21,17 +21,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 import redis
 
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip with ``reason``, or fail when running in CI (where every test must run)."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
+from tests.plugins.common import docker_reachable, unavailable
 
 
 def _free_port() -> int:
@@ -113,33 +107,9 @@ class ThrowawayRedis:
             thread.join(timeout=30)
 
 
-def _docker_reachable() -> bool:
-    """True when a Docker daemon answers ``/_ping`` within two seconds."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    try:
-        if host.startswith("unix://"):
-            sock = socket.socket(socket.AF_UNIX)
-            sock.settimeout(2)
-            try:
-                sock.connect(host.removeprefix("unix://"))
-            except OSError:
-                sock.close()
-                raise
-        elif host.startswith("tcp://"):
-            name, _, port = host.removeprefix("tcp://").partition(":")
-            sock = socket.create_connection((name, int(port or 2375)), timeout=2)
-        else:
-            return False
-        with sock:
-            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            return b" 200 " in sock.recv(64)
-    except (OSError, ValueError):
-        return False
-
-
 def _testcontainers_redis() -> type | None:
     """The testcontainers Redis class when testcontainers is installed and Docker answers."""
-    if not _docker_reachable():
+    if not docker_reachable():
         return None
     try:
         from testcontainers.redis import RedisContainer
