@@ -197,8 +197,8 @@ v := 1 if {
 
 def test_refused_builtin_used_as_a_mock_is_refused() -> None:
     source = ("package acgs.x\n\nimport rego.v1\n\n"
-              "p := time.now_ns() with time.now_ns as opa.runtime\n")
-    with pytest.raises(UnsupportedBuiltin, match=r"m\.rego:5:40: call to opa\.runtime"):
+              "p := lower(\"A\") with lower as opa.runtime\n")
+    with pytest.raises(UnsupportedBuiltin, match=r"m\.rego:5:31: call to opa\.runtime"):
         parts(source, name="m.rego")
 
 
@@ -222,3 +222,12 @@ def test_missing_builtin_used_as_a_mock_is_refused() -> None:
     with pytest.raises(UnsupportedBuiltin, match=r"w\.rego:8:20: call to net\.cidr_contains"):
         parts(source, name="w.rego")
     parts(source.replace("net.cidr_contains", "object.union"))  # a supported one is fine
+
+
+@pytest.mark.parametrize("call", ["time.now_ns()", "rand.intn(\"k\", 10)", "uuid.rfc4122(\"k\")"])
+def test_nondeterministic_builtins_are_refused(call: str) -> None:
+    # The cache, replay and "never stale" need decisions that depend on input,
+    # data and policy only; callers pass the time in the request's context.
+    source = f"package acgs.x\n\nimport rego.v1\n\np := {call}\n"
+    with pytest.raises(UnsupportedBuiltin, match=r"m\.rego:5:6: call to .* refused"):
+        check_modules({"m.rego": source})

@@ -36,6 +36,11 @@ REFUSED_BUILTINS: Mapping[str, str] = {
     "print": "writes request data to the server's output",
     "internal.print": "writes request data to the server's output",
     "trace": "writes request data to the server's output",
+    # A decision must be a function of input, data and policy: the cache, the
+    # audit replay and "never stale" depend on it. Callers pass time in context.
+    "time.now_ns": "changes with the clock, so cached and replayed decisions would differ",
+    "rand.intn": "is random, so cached and replayed decisions would differ",
+    "uuid.rfc4122": "is random, so cached and replayed decisions would differ",
 }
 
 _NAME = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
