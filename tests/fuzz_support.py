@@ -163,7 +163,8 @@ def request_of(doc: dict[str, Any], constitutional_hash: str) -> pb.DecideReques
 VALID = decide_request(allow_input()).SerializeToString()
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """A protobuf base-128 varint."""
     out = bytearray()
     while True:
         b, n = n & 0x7F, n >> 7
@@ -174,7 +175,7 @@ def _varint(n: int) -> bytes:
 
 def string_field(number: int, raw: bytes) -> bytes:
     """A length-delimited field ``number`` holding ``raw`` (no UTF-8 check on the way)."""
-    return _varint(number << 3 | 2) + _varint(len(raw)) + raw
+    return varint(number << 3 | 2) + varint(len(raw)) + raw
 
 
 def _invalid(raw: bytes) -> bool:

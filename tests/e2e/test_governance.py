@@ -12,6 +12,7 @@ from acgs.v1 import governance_pb2_grpc as pb_grpc
 
 from tests.client import HASH, allow_input, decide_request
 from tests.constitution_cases import CASES
+from tests.fuzz_support import varint
 from tests.plugins.servers import ServerProcess
 
 EFFECT = {"ALLOW": pb.ALLOW, "DENY": pb.DENY, "ESCALATE": pb.ESCALATE}
@@ -130,17 +131,8 @@ def test_missing_field_is_invalid_argument(stub: pb_grpc.GovernanceStub, field: 
     assert field in info.value.details()
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _ld(tag: int, payload: bytes) -> bytes:
-    return bytes([tag]) + _varint(len(payload)) + payload
+    return bytes([tag]) + varint(len(payload)) + payload
 
 
 def deep_struct_bytes(depth: int) -> bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -72,7 +72,6 @@ class DecisionService:
         telemetry: Telemetry,
         constitutional_hash: str,
         eval_timeout_s: float,
-        mask: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     ) -> None:
         self._engine = engine
         self._cache = cache
@@ -81,7 +80,6 @@ class DecisionService:
         self._telemetry = telemetry
         self._hash = constitutional_hash
         self._eval_timeout_s = eval_timeout_s
-        self._mask = mask
 
     @property
     def constitutional_hash(self) -> str:
@@ -304,8 +302,6 @@ class DecisionService:
 
     def _request_json(self, request: DecisionRequest) -> str:
         doc = {"request_id": request.request_id, "input": request.policy_input}
-        if self._mask is not None:
-            doc["input"] = self._mask(request.policy_input)
         return canonical.dumps(doc)
 
 
