@@ -82,6 +82,8 @@ class Shipper:
     ``shipped_records``, ``last_error`` and the properties ``backlog_records``,
     ``backlog_bytes``, ``lag_s`` are for metrics and health; ``on_shipped(rows,
     seconds)`` is called from the shipper's thread after each committed batch.
+    After a batch the thread waits ``gather_s`` before the next, so a steady
+    load is shipped in transactions of ``gather_s`` worth of records.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class Shipper:
         batch: int = 1000,
         orphans: Sequence[JournalReader] = (),
         idle_s: float = 0.2,
+        gather_s: float = 0.05,
         backoff_s: tuple[float, float] = (0.1, 5.0),
         connect_timeout_s: int = 3,
         on_shipped: Callable[[int, float], None] | None = None,
@@ -102,6 +105,7 @@ class Shipper:
         self._conninfo = conninfo
         self._batch = batch
         self._idle_s = idle_s
+        self._gather_s = gather_s
         self._backoff_s = backoff_s
         self._connect_timeout_s = connect_timeout_s
         self._on_shipped = on_shipped
@@ -146,6 +150,8 @@ class Shipper:
         for journal in list(self._journals):
             while batch := self._read(journal):
                 inserted += self._ship(journal, batch)
+                if len(batch.records) < self._batch:
+                    break  # drained what was there; what arrived since waits for the next round
             self._retire_if_drained(journal)
         self._oldest_pending_us = None
         return inserted
@@ -156,6 +162,10 @@ class Shipper:
             try:
                 if self.ship_once() == 0:
                     self._journals[0].wait_for_data(self._idle_s)
+                else:
+                    # Let records gather: under load one transaction per ``gather_s``
+                    # rather than one per fsync (each costs a commit and a marker write).
+                    self._stop.wait(self._gather_s)
                 delay, self.last_error = self._backoff_s[0], None
             except (psycopg.Error, OSError, ChainConflict) as err:
                 self._failed(err, delay)
