@@ -27,6 +27,7 @@ import regopy
 from regopy import rego_shared
 
 from acgs.adapters.rego_source import PolicyBundle, compile_policy
+from acgs.adapters.regopy_calls import build_input, query_entrypoint
 from acgs.domain import canonical
 from acgs.domain.model import Effect, EngineResult, Severity, Violation
 from acgs.errors import AcgsError, ConstitutionMismatch, EngineError, EngineTimeout, UnknownRule
@@ -236,14 +237,14 @@ class RegopyEngine:
             compiled = self._compiled(bundle)
             interp = compiled.interp
             if has_input:
-                interp.set_input(regopy.Input(input_value))
+                interp.set_input(build_input(input_value))
             else:
                 # An interpreter cannot forget its input; a fresh one (about 4 µs)
                 # evaluates the same compiled bundle without any.
                 interp = regopy.Interpreter()
                 interp.log_level = regopy.LogLevel.NONE
                 interp.strict_built_in_errors = True
-            output = interp.query_bundle_entrypoint(compiled.bundle, entrypoint)
+            output = query_entrypoint(interp, compiled.bundle, entrypoint)
         except AcgsError as err:
             raise EngineError(f"{entrypoint}: {err}") from err
         except Exception as err:  # regopy raises RegoError, ValueError, JSONDecodeError...
