@@ -9,12 +9,19 @@ policy once, at its start, so one answer never mixes two policy versions.
 Timeouts: a call that exceeds its budget raises ``EngineTimeout`` at once, but
 regopy cannot be interrupted: the worker thread finishes the evaluation in the
 background and its result is discarded. A policy that loops can therefore
-occupy a worker; the budget protects callers, not the pool.
+occupy a worker; the budget protects callers, not the pool. A call whose budget
+passes while it still waits for a worker is not evaluated at all.
+
+The hop to a worker and back is one queue put and one ``call_soon_threadsafe``
+(``_call``/``_settle``), with the budget as a plain timer: ``run_in_executor``
+plus ``wait_for`` chained two futures and a task per call, which measured as
+the difference between passing and failing 1,000 decisions/s on one core.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
@@ -167,11 +174,14 @@ class RegopyEngine:
         return bundle
 
     async def _run(self, timeout_s: float, fn: Callable[..., T], *args: Any) -> T:
-        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._executor.submit(_call, loop, future, fn, args)
+        timer = loop.call_later(timeout_s, _expire, future, timeout_s)
         try:
-            return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError as err:
-            raise EngineTimeout(f"evaluation took longer than {timeout_s * 1000:.0f} ms") from err
+            return await future
+        finally:
+            timer.cancel()
 
     # --- worker-thread side -----------------------------------------------------
 
@@ -250,6 +260,34 @@ class RegopyEngine:
         except Exception as err:  # regopy raises RegoError, ValueError, JSONDecodeError...
             raise EngineError(f"{entrypoint}: evaluation failed: {err}") from err
         return output_value(output, entrypoint)
+
+
+def _call(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+          fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    """On a worker: run ``fn`` and hand its outcome to ``future`` on its loop (one wake-up)."""
+    if future.done():  # timed out (or cancelled) while queued: do not evaluate at all
+        return
+    try:
+        result, error = fn(*args), None
+    except BaseException as err:  # delivered to the awaiting caller, not lost in the pool
+        result, error = None, err
+    with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+        loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+def _expire(future: asyncio.Future[Any], timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(
+            EngineTimeout(f"evaluation took longer than {timeout_s * 1000:.0f} ms"))
 
 
 def output_value(output: Any, entrypoint: str) -> tuple[bool, Any]:
