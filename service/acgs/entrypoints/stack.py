@@ -167,7 +167,10 @@ def _haproxy(directory: Path, procs: Processes, edge: EdgeConfig) -> None:
 def _all_up(stats_url: str, n: int) -> bool:
     with urllib.request.urlopen(stats_url, timeout=1) as resp:
         rows = resp.read().decode().splitlines()
-    return bool(sum(r.startswith("acgs_unary,") and ",UP," in r for r in rows) == n)
+    # One row per server, plus the backend's own summary row (also UP), which is not counted.
+    servers = [r for r in rows if r.startswith("acgs_unary,")
+               and r.split(",", 2)[1] not in ("FRONTEND", "BACKEND")]
+    return sum(",UP," in r for r in servers) == n
 
 
 def _prometheus(directory: Path, procs: Processes, edge: EdgeConfig) -> str | None:
