@@ -1,9 +1,11 @@
 """``make bench`` → ``python3 -m bench.run``: how fast is a decision, next to an empty call?
 
-Modes: the scenario ladder (default, ~5 min; ``--quick`` ~1 min), ``--soak N``
+Modes: the scenario ladder (default, ~5 min per target; ``--quick`` ~1), ``--soak N``
 (memory over N decisions) and ``--profile`` (py-spy on the uncached path).
 Servers are real ``acgs serve`` processes on free ports; load comes from
-:mod:`bench.loadgen` (open loop, latency from the scheduled send time).
+:mod:`bench.loadgen` (open loop, latency from the scheduled send time). Each scenario
+runs against every target of ``--targets``: the server's own port (``direct``) and
+HAProxy in front of it (``haproxy``, :mod:`bench.edge`), one after the other.
 Writes bench/results/bench.json, latency.png, and prints a README-ready table.
 """
 
@@ -20,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import h2load_check, profile, report, scenarios, soak
+from bench.edge import TARGETS, endpoint
 from bench.loadgen import Driver, percentile
 from bench.scenarios import SCENARIOS, SERVERS, Cursor, Plan
-from bench.server import REPO, Server, endpoint, features, total
+from bench.server import REPO, Server, features, total
 
 HASH = "cdd01ef066bc6cf2"
 HEADERS = {"x-constitutional-hash": HASH, "grpc-timeout": "5S"}
@@ -47,11 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="~1 minute: short steps, fewer rates")
     p.add_argument("--scenarios", default=",".join(s.key for s in SCENARIOS),
                    help="comma-separated subset of: %(default)s")
-    p.add_argument("--target", default="direct",
-                   help="where load goes: 'direct' (the server's port); 'haproxy' once the edge "
-                        "lands (hook: bench/server.py endpoint())")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help="where load goes, comma-separated: 'direct' (the server's port), "
+                        "'haproxy' (HAProxy's h2c listener in front of it; bench/edge.py); "
+                        "--soak and --profile use the first (default: %(default)s)")
     p.add_argument("--no-pin", action="store_true",
-                   help="do not pin the server to the last CPU and the load generator to CPU 0")
+                   help="do not pin the server to the last CPU and the load generator and "
+                        "HAProxy to CPU 0")
     p.add_argument("--out", type=Path, default=report.RESULTS, help="results directory")
     p.add_argument("--soak", type=int, metavar="N", help="memory soak: send N decisions")
     p.add_argument("--soak-every", type=int, default=50_000, help="RSS sample period (decisions)")
@@ -62,16 +67,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-hz", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--profile-native", action="store_true",
                    help="py-spy --native: C/Cython frames too, but pauses the server per sample")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.targets = [t for t in args.targets.split(",") if t]
+    unknown = set(args.targets) - set(TARGETS)
+    if unknown or not args.targets:
+        p.error(f"--targets: expected some of {', '.join(TARGETS)}, got {args.targets}")
+    return args
 
 
-def pinning(args: argparse.Namespace) -> tuple[set[int] | None, str]:
+def pinning(args: argparse.Namespace) -> tuple[set[int] | None, set[int] | None, str]:
+    """(the server's CPUs, the CPUs of everything else: load generator, HAProxy, database; a
+    note); None: not pinned."""
     cpus = sorted(os.sched_getaffinity(0))
     if args.no_pin or len(cpus) < 2:
-        return None, f"not pinned: server and load generator share CPUs {cpus}"
+        return None, None, f"not pinned: server, load generator and HAProxy share CPUs {cpus}"
     os.sched_setaffinity(0, {cpus[0]})
-    return {cpus[-1]}, (f"server pinned to CPU {cpus[-1]}, load generator (and py-spy) to CPU "
-                        f"{cpus[0]}")
+    return {cpus[-1]}, {cpus[0]}, (f"server pinned to CPU {cpus[-1]}; load generator, HAProxy, "
+                                   f"the embedded PostgreSQL (and py-spy) to CPU {cpus[0]}")
 
 
 def meta(args: argparse.Namespace, pin_note: str) -> dict[str, Any]:
@@ -88,11 +100,12 @@ def meta(args: argparse.Namespace, pin_note: str) -> dict[str, Any]:
             "git": rev + ("+dirty" if dirty else ""), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "python": platform.python_version(), "cpus": os.cpu_count(), "cpu_model": cpu,
             "pinning": pin_note, "loadavg_start": load, "note": note, "baseline": BASELINE_NOTE,
-            "target": args.target, "quick": args.quick,
+            "targets": args.targets, "quick": args.quick,
             "generator": GENERATOR_NOTE}
 
 
-async def calibrate(host: str, port: int, server: Server, n: int) -> dict[str, Any]:
+async def calibrate(host: str, port: int, server: Server, n: int,
+                    target: str) -> dict[str, Any]:
     """Closed-loop Health calls: the generator's CPU per call against the server's."""
     driver = Driver(host, port, scenarios.HEALTH, headers=server.headers(HEADERS))
     await driver.open()
@@ -105,17 +118,41 @@ async def calibrate(host: str, port: int, server: Server, n: int) -> dict[str, A
     finally:
         driver.close()
     client_us = s.client_cpu_s / n * 1e6
-    out = {"calls": n, "closed_loop_rate": s.rate, "errors": s.errors,
+    out = {"calls": n, "target": target, "closed_loop_rate": s.rate, "errors": s.errors,
            "client_cpu_us_per_call": client_us, "server_cpu_us_per_call": server_us,
            "headroom": server_us / client_us if client_us else None}
     print(f"calibration: generator {client_us:.0f} µs CPU per call vs server {server_us:.0f} µs "
-          f"per empty call ({out['headroom']:.1f}x headroom); closed loop {s.rate:.0f}/s",
+          f"per empty call ({out['headroom']:.1f}x headroom); closed loop {s.rate:.0f}/s "
+          f"({target})",
           flush=True)
     return out
 
 
+def start_server(key: str, env: dict[str, str], cpus: set[int] | None,
+                 gen_cpus: set[int] | None) -> Server:
+    server = Server(key, env, cpus=cpus).start()
+    server.pin_helpers(gen_cpus)  # the embedded PostgreSQL stands in for a database host
+    auth = "agent token" if "authorization" in server.headers({}) else "no token"
+    print(f"server {key} (pid {server.pid}, env {env or 'defaults'}) SERVING; RSS "
+          f"{server.rss_mb():.0f} MB; calling with {auth}", flush=True)
+    return server
+
+
+def reach(server: Server, target: str, gen_cpus: set[int] | None) -> tuple[str, int]:
+    """``endpoint`` with a line about the HAProxy it started, if it did."""
+    started = server.edge is None
+    host, port = endpoint(server, target, cpus=gen_cpus)
+    if target == "haproxy" and started and server.edge is not None:
+        print(f"haproxy (pid {server.edge.pid}, {server.edge.threads()} thread(s), CPUs "
+              f"{sorted(os.sched_getaffinity(server.edge.pid))}) in front of server "
+              f"{server.name}: h2c on {host}:{port}, server UP", flush=True)
+    return host, port
+
+
 async def run_ladders(args: argparse.Namespace, cpus: set[int] | None,
-                      results: dict[str, Any]) -> None:
+                      gen_cpus: set[int] | None, results: dict[str, Any]) -> None:
+    """Per server configuration: each wanted scenario against each target in turn (so the
+    two targets of a scenario meet the server at nearly the same age)."""
     plan = Plan(warmup_s=0.4, measure_s=1.0, rates=scenarios.RATES["quick"], refine=False,
                 retry=False) if args.quick else Plan(warmup_s=1.0, measure_s=3.0,
                                                      rates=scenarios.RATES["full"], refine=True,
@@ -123,28 +160,24 @@ async def run_ladders(args: argparse.Namespace, cpus: set[int] | None,
     wanted = [s for s in SCENARIOS if s.key in args.scenarios.split(",")]
     nonce = f"{os.getpid() % 36**2:02x}"[-2:]
     for server_key in dict.fromkeys(s.server for s in wanted):
-        server = Server(server_key, SERVERS[server_key], cpus=cpus).start()
-        auth = "agent token" if "authorization" in server.headers({}) else "no token"
-        print(f"server {server_key} (pid {server.pid}, env {SERVERS[server_key] or 'defaults'}) "
-              f"SERVING; RSS {server.rss_mb():.0f} MB; calling with {auth}", flush=True)
+        server = start_server(server_key, SERVERS[server_key], cpus, gen_cpus)
         try:
-            host, port = endpoint(server, args.target)
+            reached = {t: reach(server, t, gen_cpus) for t in args.targets}
             if server_key == "default":
+                first = args.targets[0]
+                host, port = reached[first]
                 results["calibration"] = await calibrate(host, port, server,
-                                                         1500 if args.quick else 4000)
-                results["h2load_check"] = h2load_check.check(host, port, 1000,
-                                                             1.0 if args.quick else 3.0)
+                                                         1500 if args.quick else 4000, first)
+                results["h2load_check"] = {**h2load_check.check(host, port, 1000,
+                                                                1.0 if args.quick else 3.0),
+                                           "target": first}
                 print(h2load_check.render(results["h2load_check"]), flush=True)
             for i, scen in enumerate(s for s in wanted if s.server == server_key):
                 print(f"{scen.key}: {scen.title}", flush=True)
-                driver = Driver(host, port, scen.path, headers=server.headers(HEADERS))
-                await driver.open()
-                try:
-                    prewarm = (2000 if args.quick else 6000) if scen.key == "zipf" else 0
-                    results["scenarios"][scen.key] = await scenarios.ladder(
-                        driver, server, scen, Cursor(), plan, f"{nonce}{i}", prewarm=prewarm)
-                finally:
-                    driver.close()
+                for t, target in enumerate(args.targets):
+                    # distinct tags per target: uncached bodies never repeat on one server
+                    results[report.KEYS[target]][scen.key] = await run_scenario(
+                        args, plan, server, scen, target, reached[target], f"{nonce}{t}{i}")
             found = features(server)
             results["servers"][server_key] = {"env": SERVERS[server_key], **found,
                                               "rss_end_mb": server.rss_mb()}
@@ -154,10 +187,25 @@ async def run_ladders(args: argparse.Namespace, cpus: set[int] | None,
             server.stop()
 
 
-async def run_profile(args: argparse.Namespace, cpus: set[int] | None) -> dict[str, Any]:
-    server = Server("profile", {}, cpus=cpus).start()
+async def run_scenario(args: argparse.Namespace, plan: Plan, server: Server,
+                       scen: scenarios.Scenario, target: str, address: tuple[str, int],
+                       tag: str) -> dict[str, Any]:
+    driver = Driver(*address, scen.path, headers=server.headers(HEADERS))
+    await driver.open()
     try:
-        host, port = endpoint(server, args.target)
+        prewarm = (2000 if args.quick else 6000) if scen.key == "zipf" else 0
+        return await scenarios.ladder(driver, server, scen, Cursor(), plan, tag,
+                                      prewarm=prewarm, target=target,
+                                      edge=server.edge if target == "haproxy" else None)
+    finally:
+        driver.close()
+
+
+async def run_profile(args: argparse.Namespace, cpus: set[int] | None,
+                      gen_cpus: set[int] | None) -> dict[str, Any]:
+    server = start_server("profile", {}, cpus, gen_cpus)
+    try:
+        host, port = reach(server, args.targets[0], gen_cpus)
         driver = Driver(host, port, scenarios.DECIDE, headers=server.headers(HEADERS))
         await driver.open()
         secs, body = args.profile_seconds, scenarios.SCENARIOS[1].body("p")
@@ -177,7 +225,8 @@ async def run_profile(args: argparse.Namespace, cpus: set[int] | None) -> dict[s
     finally:
         server.stop()
     us = cpu / max(decided, 1) * 1e6
-    result = {"rate": args.profile_rate, "decisions": decided, "server_cpu_us_per_decision": us,
+    result = {"rate": args.profile_rate, "target": args.targets[0], "decisions": decided,
+              "server_cpu_us_per_decision": us,
               "load_errors": sample.error_names(), "py_spy": [summary, svg],
               "native": args.profile_native, "thread_cpu_s": thread_cpu,
               "load_p99_ms": percentile(sample.latency_s, 99) * 1e3,
@@ -191,29 +240,31 @@ async def run_profile(args: argparse.Namespace, cpus: set[int] | None) -> dict[s
 
 
 async def amain(args: argparse.Namespace) -> int:
-    cpus, pin_note = pinning(args)
+    cpus, gen_cpus, pin_note = pinning(args)
     results: dict[str, Any] = {"meta": meta(args, pin_note), "features": {}, "servers": {},
-                               "calibration": {}, "scenarios": {}}
+                               "calibration": {}, **{report.KEYS[t]: {} for t in TARGETS}}
     print("\n".join([results["meta"]["note"], BASELINE_NOTE, GENERATOR_NOTE, ""]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.profile:
-        report.write_json({**results, "profile": await run_profile(args, cpus)},
+        report.write_json({**results, "profile": await run_profile(args, cpus, gen_cpus)},
                           args.out / "profile.json")
         return 0
     if args.soak:
-        server = Server("soak", {}, cpus=cpus).start()
+        server = start_server("soak", {}, cpus, gen_cpus)
         try:
-            host, port = endpoint(server, args.target)
+            host, port = reach(server, args.targets[0], gen_cpus)
             out = await soak.soak(server, host, port, args.soak, every=args.soak_every,
                                   workload=args.soak_workload,
                                   headers=server.headers(HEADERS))
         finally:
             server.stop()
-        report.write_json({**results, "soak": out}, args.out / "soak.json")
+        report.write_json({**results, "soak": {**out, "target": args.targets[0]}},
+                          args.out / "soak.json")
         return 0 if out["errors"] == 0 else 1
     started = time.monotonic()
-    await run_ladders(args, cpus, results)
-    results["ratios"] = report.ratios(results)
+    await run_ladders(args, cpus, gen_cpus, results)
+    for target in TARGETS:  # both keys always there; a target that did not run has Nones
+        results[report.RATIO_KEYS[target]] = report.ratios(results, target)
     results["meta"].update(elapsed_s=time.monotonic() - started, loadavg_end=os.getloadavg()[0])
     report.write_json(results, args.out / "bench.json")
     report.plot(results, args.out / "latency.png")

@@ -6,7 +6,8 @@ scheduled send time and every call's gRPC status; server-side the deltas of
 CPU time and RSS. A step *passes* when every call was OK, no decision was a
 fail-safe DENY, the server counted exactly the decisions the client saw
 answered, the achieved rate is at least 95 % of the offered one and p99 is
-within the scenario's limit (5 ms; 50 ms per DecideBatch call of 100).
+within the scenario's limit (5 ms; 50 ms per DecideBatch call of 100). Through HAProxy
+(``edge`` given) a step also records HAProxy's CPU time per decision.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import workloads
+from bench.edge import Edge
 from bench.loadgen import Check, Driver, Sample, percentile
 from bench.server import Metrics, Server, total
 
@@ -128,6 +130,8 @@ def summarize(scenario: Scenario, sample: Sample, server_info: dict[str, Any]) -
     decisions = server_info["decisions"]
     is_decide = scenario.key != "baseline"
     expected = sample.ok * scenario.batch
+    per_decision = max(expected if is_decide else sample.ok, 1)  # baseline: per call
+    haproxy_cpu_s = server_info.get("haproxy_cpu_s")
     rec: dict[str, Any] = {
         "offered": sample.rate * scenario.batch, "calls": sample.calls, "ok": sample.ok,
         "errors": sample.errors, "error_codes": sample.error_names(),
@@ -143,8 +147,9 @@ def summarize(scenario: Scenario, sample: Sample, server_info: dict[str, Any]) -
         "hit_rate": (server_info["cached"] / decisions) if is_decide and decisions else None,
         "tier_hit_rate": server_info["tier_hit_rate"],
         "server_cpu_util": server_info["cpu_s"] / max(sample.elapsed_s, 1e-9),
-        "cpu_us_per_decision": server_info["cpu_s"] / max(expected if is_decide else sample.ok,
-                                                          1) * 1e6,
+        "cpu_us_per_decision": server_info["cpu_s"] / per_decision * 1e6,
+        "haproxy_cpu_us_per_decision": None if haproxy_cpu_s is None
+        else haproxy_cpu_s / per_decision * 1e6,
         "rss_mb": server_info["rss_mb"], "problems": sample.problems[:5],
         "helper_cpu_us_per_decision": server_info["helper_cpu_s"] / max(expected, 1) * 1e6
         if is_decide else None,
@@ -157,17 +162,19 @@ def summarize(scenario: Scenario, sample: Sample, server_info: dict[str, Any]) -
 
 
 async def step(driver: Driver, server: Server, scenario: Scenario, body: workloads.Body,
-               cursor: Cursor, rate: float, plan: Plan) -> dict[str, Any]:
+               cursor: Cursor, rate: float, plan: Plan, edge: Edge | None) -> dict[str, Any]:
     call_rate = rate / scenario.batch
     warm = max(1, round(call_rate * plan.warmup_s))
     await driver.run(call_rate, warm / call_rate, body, cursor.take(warm))
     m0, cpu0, helper0 = server.metrics(), server.cpu_s(), server.helper_cpu_s()
+    edge0 = edge.cpu_s() if edge else 0.0
     n = max(1, round(call_rate * plan.measure_s))
     sample = await driver.run(call_rate, n / call_rate, body, cursor.take(n),
                               check=scenario.check())
     cpu1, helper1 = server.cpu_s(), server.helper_cpu_s()
     info = {**_deltas(m0, server.metrics()), "cpu_s": cpu1 - cpu0, "rss_mb": server.rss_mb(),
-            "helper_cpu_s": helper1 - helper0}
+            "helper_cpu_s": helper1 - helper0,
+            "haproxy_cpu_s": edge.cpu_s() - edge0 if edge else None}
     return summarize(scenario, sample, info)
 
 
@@ -177,15 +184,19 @@ def _line(key: str, r: dict[str, Any]) -> str:
     flags = "" if r["consistent"] else " SERVER-COUNT-MISMATCH"
     flags += f" fail_safe {r['fail_safe']:.0f}" if r["fail_safe"] else ""
     flags += " (generator lagging)" if r["gen_lag_p99_ms"] > 1.0 else ""
-    return (f"  {key:<10} {r['offered']:>7.0f}/s -> {r['achieved']:>7.0f}/s  p50 {r['p50_ms']:6.2f}"
-            f"  p99 {r['p99_ms']:7.2f}  p99.9 {r['p999_ms']:7.2f} ms  cpu "
-            f"{r['cpu_us_per_decision']:6.0f} us  rss {r['rss_mb']:.0f} MB{hit}{errs}{flags}  "
-            f"{'PASS' if r['pass'] else 'fail'}")
+    edge = r["haproxy_cpu_us_per_decision"]
+    edge_cpu = f" +haproxy {edge:4.0f} us" if edge is not None else ""
+    return (f"  {key:<16} {r['offered']:>7.0f}/s -> {r['achieved']:>7.0f}/s  "
+            f"p50 {r['p50_ms']:6.2f}  p99 {r['p99_ms']:7.2f}  p99.9 {r['p999_ms']:7.2f} ms  cpu "
+            f"{r['cpu_us_per_decision']:6.0f} us{edge_cpu}  rss {r['rss_mb']:.0f} MB"
+            f"{hit}{errs}{flags}  {'PASS' if r['pass'] else 'fail'}")
 
 
 async def ladder(driver: Driver, server: Server, scenario: Scenario, cursor: Cursor,
-                 plan: Plan, tag: str, *, prewarm: int = 0) -> dict[str, Any]:
+                 plan: Plan, tag: str, *, prewarm: int = 0, target: str = "direct",
+                 edge: Edge | None = None) -> dict[str, Any]:
     """Climb the rates until a step fails (always measuring 1,000/s if the server keeps up).
+    ``target`` names where ``driver`` sends (``edge``: the HAProxy it goes through, if any).
 
     The highest passing rate is the result; steps that failed below it (noise on a shared
     machine) are listed in ``failed_below_max``."""
@@ -195,14 +206,15 @@ async def ladder(driver: Driver, server: Server, scenario: Scenario, cursor: Cur
     steps: list[dict[str, Any]] = []
     best: float | None = None
     first_fail: float | None = None
+    name = scenario.key if target == "direct" else f"{scenario.key}@{target}"
 
     async def measure(rate: float) -> dict[str, Any]:
-        rec = await step(driver, server, scenario, body, cursor, rate, plan)
+        rec = await step(driver, server, scenario, body, cursor, rate, plan, edge)
         if not rec["pass"] and plan.retry and rec["achieved"] >= 0.8 * rate:
-            print(_line(scenario.key, rec) + "  -> retrying once", flush=True)
-            rec = {**await step(driver, server, scenario, body, cursor, rate, plan),
+            print(_line(name, rec) + "  -> retrying once", flush=True)
+            rec = {**await step(driver, server, scenario, body, cursor, rate, plan, edge),
                    "retried": True}
-        print(_line(scenario.key, rec), flush=True)
+        print(_line(name, rec), flush=True)
         steps.append(rec)
         return rec
 
@@ -223,5 +235,6 @@ async def ladder(driver: Driver, server: Server, scenario: Scenario, cursor: Cur
     noisy = [r["offered"] for r in steps if best is not None and not r["pass"]
              and r["offered"] < best]
     return {"title": scenario.title, "path": scenario.path, "server": scenario.server,
+            "target": target,
             "p99_limit_ms": scenario.p99_limit_ms, "max_sustainable": best,
             "failed_below_max": noisy, "steps": steps}

@@ -4,7 +4,8 @@ The server is ``python -m acgs.entrypoints.cli serve`` with ``ACGS_ENV=developme
 (so that, with token authentication on, it writes a token per role the bench can use),
 its own data directory, the repository's policy, optional CPU pinning, and any
 ``ACGS_*`` variables of the caller's environment (e.g. ``ACGS_DATABASE_URL``,
-``ACGS_REDIS_URL``) under the scenario's own overrides.
+``ACGS_REDIS_URL``) under the scenario's own overrides. HAProxy in front of a server
+(``--targets haproxy``) is :mod:`bench.edge`; it stops with the server.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+if TYPE_CHECKING:
+    from bench.edge import Edge
 
 REPO = Path(__file__).resolve().parents[1]
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -37,6 +42,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (every thread) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def parse_metrics(text: str) -> Metrics:
@@ -85,6 +96,7 @@ class Server:
         self.overrides = dict(env)
         self._cpus = cpus
         self.proc: subprocess.Popen[bytes] | None = None
+        self.edge: Edge | None = None  # HAProxy in front, once bench.edge.endpoint started it
 
     @property
     def pid(self) -> int:
@@ -117,6 +129,10 @@ class Server:
         raise TimeoutError(f"server {self.name} not SERVING after {timeout_s}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
+        """Stop HAProxy in front (if any), then the server; remove the data directory."""
+        if self.edge is not None:
+            self.edge.stop()
+            self.edge = None
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -131,13 +147,12 @@ class Server:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the whole process (every thread) so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return proc_cpu_s(self.pid)
 
-    def helper_cpu_s(self) -> float:
-        """CPU seconds of the server's helper processes: an embedded PostgreSQL under its data
-        directory (the postmaster names the directory; its backends descend from it)."""
-        stats: dict[int, tuple[int, float]] = {}
+    def helper_pids(self) -> set[int]:
+        """The server's helper processes: an embedded PostgreSQL under its data directory
+        (the postmaster names the directory; its backends descend from it)."""
+        parents: dict[int, int] = {}
         roots: set[int] = set()
         marker = str(self._dir).encode()
         for entry in Path("/proc").iterdir():
@@ -149,14 +164,35 @@ class Server:
                     roots.add(int(entry.name))
             except OSError:
                 continue
-            stats[int(entry.name)] = (int(fields[1]),
-                                      (int(fields[11]) + int(fields[12])) / _CLK_TCK)
+            parents[int(entry.name)] = int(fields[1])
         members, grew = set(roots), True
         while grew:
-            new = {p for p, (ppid, _) in stats.items() if ppid in members} - members
+            new = {p for p, ppid in parents.items() if ppid in members} - members
             members |= new
             grew = bool(new)
-        return sum(stats[p][1] for p in members if p in stats)
+        return members
+
+    def helper_cpu_s(self) -> float:
+        """CPU seconds of the server's helper processes (see :meth:`helper_pids`)."""
+        total_s = 0.0
+        for pid in self.helper_pids():
+            try:
+                total_s += proc_cpu_s(pid)
+            except OSError:
+                continue  # a backend that just ended
+        return total_s
+
+    def pin_helpers(self, cpus: set[int] | None) -> None:
+        """Move the helper processes (the embedded PostgreSQL, which inherited the server's
+        CPU) to ``cpus``: in production the database is another machine, so its work must not
+        take the server's core. New backends inherit the postmaster's affinity."""
+        if not cpus:
+            return
+        for pid in self.helper_pids():
+            try:
+                os.sched_setaffinity(pid, cpus)
+            except OSError:
+                continue
 
     def thread_cpu_s(self) -> dict[int, float]:
         """CPU seconds of each thread of the server, by OS thread id."""
@@ -202,11 +238,3 @@ def features(server: Server) -> dict[str, bool]:
         "audit": bool(series(m, "acgs_audit_journal_backlog_records")) or server.data_files() > 0,
     }
 
-
-def endpoint(server: Server, target: str) -> tuple[str, int]:
-    """Where load goes. ``direct``: the server's own port. ``haproxy``: the edge, once it lands
-    (start haproxy/haproxy.cfg in front of ``server`` here and return its address)."""
-    if target == "direct":
-        return "127.0.0.1", server.port
-    raise NotImplementedError(f"--target {target}: the HAProxy edge is not wired into the "
-                              "benchmark yet (see bench/server.py endpoint())")
