@@ -186,7 +186,8 @@ class Journal(JournalWriter):
         return b"\n".join(lines), seq, prev
 
     def _record(self, entry: AuditEntry, *, seq: int, prev_hash: str) -> AuditRecord:
-        request_json, tenant_id, principal_id = describe_request(entry.request_json, self._mask)
+        request_json, tenant_id, principal_id = describe_request(
+            entry.request_json, self._mask, entry.request_doc)
         d = entry.decision
         return AuditRecord(
             decision_id=d.decision_id, instance_id=self.instance_id, seq=seq,

@@ -182,21 +182,25 @@ def _mask(node: Any, parts: list[str]) -> None:
             _mask(node[parts[0]], parts[1:])
 
 
-def describe_request(request_json: str, mask: Sequence[str]) -> tuple[str, str, str]:
+def describe_request(request_json: str, mask: Sequence[str],
+                     doc: Mapping[str, Any] | None = None) -> tuple[str, str, str]:
     """Masked canonical request JSON, its tenant id and principal id.
 
     Masking applies to the request's ``input`` document (the policy input) when
-    it has one, else to the whole request. Raises ValueError for invalid JSON.
+    it has one, else to the whole request. ``doc``, the document ``request_json``
+    encodes, saves parsing it when nothing is masked (it is never changed).
+    Raises ValueError for invalid JSON.
     """
-    doc = json.loads(request_json)
-    policy_input = doc.get("input") if isinstance(doc, dict) else None
-    root = policy_input if isinstance(policy_input, dict) else doc
+    if doc is None or mask:
+        doc = json.loads(request_json)
+    policy_input = doc.get("input") if isinstance(doc, Mapping) else None
+    root = policy_input if isinstance(policy_input, Mapping) else doc
     if mask:  # ``doc`` is our own fresh parse, so it can be masked in place
         _mask_in_place(root, mask)
         request_json = canonical.dumps(doc)
-    principal = root.get("principal") if isinstance(root, dict) else None
-    principal = principal if isinstance(principal, dict) else {}
-    tenant = root.get("tenant_id") if isinstance(root, dict) else None
+    principal = root.get("principal") if isinstance(root, Mapping) else None
+    principal = principal if isinstance(principal, Mapping) else {}
+    tenant = root.get("tenant_id") if isinstance(root, Mapping) else None
     tenant = tenant if isinstance(tenant, str) else principal.get("tenant_id")
     principal_id = principal.get("id")
     return (

@@ -42,9 +42,20 @@ def decision_cache_key(policy: PolicyIdentity, policy_input: Mapping[str, Any]) 
     Raises :class:`~acgs.errors.InvalidRequest` for input canonical JSON cannot
     carry (NaN, infinities, non-string keys, nesting deeper than 64).
     """
-    canonical = dumps(normalize(dict(policy_input)))
+    return cache_key_of_json(policy, canonical_input(policy_input))
+
+
+def canonical_input(policy_input: Mapping[str, Any]) -> str:
+    """The canonical JSON a key is made of (the audit record reuses it); InvalidRequest as
+    :func:`decision_cache_key`."""
+    return dumps(normalize(dict(policy_input)))
+
+
+def cache_key_of_json(policy: PolicyIdentity, input_json: str) -> str:
+    """:func:`decision_cache_key` of an input already encoded by :func:`canonical_input`."""
     # digest() length-prefixes each part, so no part can bleed into another.
-    return f"{KEY_VERSION}:" + digest(KEY_VERSION, policy.revision, policy.data_revision, canonical)
+    return f"{KEY_VERSION}:" + digest(KEY_VERSION, policy.revision, policy.data_revision,
+                                      input_json)
 
 
 def cacheable_effects(names: Iterable[str]) -> frozenset[Effect]:

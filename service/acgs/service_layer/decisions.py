@@ -20,7 +20,7 @@ from typing import Any
 
 from acgs.domain import canonical
 from acgs.domain import escalation as esc
-from acgs.domain.cache_key import decision_cache_key
+from acgs.domain.cache_key import cache_key_of_json, canonical_input
 from acgs.domain.model import (
     AUDIT_UNAVAILABLE,
     CONSTITUTIONAL_HASH,
@@ -114,7 +114,10 @@ class DecisionService:
         await self._check_hash(request.constitutional_hash, caller, request.policy_input)
         policy = self._engine.policy
         cache = self._cache
-        key = decision_cache_key(policy, request.policy_input) if cache is not None else ""
+        # One canonical encoding of the input serves the cache key and the audit record.
+        input_json = (canonical_input(request.policy_input)
+                      if cache is not None or self._audit is not None else None)
+        key = cache_key_of_json(policy, input_json) if cache is not None and input_json else ""
         cached = await cache.get(key) if cache is not None else None
         engine_us: float | None = None
         if cached is not None:
@@ -125,7 +128,7 @@ class DecisionService:
             engine_us = (time.perf_counter_ns() - t0) / 1000
             from_cache = False
         decision = self._decision(request, result, cached=from_cache, start_ns=start)
-        decision = await self._keep(decision, request, caller)
+        decision = (await self._keep_many([decision], [request], caller, [input_json]))[0]
         if cache is not None and not from_cache and not decision.fail_safe:
             await cache.put(key, result)
         self._telemetry.decision_made(decision, engine_us=engine_us)
@@ -242,25 +245,28 @@ class DecisionService:
             required_approvals=result.required_approvals,
         )
 
-    async def _keep(self, decision: Decision, request: DecisionRequest, caller: Caller) -> Decision:
-        return (await self._keep_many([decision], [request], caller))[0]
-
     async def _keep_many(
-        self, decisions: list[Decision], requests: Sequence[DecisionRequest], caller: Caller
+        self, decisions: list[Decision], requests: Sequence[DecisionRequest], caller: Caller,
+        input_jsons: Sequence[str | None] | None = None,
     ) -> list[Decision]:
         """Escalate what needs humans, then make every decision (and the opening of every
-        escalation, in the same write) durable before it is returned."""
+        escalation, in the same write) durable before it is returned. ``input_jsons``: each
+        request's canonical input, where already encoded."""
         if self._audit is None:
             return decisions
         entries: list[AuditEntry] = []
         openings: list[AuditEntry] = []
-        for i, (decision, request) in enumerate(zip(decisions, requests, strict=True)):
+        encoded = input_jsons if input_jsons is not None else [None] * len(requests)
+        for i, (decision, request, input_json) in enumerate(
+                zip(decisions, requests, encoded, strict=True)):
             opening = self._opening(decision, request, caller)
             if opening is not None:
                 decision = replace(decision, escalation_id=opening.decision.escalation_id)
                 decisions[i] = decision
                 openings.append(opening)
-            entries.append(AuditEntry("decide", decision, caller, self._request_json(request)))
+            doc = {"request_id": request.request_id, "input": request.policy_input}
+            entries.append(AuditEntry("decide", decision, caller,
+                                      _request_json(doc, input_json), request_doc=doc))
             entries.extend([opening] if opening is not None else [])
         try:
             await self._audit.append(entries)
@@ -300,9 +306,14 @@ class DecisionService:
         return replace(decision, effect=result.effect, violations=result.violations,
                        fail_safe=True, cached=False, escalation_id=escalation_id)
 
-    def _request_json(self, request: DecisionRequest) -> str:
-        doc = {"request_id": request.request_id, "input": request.policy_input}
+
+
+def _request_json(doc: Mapping[str, Any], input_json: str | None) -> str:
+    """canonical.dumps(doc) of ``{"request_id", "input"}``, reusing the input's encoding."""
+    if input_json is None:
         return canonical.dumps(doc)
+    # Canonical order: "input" sorts before "request_id".
+    return f'{{"input":{input_json},"request_id":{canonical.dumps(doc["request_id"])}}}'
 
 
 def _is_fail_safe(result: EngineResult) -> bool:

@@ -69,6 +69,9 @@ class AuditEntry:
     decision: Decision
     caller: Caller
     request_json: str  # canonical JSON of the request (masked where configured)
+    # The document request_json encodes, when the caller has it at hand: the sink reads
+    # tenant and principal from it instead of parsing request_json again. Never mutated.
+    request_doc: Mapping[str, Any] | None = None
 
 
 class AuditSink(Protocol):
