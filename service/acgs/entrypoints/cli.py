@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -26,6 +27,12 @@ async def _serve(settings: Settings) -> int:
 
     app = await bootstrap.build(settings)
     await app.start()
+    # Everything made so far (modules, descriptors, the compiled policy, pools) lives as
+    # long as the process: move it out of the collector's way. Otherwise every full
+    # collection walks those ~55,000 objects while no call is answered: 15-30 ms pauses
+    # here, every 10-30 s under load, which alone put p99 at 1,000 decisions/s over 5 ms.
+    gc.collect()
+    gc.freeze()
     print(
         f"acgs: serving on {settings.grpc_addr.rsplit(':', 1)[0]}:{app.port} "
         f"(policy {app.engine.policy.revision}, metrics http://{settings.metrics_addr}/metrics)",
