@@ -167,7 +167,7 @@ class Settings:
             policy_dir=Path(e.get("ACGS_POLICY_DIR", str(d.policy_dir))),
             database_url=e.get("ACGS_DATABASE_URL") or None,
             redis_url=e.get("ACGS_REDIS_URL") or None,
-            engine_workers=_int(e, "ACGS_ENGINE_WORKERS", os.cpu_count() or 2, minimum=1),
+            engine_workers=_int(e, "ACGS_ENGINE_WORKERS", usable_cpus(), minimum=1),
             eval_timeout_ms=_int(e, "ACGS_EVAL_TIMEOUT_MS", d.eval_timeout_ms, minimum=1),
             max_message_bytes=_int(e, "ACGS_MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=1024),
             max_batch=_int(e, "ACGS_MAX_BATCH", d.max_batch, minimum=1),
@@ -212,3 +212,12 @@ def _auth(value: str) -> str:
     if value not in ("token", "none"):
         raise ConfigurationError(f"ACGS_AUTH={value!r}: expected token or none")
     return value
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or taskset's share),
+    not every CPU of the machine: more engine threads than CPUs only switch more."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 2

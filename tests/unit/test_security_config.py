@@ -63,3 +63,12 @@ def test_unreadable_certificate_is_a_configuration_error(tmp_path: Path) -> None
                            "ACGS_TLS_KEY": str(tmp_path / "nope.key")})
     with pytest.raises(ConfigurationError, match="nope"):
         server_credentials(s)
+
+
+def test_engine_workers_default_to_the_cpus_the_process_may_use() -> None:
+    import os
+
+    from acgs.config import Settings
+
+    settings = Settings.from_env({"ACGS_ENV": "test"})
+    assert settings.engine_workers == len(os.sched_getaffinity(0))
