@@ -127,3 +127,28 @@ def test_refused_audit_carries_the_audit_unavailable_incident() -> None:
     assert decision.escalation_id == "incident-1"
     assert parts["escalator"].incidents == [("audit_unavailable", "audit_unavailable")]
     assert parts["escalator"].durable == []  # the opening was never durable
+
+
+def test_batch_answers_what_the_cache_holds_and_fills_it() -> None:
+    service, parts = make()
+    warm = asyncio.run(service.decide(req(allow_input(), rid="single"), CALLER))
+    other = allow_input(resource={"type": "document", "id": "d-2", "tenant_id": "t1"})
+    batch = [req(allow_input(), rid="a"), req(other, rid="b"), req(other, rid="c")]
+    calls = parts["engine"].calls
+    decisions = asyncio.run(service.decide_batch(batch, CALLER, deadline_s=None))
+    assert not warm.cached and [d.cached for d in decisions] == [True, False, False]
+    assert parts["engine"].calls == calls + 2  # the two misses, evaluated in the batch
+    again = asyncio.run(service.decide_batch(batch, CALLER, deadline_s=None))
+    assert [d.cached for d in again] == [True, True, True]
+    assert parts["engine"].calls == calls + 2
+    audited = [e for e in parts["audit"].entries if e.kind == "decide"]
+    assert [e.decision.cached for e in audited] == [False, True, False, False, True, True, True]
+
+
+def test_batch_never_caches_a_fail_safe_result() -> None:
+    service, parts = make()
+    failing = req(allow_input(context={"fail": True}))
+    first = asyncio.run(service.decide_batch([failing, failing], CALLER, deadline_s=None))
+    second = asyncio.run(service.decide_batch([failing], CALLER, deadline_s=None))
+    assert all(d.fail_safe and not d.cached for d in [*first, *second])
+    assert not parts["cache"].entries

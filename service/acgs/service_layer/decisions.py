@@ -137,23 +137,44 @@ class DecisionService:
     async def decide_batch(
         self, requests: Sequence[DecisionRequest], caller: Caller, *, deadline_s: float | None
     ) -> list[Decision]:
-        """Decide every request, in order; the batch is audited with one durable write."""
+        """Decide every request, in order; the batch is audited with one durable write.
+
+        Items the cache holds are answered from it (``cached``), as single decisions are;
+        the rest are evaluated together and fill the cache."""
         start = time.perf_counter_ns()
         for request in requests:
             await self._check_hash(request.constitutional_hash, caller, request.policy_input)
+        policy = self._engine.policy
+        cache = self._cache
+        input_jsons = ([canonical_input(r.policy_input) for r in requests]
+                       if cache is not None or self._audit is not None else None)
+        keys = ([cache_key_of_json(policy, j) for j in input_jsons]
+                if cache is not None and input_jsons is not None else [])
+        results: list[EngineResult | None] = [None] * len(requests)
+        if cache is not None:
+            for i, key in enumerate(keys):
+                results[i] = await cache.get(key)
+        misses = [i for i, r in enumerate(results) if r is None]
         # The evaluation budget is per decision; a batch may use it once per item
         # (the worst case, evaluated serially), but never past the caller's deadline.
-        timeout = self._timeout(deadline_s, items=len(requests))
+        timeout = self._timeout(deadline_s, items=len(misses))
         outcomes = await self._engine.decide_many(
-            [r.policy_input for r in requests], timeout_s=timeout
-        )
+            [requests[i].policy_input for i in misses], timeout_s=timeout
+        ) if misses else []
         revision = self._engine.policy.revision
+        for i, outcome in zip(misses, outcomes, strict=True):
+            results[i] = self._trusted(outcome, revision)
+        missed = set(misses)
+        decided = [r if r is not None else fail_safe_result("not decided", revision=revision)
+                   for r in results]  # every item has a result by now; fail closed if not
         decisions = [
-            self._decision(r, self._trusted(o, revision), cached=False, start_ns=start)
-            for r, o in zip(requests, outcomes, strict=True)
+            self._decision(r, result, cached=i not in missed, start_ns=start)
+            for i, (r, result) in enumerate(zip(requests, decided, strict=True))
         ]
-        decisions = await self._keep_many(decisions, requests, caller)
-        for decision in decisions:
+        decisions = await self._keep_many(decisions, requests, caller, input_jsons)
+        for i, decision in enumerate(decisions):
+            if cache is not None and i in missed and not decision.fail_safe:
+                await cache.put(keys[i], decided[i])
             self._telemetry.decision_made(decision, engine_us=None)
         return decisions
 
