@@ -15,7 +15,6 @@ import csv
 import io
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import urllib.request
@@ -24,7 +23,7 @@ from pathlib import Path
 from acgs.edge import EdgeConfig, Upstream, default_template, make_tls, render
 from acgs.entrypoints.stack_procs import wait_until
 
-from bench.server import Server, free_port, proc_cpu_s
+from bench.server import Server, free_port, proc_cpu_s, terminate
 
 TARGETS = ("direct", "haproxy")
 
@@ -100,13 +99,7 @@ class Edge:
 
     def stop(self) -> None:
         """SIGTERM (SIGKILL after 10 s) to this HAProxy; remove its directory."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 10)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def cpu_s(self) -> float:

@@ -50,6 +50,17 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    """SIGTERM ``proc`` if it runs; SIGKILL it after ``timeout_s``."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def parse_metrics(text: str) -> Metrics:
     """Prometheus text exposition → {(name, labels): value}."""
     out: Metrics = {}
@@ -133,13 +144,7 @@ class Server:
         if self.edge is not None:
             self.edge.stop()
             self.edge = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 30)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def log_tail(self, chars: int = 3000) -> str:
@@ -184,13 +189,16 @@ class Server:
 
     def pin_helpers(self, cpus: set[int] | None) -> None:
         """Move the helper processes (the embedded PostgreSQL, which inherited the server's
-        CPU) to ``cpus``: in production the database is another machine, so its work must not
-        take the server's core. New backends inherit the postmaster's affinity."""
+        CPU) to ``cpus`` at a lower priority (nice 10): in production the database is another
+        machine, so its work (shipping is asynchronous to decisions) must take neither the
+        server's core nor the load generator's turn on its own. New backends inherit the
+        postmaster's affinity and niceness."""
         if not cpus:
             return
         for pid in self.helper_pids():
             try:
                 os.sched_setaffinity(pid, cpus)
+                os.setpriority(os.PRIO_PROCESS, pid, 10)
             except OSError:
                 continue
 
