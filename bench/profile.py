@@ -46,8 +46,11 @@ _IDLE_PY = re.compile(r"_queue_SimpleQueue_get|EpollSelector\.select|_PollLikeSe
                       r"serve_forever|Condition\.wait|Event\.wait")
 # (layer, pattern on one frame); the innermost frame matching any pattern decides the layer.
 LAYERS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((name, re.compile(p)) for name, p in (
-    ("regopy evaluation (rego-cpp, engine threads)", r"regopy/|rego_shared|librego|_regopy"),
-    ("canonical JSON + SHA-256 (cache key)", r"decision_cache_key|domain/cache_key\.py"),
+    ("regopy evaluation (rego-cpp, engine threads)",
+     r"regopy/|rego_shared|librego|_regopy|regopy_calls\.py|RegopyEngine\._(query|decide_one) |"
+     r"parse_decision|output_value|_violation \("),
+    ("canonical input JSON + SHA-256 (cache key; the audit record reuses the JSON)",
+     r"decision_cache_key|canonical_input|cache_key_of_json|domain/cache_key\.py"),
     ("audit (record JSON, journal, fsync)", r"journal|pg_audit|domain/audit\.py|_request_json|"
      r"_keep_many|AuditEntry|fsync|fdatasync"),
     ("canonical JSON (other)", r"domain/canonical\.py"),
