@@ -193,6 +193,39 @@ def test_token_cli_and_revocation_on_a_running_server(
     assert acgs("token", "revoke", token_id, database=postgres_url).returncode == 1
 
 
+def test_a_token_created_to_expire_is_refused_after_its_time(
+    shared_server: ServerProcess, postgres_url: str
+) -> None:
+    created = acgs("token", "create", "--role", "agent", "--name", "ci expiry",
+                   "--expires-in", "3s", database=postgres_url)
+    assert created.returncode == 0, created.stderr
+    assert "expires" in created.stderr
+    token, token_id = created.stdout.strip(), tk.parse(created.stdout.strip())
+    assert token_id
+    with authorized(grpc.insecure_channel(shared_server.address), token) as ch:
+        stub = pb_grpc.GovernanceStub(ch)
+        assert stub.Decide(decide_request(allow_input()), timeout=5).effect == pb.ALLOW
+        listing = acgs("token", "list", database=postgres_url)
+        line = next(ln for ln in listing.stdout.splitlines() if token_id in ln)
+        assert " active " in line and "never" not in line
+
+        def expired() -> bool:
+            try:
+                stub.Decide(decide_request(allow_input()), timeout=5)
+            except grpc.RpcError as err:
+                assert err.code() == UNAUTH and err.details() == "bearer token expired", err
+                return True
+            return False
+
+        until(expired, within_s=8.0)
+    assert token_id not in acgs("token", "list", database=postgres_url).stdout
+    everything = acgs("token", "list", "--all", database=postgres_url).stdout
+    assert " expired " in next(ln for ln in everything.splitlines() if token_id in ln)
+    bad = acgs("token", "create", "--role", "agent", "--name", "x", "--expires-in", "soon",
+               database=postgres_url)
+    assert bad.returncode == 2 and "duration" in bad.stderr
+
+
 def audit_record(server: ServerProcess, decision_id: str) -> audit_pb2.AuditRecord:
     """The audit record of ``decision_id``, once the server has shipped it."""
     found: list[audit_pb2.AuditRecord] = []

@@ -124,6 +124,38 @@ def test_authenticator_checks_secret_role_and_revocation() -> None:
     asyncio.run(scenario())
 
 
+def test_an_expired_token_is_refused_once_its_secret_matches() -> None:
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    now = [start]
+    agent = issue()
+    record = replace(agent.record, expires_at=start + dt.timedelta(hours=1))
+    auth = TokenAuthenticator(source=FakeTable([record]), clock=Clock(), now=lambda: now[0])
+
+    async def scenario() -> None:
+        await auth.load()
+        assert (await auth.authenticate(bearer(agent.token))).id == record.id
+        now[0] = start + dt.timedelta(hours=1)
+        with pytest.raises(Unauthenticated, match=r"^bearer token expired$"):
+            await auth.authenticate(bearer(agent.token))
+        with pytest.raises(Unauthenticated, match=r"^invalid bearer token$"):  # wrong secret
+            await auth.authenticate(bearer(agent.token[:-1] + "A"))
+
+    asyncio.run(scenario())
+
+
+def test_token_expiry_is_a_future_aware_time_and_durations_parse() -> None:
+    assert tk.parse_duration("90d") == dt.timedelta(days=90)
+    assert tk.parse_duration(" 45s ") == dt.timedelta(seconds=45)
+    for bad in ("0d", "1w", "-5m", "5", "h", ""):
+        with pytest.raises(ValueError, match="duration"):
+            tk.parse_duration(bad)
+    with pytest.raises(ValueError, match="future"):
+        tk.issue(role=tk.AGENT, name="x", created_by="t",
+                 expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+    with pytest.raises(ValueError, match="future"):
+        tk.issue(role=tk.AGENT, name="x", created_by="t", expires_at=dt.datetime(2999, 1, 1))
+
+
 def test_unknown_ids_share_one_reload_per_interval() -> None:
     table = FakeTable()
     auth = TokenAuthenticator(source=table, reload_interval_s=0.2)

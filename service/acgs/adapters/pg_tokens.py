@@ -13,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from acgs.domain.tokens import TokenRecord
 
-_COLUMNS = "id, name, role, secret_hash, created_by, created_at, revoked_at"
+_COLUMNS = "id, name, role, secret_hash, created_by, created_at, revoked_at, expires_at"
 
 
 class PgTokenStore:
@@ -23,7 +23,7 @@ class PgTokenStore:
         self._pool = pool
 
     async def load(self) -> Sequence[TokenRecord]:
-        """Every token, revoked ones included, oldest first."""
+        """Every token, revoked and expired ones included, oldest first."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(f"SELECT {_COLUMNS} FROM auth_tokens ORDER BY created_at, id")
             return [TokenRecord(*row) for row in await cur.fetchall()]
@@ -32,9 +32,10 @@ class PgTokenStore:
         """Store a new token (its hash); a token whose id is already stored is left as it is."""
         async with self._pool.connection() as conn:
             await conn.execute(
-                "INSERT INTO auth_tokens (id, name, role, secret_hash, created_by) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                (record.id, record.name, record.role, record.secret_hash, record.created_by),
+                "INSERT INTO auth_tokens (id, name, role, secret_hash, created_by, expires_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                (record.id, record.name, record.role, record.secret_hash, record.created_by,
+                 record.expires_at),
             )
 
     async def revoke(self, token_id: str) -> bool:

@@ -38,10 +38,15 @@ class TokenRecord:
     created_by: str = ""
     created_at: dt.datetime | None = None
     revoked_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None  # None: never
 
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+    def expired(self, now: dt.datetime) -> bool:
+        """True from ``expires_at`` on (``now`` timezone-aware, as the table's times are)."""
+        return self.expires_at is not None and now >= self.expires_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +57,15 @@ class IssuedToken:
     record: TokenRecord
 
 
-def issue(*, role: str, name: str, created_by: str) -> IssuedToken:
-    """A new random token for ``role``; ValueError for an unknown role or an empty name."""
+def issue(*, role: str, name: str, created_by: str,
+          expires_at: dt.datetime | None = None) -> IssuedToken:
+    """A new random token for ``role``, valid until ``expires_at`` (None: until revoked).
+
+    ValueError for an unknown role, an empty name, or an expiry that is naive or past.
+    """
+    if expires_at is not None and (expires_at.tzinfo is None
+                                   or expires_at <= dt.datetime.now(dt.UTC)):
+        raise ValueError("a token's expiry must be a timezone-aware time in the future")
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
     if not name.strip():
@@ -61,7 +73,8 @@ def issue(*, role: str, name: str, created_by: str) -> IssuedToken:
     token_id = f"acgs_{secrets.token_hex(8)}"
     token = f"{token_id}.{secrets.token_urlsafe(32)}"
     record = TokenRecord(id=token_id, name=name.strip(), role=role,
-                         secret_hash=hash_token(token), created_by=created_by)
+                         secret_hash=hash_token(token), created_by=created_by,
+                         expires_at=expires_at)
     return IssuedToken(token=token, record=record)
 
 
@@ -89,3 +102,15 @@ def bearer(header: str) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``90d``, ``12h``, ``30m``, ``45s`` as a timedelta; ValueError for anything else or 0."""
+    m = _DURATION.fullmatch(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a duration like 90d, 12h, 30m or 45s")
+    return dt.timedelta(seconds=int(m.group(1)) * _UNIT_S[m.group(2)])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import getpass
 import logging
 import socket
@@ -34,10 +35,11 @@ def _quiet() -> None:
     logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 
-async def _create(settings: Settings, role: str, name: str) -> tokens.IssuedToken:
+async def _create(settings: Settings, role: str, name: str,
+                  expires_at: dt.datetime | None) -> tokens.IssuedToken:
     from acgs.bootstrap_auth import token_store
 
-    issued = tokens.issue(role=role, name=name, created_by=_who())
+    issued = tokens.issue(role=role, name=name, created_by=_who(), expires_at=expires_at)
     async with token_store(settings) as store:
         await store.insert(issued.record)
     return issued
@@ -47,12 +49,15 @@ def cmd_create(args: argparse.Namespace) -> int:
     """Print the new token on stdout (once: only its hash is kept), what it is on stderr."""
     _quiet()
     try:
-        issued = asyncio.run(_create(Settings.from_env(), args.role, args.name))
+        expires_at = (dt.datetime.now(dt.UTC) + tokens.parse_duration(args.expires_in)
+                      if args.expires_in else None)
+        issued = asyncio.run(_create(Settings.from_env(), args.role, args.name, expires_at))
     except ValueError as err:
         print(f"acgs: error: {err}", file=sys.stderr)
         return 2
     r = issued.record
-    print(f"acgs: token {r.id} for {r.name!r}, role {r.role}; it is shown only this once",
+    until = f", expires {_when(r.expires_at)}" if r.expires_at else ""
+    print(f"acgs: token {r.id} for {r.name!r}, role {r.role}{until}; it is shown only this once",
           file=sys.stderr)
     print(issued.token)
     return 0
@@ -66,17 +71,24 @@ async def _list(settings: Settings) -> list[tokens.TokenRecord]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """One line per token (never the token itself): id, role, state, created, by, name."""
+    """One line per token (never the token itself): id, role, state, created, expires, by,
+    name; revoked and expired tokens only with ``--all``."""
     _quiet()
     records = asyncio.run(_list(Settings.from_env()))
+    now = dt.datetime.now(dt.UTC)
     if not args.all:
-        records = [r for r in records if not r.revoked]
-    print(f"{'ID':22} {'ROLE':8} {'STATE':8} {'CREATED':20} {'NAME'}")
+        records = [r for r in records if not r.revoked and not r.expired(now)]
+    print(f"{'ID':22} {'ROLE':8} {'STATE':8} {'CREATED':20} {'EXPIRES':20} {'NAME'}")
     for r in records:
-        created = r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else "-"
-        state = "revoked" if r.revoked else "active"
-        print(f"{r.id:22} {r.role:8} {state:8} {created:20} {r.name} (by {r.created_by})")
+        state = "revoked" if r.revoked else "expired" if r.expired(now) else "active"
+        print(f"{r.id:22} {r.role:8} {state:8} {_when(r.created_at):20} "
+              f"{_when(r.expires_at) if r.expires_at else 'never':20} {r.name} "
+              f"(by {r.created_by})")
     return 0
+
+
+def _when(t: dt.datetime | None) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
 
 
 async def _revoke(settings: Settings, token_id: str) -> bool:
@@ -104,9 +116,12 @@ def register(sub: Any) -> None:
     create = group.add_parser("create", help="create a token; print it once")
     create.add_argument("--role", required=True, choices=tokens.ROLES)
     create.add_argument("--name", required=True, help="who or what the token is for")
+    create.add_argument("--expires-in", metavar="DURATION",
+                        help="refuse the token after this long: 90d, 12h, 30m, 45s "
+                             "(default: valid until revoked)")
     create.set_defaults(func=cmd_create)
     listing = group.add_parser("list", help="list tokens (ids, roles, names; never secrets)")
-    listing.add_argument("--all", action="store_true", help="include revoked tokens")
+    listing.add_argument("--all", action="store_true", help="include revoked and expired tokens")
     listing.set_defaults(func=cmd_list)
     revoke = group.add_parser("revoke", help="revoke a token by id (acgs_...)")
     revoke.add_argument("id")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ logger = logging.getLogger("acgs.auth")
 
 MISSING = "missing bearer token (metadata 'authorization: Bearer <token>')"
 INVALID = "invalid bearer token"  # one message for malformed, unknown, revoked and wrong
+EXPIRED = "bearer token expired"  # its holder had it legitimately: say why it stopped working
 
 
 class TokenSource(Protocol):
@@ -45,8 +47,10 @@ class TokenAuthenticator:
         refresh_interval_s: float = 1.0,
         reload_interval_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._source = source
+        self._now = now
         self._refresh_s = refresh_interval_s
         self._reload_s = reload_interval_s
         self._clock = clock
@@ -81,7 +85,8 @@ class TokenAuthenticator:
                     await task
 
     async def authenticate(self, metadata: Mapping[str, str]) -> Caller:
-        """The caller a token names; Unauthenticated when missing, malformed, unknown or revoked."""
+        """The caller a token names; Unauthenticated when missing, malformed, unknown, revoked
+        or expired (the secret is checked first: only its holder learns it expired)."""
         header = metadata.get("authorization")
         if header is None:
             raise Unauthenticated(MISSING)
@@ -94,6 +99,8 @@ class TokenAuthenticator:
             record = await self._reload_for(token_id)
         if record is None or record.revoked or not matches(token, record):
             raise Unauthenticated(INVALID)
+        if record.expires_at is not None and record.expired(self._now()):
+            raise Unauthenticated(EXPIRED)
         return Caller(id=record.id, role=record.role)
 
     async def _reload_for(self, token_id: str) -> TokenRecord | None:
