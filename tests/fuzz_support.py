@@ -2,9 +2,10 @@
 
 A generated Decide request comes with its *input document* (a plain dict), so
 the oracle can judge it without the code under test: a missing required field,
-a NaN or infinity, or nesting past the depth limit is INVALID_ARGUMENT; then a
-missing or wrong constitutional hash is FAILED_PRECONDITION; anything else is
-answered, and an ALLOW is only possible for a principal acting in its own tenant.
+a NaN or infinity, nesting past the depth limit or a NUL character in any string
+is INVALID_ARGUMENT; then a missing or wrong constitutional hash is
+FAILED_PRECONDITION; anything else is answered, and an ALLOW is only possible
+for a principal acting in its own tenant.
 """
 
 from __future__ import annotations
@@ -131,16 +132,28 @@ def _field(doc: dict[str, Any], path: str) -> Any:
     return value
 
 
-def malformed(doc: dict[str, Any]) -> bool:
-    """True when the server must refuse ``doc`` with INVALID_ARGUMENT."""
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def malformed(doc: dict[str, Any], constitutional_hash: str = "") -> bool:
+    """True when the server must refuse ``doc`` with INVALID_ARGUMENT (a required field
+    missing, NaN or infinity, too deep, or a NUL character in any string)."""
     structs = [doc["principal"]["attributes"], doc["action"]["attributes"],
                doc["resource"]["attributes"], doc["context"]]
     return (any(not _field(doc, p) for p in REQUIRED)
-            or any(_bad_value(s, 1) for s in structs))
+            or any(_bad_value(s, 1) for s in structs)
+            or _has_nul(doc) or "\0" in constitutional_hash)
 
 
 def expected_code(doc: dict[str, Any], constitutional_hash: str) -> grpc.StatusCode:
-    if malformed(doc):
+    if malformed(doc, constitutional_hash):
         return grpc.StatusCode.INVALID_ARGUMENT
     if constitutional_hash != HASH:
         return grpc.StatusCode.FAILED_PRECONDITION

@@ -27,17 +27,31 @@ _SEVERITIES = {
 }
 
 
+NUL_MESSAGE = "strings may not contain NUL characters"
+
+
+def checked_text(value: str, name: str) -> str:
+    """``value``, or InvalidRequest if it holds a NUL character. PostgreSQL cannot store one in
+    text (an audit record holding one could never be shipped) and regopy would cut the string
+    there, so no request string may carry one."""
+    if "\0" in value:
+        raise InvalidRequest(f"{name}: {NUL_MESSAGE}")
+    return value
+
+
 def struct_to_dict(struct: struct_pb2.Struct, *, max_depth: int, depth: int = 1) -> dict[str, Any]:
-    """A Struct as plain JSON-like data; InvalidRequest when deeper than ``max_depth``."""
+    """A Struct as plain JSON-like data; InvalidRequest when deeper than ``max_depth`` or when
+    a key or string holds a NUL character."""
     if depth > max_depth:
         raise InvalidRequest(f"a Struct nests deeper than {max_depth} levels")
-    return {k: _value(v, max_depth, depth + 1) for k, v in struct.fields.items()}
+    return {checked_text(k, "a Struct key"): _value(v, max_depth, depth + 1)
+            for k, v in struct.fields.items()}
 
 
 def _value(v: struct_pb2.Value, max_depth: int, depth: int) -> Any:
     kind = v.WhichOneof("kind")
     if kind == "string_value":
-        return v.string_value
+        return checked_text(v.string_value, "a Struct string")
     if kind == "number_value":
         n = v.number_value
         if math.isnan(n) or math.isinf(n):
@@ -57,7 +71,7 @@ def _value(v: struct_pb2.Value, max_depth: int, depth: int) -> Any:
 def _require(value: str, name: str) -> str:
     if not value:
         raise InvalidRequest(f"{name} is required")
-    return value
+    return checked_text(value, name)
 
 
 def decision_request(
@@ -69,7 +83,7 @@ def decision_request(
         "tenant_id": _require(msg.tenant_id, "tenant_id"),
         "principal": {
             "id": _require(p.id, "principal.id"),
-            "roles": sorted(set(p.roles)),
+            "roles": sorted({checked_text(role, "principal.roles") for role in p.roles}),
             "tenant_id": _require(p.tenant_id, "principal.tenant_id"),
             "attributes": struct_to_dict(p.attributes, max_depth=max_depth),
         },
@@ -79,15 +93,16 @@ def decision_request(
         },
         "resource": {
             "type": _require(r.type, "resource.type"),
-            "id": r.id,
-            "tenant_id": r.tenant_id,
+            "id": checked_text(r.id, "resource.id"),
+            "tenant_id": checked_text(r.tenant_id, "resource.tenant_id"),
             "attributes": struct_to_dict(r.attributes, max_depth=max_depth),
         },
         "context": struct_to_dict(msg.context, max_depth=max_depth),
     }
     return DecisionRequest(
-        constitutional_hash=msg.constitutional_hash or metadata_hash,
-        request_id=msg.request_id,
+        constitutional_hash=checked_text(msg.constitutional_hash, "constitutional_hash")
+        or metadata_hash,
+        request_id=checked_text(msg.request_id, "request_id"),
         policy_input=policy_input,
     )
 
@@ -101,6 +116,8 @@ def parse_input_json(text: str, *, max_depth: int) -> Any:
     except (ValueError, RecursionError) as err:
         raise InvalidRequest(f"input_json is not valid JSON: {err}") from err
     _check_depth(value, max_depth)
+    if "\\u0000" in text:  # JSON can spell a NUL character only as this escape
+        _check_nul(value)
     if "\\u" in text:  # only an escape can make a lone surrogate, which no engine can encode
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -108,6 +125,18 @@ def parse_input_json(text: str, *, max_depth: int) -> Any:
             raise InvalidRequest("input_json holds a lone UTF-16 surrogate (\\ud800-\\udfff)"
                                  ) from err
     return value
+
+
+def _check_nul(value: Any) -> None:
+    if isinstance(value, str):
+        checked_text(value, "input_json")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            checked_text(k, "input_json")
+            _check_nul(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_nul(v)
 
 
 def _no_constant(name: str) -> Any:

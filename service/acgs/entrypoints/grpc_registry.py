@@ -6,6 +6,7 @@ protobuf's recursion limit, invalid UTF-8 in a string field) then surfaces as
 INTERNAL. Here each method gets a deserializer that turns a parse failure into a
 :class:`Malformed` value, answered with INVALID_ARGUMENT, and every domain
 error is mapped to its status code in one place (:mod:`acgs.entrypoints.status`).
+A string holding a NUL character is malformed too (see :func:`nul_field`).
 A malformed body first passes the ``guard`` (the CallerResolver) that the
 servicer would have called, so that an unauthenticated caller learns nothing
 from a body that does not parse: UNAUTHENTICATED comes before INVALID_ARGUMENT.
@@ -20,8 +21,10 @@ from typing import Any
 
 import grpc
 from google.protobuf import message_factory
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
 
+from acgs.entrypoints.convert import NUL_MESSAGE
 from acgs.entrypoints.status import Context, abort_with
 from acgs.errors import InvalidRequest
 
@@ -35,14 +38,51 @@ class Malformed:
     reason: str
 
 
-def _safe_deserializer(cls: Any) -> Callable[[bytes], Any]:
+# Methods whose servicer converts every string itself and refuses NUL there, on the way
+# (acgs.entrypoints.convert): the walk below would cost ~15 µs per Decide.
+CHECKS_ITS_OWN_STRINGS = frozenset({"acgs.v1.Governance/Decide", "acgs.v1.Governance/DecideBatch"})
+
+
+def _safe_deserializer(cls: Any, *, check_strings: bool) -> Callable[[bytes], Any]:
     def deserialize(raw: bytes) -> Any:
         try:
-            return cls.FromString(raw)
+            msg = cls.FromString(raw)
         except Exception as err:
             return Malformed(f"request is not a valid {cls.DESCRIPTOR.full_name}: {err}")
+        where = nul_field(msg) if check_strings else None
+        if where is not None:
+            return Malformed(f"{where}: {NUL_MESSAGE}")
+        return msg
 
     return deserialize
+
+
+def nul_field(msg: Message, prefix: str = "") -> str | None:
+    """The path of the first string field (or map key) of ``msg`` holding a NUL character.
+
+    No request string may: PostgreSQL cannot store one in text, so an audit or escalation
+    record carrying it could never be shipped, and regopy would cut the string short.
+    """
+    for field, value in msg.ListFields():
+        path = prefix + field.name
+        if field.type == FieldDescriptor.TYPE_STRING:
+            if any("\0" in v for v in (value if field.is_repeated else (value,))):
+                return path
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                for key, item in value.items():
+                    if isinstance(key, str) and "\0" in key:
+                        return f"{path} key"
+                    found = (nul_field(item, f"{path}.{key}.") if isinstance(item, Message)
+                             else path if isinstance(item, str) and "\0" in item else None)
+                    if found is not None:
+                        return found
+                continue
+            for i, item in enumerate(value if field.is_repeated else (value,)):
+                found = nul_field(item, f"{path}[{i}]." if field.is_repeated else f"{path}.")
+                if found is not None:
+                    return found
+    return None
 
 
 Guard = Callable[[Context, str], Awaitable[object]]
@@ -95,7 +135,7 @@ def register(server: grpc.aio.Server, service: ServiceDescriptor, servicer: obje
         name = f"{service.full_name}/{method.name}"
         req_cls = message_factory.GetMessageClass(method.input_type)
         resp_cls = message_factory.GetMessageClass(method.output_type)
-        deserializer = _safe_deserializer(req_cls)
+        deserializer = _safe_deserializer(req_cls, check_strings=name not in CHECKS_ITS_OWN_STRINGS)
         serializer = resp_cls.SerializeToString
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
