@@ -55,15 +55,17 @@ def token(args: argparse.Namespace, *, role: str = "auditor") -> str | None:
         return None
 
 
-def metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+def metadata(args: argparse.Namespace, *, role: str = "auditor") -> tuple[tuple[str, str], ...]:
+    """The constitutional hash and ``role``'s bearer token (see :func:`token`) for a call."""
     md = [("x-constitutional-hash", CONSTITUTIONAL_HASH)]
-    bearer = token(args)
+    bearer = token(args, role=role)
     if bearer:
         md.append(("authorization", f"Bearer {bearer}"))
     return tuple(md)
 
 
-def _fail(err: grpc.RpcError) -> int:
+def fail(err: grpc.RpcError) -> int:
+    """Report a failed call on stderr; the exit status of a command that made it."""
     print(f"acgs: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
     return 1
 
@@ -85,7 +87,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                 )
                 broken += _print_report(name, report)
         except grpc.RpcError as err:
-            return _fail(err)
+            return fail(err)
     if not names:
         print("no audit chains yet")
     return 1 if broken else 0
@@ -142,7 +144,7 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
                         last.append(record)
                         _emit(record, args, seen)
         except grpc.RpcError as err:
-            return _fail(err)
+            return fail(err)
         except KeyboardInterrupt:
             return 0
     return 0

@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
-from acgs import CONSTITUTIONAL_HASH
-from acgs.entrypoints.admin_cli import add_connection_args, channel, token
+from acgs.entrypoints.admin_cli import add_connection_args, channel, fail, metadata
 from acgs.v1 import escalations_pb2 as pb
 from acgs.v1 import escalations_pb2_grpc as pb_grpc
 from acgs.v1 import governance_pb2 as gov_pb
@@ -27,16 +25,7 @@ _STATES = ("open", "acknowledged", "approved", "denied", "expired")
 
 
 def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
-    md = [("x-constitutional-hash", CONSTITUTIONAL_HASH)]
-    bearer = token(args, role="admin")
-    if bearer:
-        md.append(("authorization", f"Bearer {bearer}"))
-    return tuple(md)
-
-
-def _fail(err: grpc.RpcError) -> int:
-    print(f"acgs: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-    return 1
+    return metadata(args, role="admin")
 
 
 def _line(e: pb.Escalation) -> str:
@@ -73,7 +62,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                     return 0
                 request.page_token = page.next_page_token
         except grpc.RpcError as err:
-            return _fail(err)
+            return fail(err)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -86,7 +75,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 _print(event, args, f"#{event.seq} {event.kind:12} by {event.actor_id}: "
                                     f"{_line(event.escalation)}")
         except grpc.RpcError as err:
-            return _fail(err)
+            return fail(err)
         except KeyboardInterrupt:
             return 0
     return 0
@@ -105,7 +94,7 @@ def _change(args: argparse.Namespace, verdict: str | None) -> int:
                     escalation_id=args.id, verdict=verdict, comment=args.comment),
                     metadata=_metadata(args), timeout=30)
         except grpc.RpcError as err:
-            return _fail(err)
+            return fail(err)
     _print(e, args, _line(e) + (f" allow={e.approval_decision_id}"
                                 if e.approval_decision_id else ""))
     return 0

@@ -40,23 +40,10 @@ def read_policy_dir(directory: Path) -> pb.CreatePolicyVersionRequest:
         raise PolicyError(f"cannot read policy directory {directory}: {err}") from err
 
 
-def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
-    md = [("x-constitutional-hash", CONSTITUTIONAL_HASH)]
-    bearer = admin_cli.token(args, role="admin")
-    if bearer:
-        md.append(("authorization", f"Bearer {bearer}"))
-    return tuple(md)
-
-
 def _call(args: argparse.Namespace, method: str, request: Any, *, timeout: float = 60.0) -> Any:
     with admin_cli.channel(args) as ch:
         return getattr(pb_grpc.PolicyAdminStub(ch), method)(
-            request, metadata=_metadata(args), timeout=timeout)
-
-
-def _fail(err: grpc.RpcError) -> int:
-    print(f"acgs: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-    return 1
+            request, metadata=admin_cli.metadata(args, role="admin"), timeout=timeout)
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -69,7 +56,7 @@ def cmd_push(args: argparse.Namespace) -> int:
             return 0
         version = _call(args, "CreatePolicyVersion", request)
     except grpc.RpcError as err:
-        return _fail(err)
+        return admin_cli.fail(err)
     print(version.revision)
     print(f"acgs: stored {version.name} {version.version} as {version.revision} "
           f"({version.tests_passed} Rego tests passed); activate with "
@@ -94,7 +81,7 @@ def cmd_activate(args: argparse.Namespace) -> int:
     try:
         return _report(_call(args, "ActivatePolicyVersion", request, timeout=args.wait + 5))
     except grpc.RpcError as err:
-        return _fail(err)
+        return admin_cli.fail(err)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -103,7 +90,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     try:
         return _report(_call(args, "RollbackPolicy", request, timeout=args.wait + 5))
     except grpc.RpcError as err:
-        return _fail(err)
+        return admin_cli.fail(err)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -111,7 +98,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     try:
         versions = _call(args, "ListPolicyVersions", pb.ListPolicyVersionsRequest()).versions
     except grpc.RpcError as err:
-        return _fail(err)
+        return admin_cli.fail(err)
     for v in versions:
         when = v.created_at.ToDatetime().isoformat(timespec="seconds")
         print(f"{'*' if v.desired else ' '} {v.revision}  {v.name} {v.version}  {when}Z  "
@@ -124,7 +111,7 @@ def cmd_instances(args: argparse.Namespace) -> int:
     try:
         answer = _call(args, "ListInstances", pb.ListInstancesRequest())
     except grpc.RpcError as err:
-        return _fail(err)
+        return admin_cli.fail(err)
     print(f"desired {answer.desired_revision or '-'} (generation {answer.generation})")
     for i in answer.instances:
         state = ("live" if i.live else "silent") + (", serving" if i.serving else "")
