@@ -20,8 +20,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from acgs.edge import EdgeConfig, Upstream, default_template, make_tls, render
-from acgs.entrypoints.stack_procs import wait_until
+from acgs.edge import EdgeConfig, Upstream, make_tls
+from acgs.entrypoints.stack_procs import haproxy_command, wait_until
 
 from bench.server import Server, free_port, proc_cpu_s, terminate
 
@@ -71,20 +71,12 @@ class Edge:
 
     def _launch(self) -> None:
         """Render the configuration, ``haproxy -c`` it, start HAProxy in the foreground."""
-        binary = shutil.which("haproxy")
-        if binary is None:
-            raise RuntimeError("haproxy not found (apt-get install haproxy)")
         make_tls(self._dir)
-        path = self._dir / "haproxy.cfg"
-        path.write_text(render(self.config, default_template()))
-        check = subprocess.run([binary, "-c", "-q", "-f", str(path)], capture_output=True,
-                               text=True, check=False)
-        if check.returncode != 0:
-            raise RuntimeError(f"haproxy -c {path}:\n{check.stdout}{check.stderr}")
+        command = haproxy_command(self.config, self._dir)
         cpus = self._cpus
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [binary, "-db", "-f", str(path)], stdout=log, stderr=subprocess.STDOUT,
+                command, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 

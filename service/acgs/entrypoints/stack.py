@@ -30,7 +30,7 @@ import psycopg
 
 from acgs import CONSTITUTIONAL_HASH
 from acgs.edge import EdgeConfig, Upstream, default_template, make_tls, render
-from acgs.entrypoints.stack_procs import Processes, http_ok, port, wait_until
+from acgs.entrypoints.stack_procs import Processes, haproxy_command, http_ok, port, wait_until
 
 logger = logging.getLogger("acgs.stack")
 
@@ -150,16 +150,7 @@ def _server(i: int, run: str, directory: Path, procs: Processes, *, env: Mapping
 
 
 def _haproxy(directory: Path, procs: Processes, edge: EdgeConfig) -> None:
-    binary = shutil.which("haproxy")
-    if binary is None:
-        raise RuntimeError("haproxy not found (apt-get install haproxy)")
-    config = directory / "haproxy.cfg"
-    config.write_text(render(edge, default_template()))
-    check = subprocess.run([binary, "-c", "-q", "-f", str(config)], capture_output=True,
-                           text=True, check=False)
-    if check.returncode != 0:
-        raise RuntimeError(f"haproxy -c {config}:\n{check.stdout}{check.stderr}")
-    proc = procs.spawn("haproxy", [binary, "-db", "-f", str(config)])
+    proc = procs.spawn("haproxy", haproxy_command(edge, directory))
     stats = f"http://{edge.stats_addr}/stats;csv"
     wait_until("haproxy", lambda: _all_up(stats, len(edge.upstreams)), timeout_s=15, proc=proc)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from acgs.edge import EdgeConfig, default_template, render
 
 logger = logging.getLogger("acgs.stack")
 
@@ -157,3 +160,19 @@ def http_ok(url: str) -> bool:
     """True when ``url`` answers 200 within a second."""
     with urllib.request.urlopen(url, timeout=1) as resp:
         return bool(resp.status == 200)
+
+
+def haproxy_command(edge: EdgeConfig, directory: Path) -> list[str]:
+    """Write ``edge`` (rendered from the template) to ``directory/haproxy.cfg``, have
+    ``haproxy -c`` check it, and return the command running it in the foreground.
+    RuntimeError when haproxy is not installed or refuses the configuration."""
+    binary = shutil.which("haproxy")
+    if binary is None:
+        raise RuntimeError("haproxy not found (apt-get install haproxy)")
+    config = directory / "haproxy.cfg"
+    config.write_text(render(edge, default_template()))
+    check = subprocess.run([binary, "-c", "-q", "-f", str(config)], capture_output=True,
+                           text=True, check=False)
+    if check.returncode != 0:
+        raise RuntimeError(f"haproxy -c {config}:\n{check.stdout}{check.stderr}")
+    return [binary, "-db", "-f", str(config)]
