@@ -150,11 +150,9 @@ class DecisionService:
                        if cache is not None or self._audit is not None else None)
         keys = ([cache_key_of_json(policy, j) for j in input_jsons]
                 if cache is not None and input_jsons is not None else [])
-        results: list[EngineResult | None] = [None] * len(requests)
-        if cache is not None:
-            for i, key in enumerate(keys):
-                results[i] = await cache.get(key)
-        misses = [i for i, r in enumerate(results) if r is None]
+        hits: list[EngineResult | None] = (
+            [await cache.get(key) for key in keys] if cache is not None else [None] * len(requests))
+        misses = [i for i, hit in enumerate(hits) if hit is None]
         # The evaluation budget is per decision; a batch may use it once per item
         # (the worst case, evaluated serially), but never past the caller's deadline.
         timeout = self._timeout(deadline_s, items=len(misses))
@@ -162,19 +160,17 @@ class DecisionService:
             [requests[i].policy_input for i in misses], timeout_s=timeout
         ) if misses else []
         revision = self._engine.policy.revision
-        for i, outcome in zip(misses, outcomes, strict=True):
-            results[i] = self._trusted(outcome, revision)
-        missed = set(misses)
-        decided = [r if r is not None else fail_safe_result("not decided", revision=revision)
-                   for r in results]  # every item has a result by now; fail closed if not
+        evaluated = dict(zip(misses, outcomes, strict=True))
+        results = [hit if hit is not None else self._trusted(evaluated[i], revision)
+                   for i, hit in enumerate(hits)]
         decisions = [
-            self._decision(r, result, cached=i not in missed, start_ns=start)
-            for i, (r, result) in enumerate(zip(requests, decided, strict=True))
+            self._decision(r, result, cached=hit is not None, start_ns=start)
+            for r, result, hit in zip(requests, results, hits, strict=True)
         ]
         decisions = await self._keep_many(decisions, requests, caller, input_jsons)
         for i, decision in enumerate(decisions):
-            if cache is not None and i in missed and not decision.fail_safe:
-                await cache.put(keys[i], decided[i])
+            if cache is not None and hits[i] is None and not decision.fail_safe:
+                await cache.put(keys[i], results[i])
             self._telemetry.decision_made(decision, engine_us=None)
         return decisions
 
@@ -326,7 +322,6 @@ class DecisionService:
         )
         return replace(decision, effect=result.effect, violations=result.violations,
                        fail_safe=True, cached=False, escalation_id=escalation_id)
-
 
 
 def _request_json(doc: Mapping[str, Any], input_json: str | None) -> str:
