@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 from typing import NoReturn
@@ -38,3 +39,14 @@ def docker_reachable() -> bool:
             return b" 200 " in sock.recv(64)
     except (OSError, ValueError):
         return False
+
+
+def testcontainer(module: str, name: str) -> type | None:
+    """``testcontainers.<module>.<name>`` when testcontainers is installed and Docker answers."""
+    if not docker_reachable():
+        return None
+    try:
+        container: type = getattr(importlib.import_module(f"testcontainers.{module}"), name)
+    except ImportError:
+        return None
+    return container

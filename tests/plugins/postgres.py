@@ -32,7 +32,7 @@ from acgs.adapters.pg_migrations import migrate
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tests.plugins.common import docker_reachable, unavailable
+from tests.plugins.common import testcontainer, unavailable
 
 _KEEP = ("acgs_schema_migrations", "acgs_meta", "auth_tokens")  # tokens: running servers
 
@@ -49,17 +49,6 @@ def _throwaway_server(directory: Path) -> tuple[str, Callable[[], None]]:
     return str(server.get_uri("postgres")), server.cleanup
 
 
-def _testcontainers_postgres() -> type | None:
-    """The testcontainers PostgreSQL class when it is installed and Docker answers."""
-    if not docker_reachable():
-        return None
-    try:
-        from testcontainers.postgres import PostgresContainer
-    except ImportError:
-        return None
-    return PostgresContainer
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """Conninfo of a server (database ``postgres``) where databases may be created."""
@@ -67,7 +56,7 @@ def postgres_server() -> Iterator[str]:
     if url:
         yield url
         return
-    container_class = _testcontainers_postgres()
+    container_class = testcontainer("postgres", "PostgresContainer")
     if container_class is not None:
         with container_class("postgres:16-alpine", driver=None) as container:
             yield container.get_connection_url()

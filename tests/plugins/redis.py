@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.plugins.common import docker_reachable, unavailable
+from tests.plugins.common import testcontainer, unavailable
 
 
 def _free_port() -> int:
@@ -107,17 +107,6 @@ class ThrowawayRedis:
             thread.join(timeout=30)
 
 
-def _testcontainers_redis() -> type | None:
-    """The testcontainers Redis class when testcontainers is installed and Docker answers."""
-    if not docker_reachable():
-        return None
-    try:
-        from testcontainers.redis import RedisContainer
-    except ImportError:
-        return None
-    return RedisContainer
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a Redis shared by the session's tests (use ``redis_prefix`` for keys)."""
@@ -125,7 +114,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    container_class = _testcontainers_redis()
+    container_class = testcontainer("redis", "RedisContainer")
     if container_class is not None:
         with container_class("redis:7-alpine") as container:
             host = container.get_container_host_ip()
