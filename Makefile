@@ -22,9 +22,21 @@ $(GEN_STAMP): $(PROTO_SRC) $(DEPS_STAMP)
 	@mkdir -p $(GEN_DIR)
 	$(PYTHON) -m grpc_tools.protoc -Iprotos --python_out=service --pyi_out=service \
 		--grpc_python_out=service $(PROTO_SRC)
+	$(PYTHON) clients/python/gen_stubs.py protos
 	@touch $(GEN_DIR)/__init__.py $(GEN_STAMP)
 
 proto: $(GEN_STAMP)
+
+# The compatibility guard: buf's lint rules and no breaking change against the recorded
+# baseline (the last published API). PROTO_ROOT: a folder holding buf.yaml and protos/.
+PROTO_ROOT ?= .
+PROTO_BASELINE ?= $(CURDIR)/protos/baseline.binpb
+proto-check: $(DEPS_STAMP)
+	cd $(PROTO_ROOT) && buf lint && buf breaking --against $(PROTO_BASELINE)
+
+# Record today's protos as the published API that later changes must stay compatible with.
+proto-baseline: $(DEPS_STAMP)
+	buf build -o protos/baseline.binpb
 
 deps: $(DEPS_STAMP)
 
@@ -35,10 +47,10 @@ policy-test: proto
 	$(PYTHON) -m acgs.entrypoints.cli policy test policy/
 
 lint: proto
-	$(PYTHON) -m ruff check service tests bench
+	$(PYTHON) -m ruff check service tests bench clients
 	$(PYTHON) -m mypy
 
-test: proto policy-test lint
+test: proto proto-check policy-test lint
 	$(PYTHON) -m pytest tests
 
 test-unit: proto
