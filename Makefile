@@ -4,9 +4,9 @@ PROTO_SRC := $(wildcard protos/acgs/v1/*.proto)
 GEN_DIR := service/acgs/v1
 GEN_STAMP := $(GEN_DIR)/.stamp
 
-export PYTHONPATH := $(CURDIR)/service:$(CURDIR)
+export PYTHONPATH := $(CURDIR)/service:$(CURDIR)/clients/python/src:$(CURDIR)
 
-.PHONY: all proto run test test-unit lint typecheck policy-test bench stack stack-down clean deps
+.PHONY: all proto proto-check proto-baseline run test test-unit lint typecheck policy-test bench stack stack-down clean deps
 
 all: proto
 
@@ -68,4 +68,4 @@ stack-down:
 	$(PYTHON) -m acgs.entrypoints.stack down
 
 clean:
-	rm -rf $(GEN_DIR) .pytest_cache .mypy_cache
+	rm -rf $(GEN_DIR) clients/python/src/acgs_client/v1 .pytest_cache .mypy_cache

@@ -40,7 +40,7 @@ ROLES_OF = {
     "acgs.v1.PolicyAdmin": {tk.ADMIN},
     "acgs.v1.Escalations": {tk.ADMIN},
     "acgs.v1.Escalations/ListEscalations": {tk.ADMIN, tk.AUDITOR},
-    "acgs.v1.Escalations/WatchEscalations": {tk.ADMIN, tk.AUDITOR},
+    "acgs.v1.Escalations/WatchEscalations": {tk.ADMIN, tk.AUDITOR, tk.AGENT},
     "acgs.v1.Escalations/GetEscalation": {tk.ADMIN, tk.AUDITOR, tk.AGENT},
 }
 LONG_AGO = timestamp_pb2.Timestamp(seconds=1)

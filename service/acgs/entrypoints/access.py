@@ -24,7 +24,8 @@ ACCESS: AccessTable = {
     # Auditors read and watch escalations; an agent reads those of its own requests (the
     # service hides the others), to learn their outcome. Only admins resolve.
     "acgs.v1.Escalations/ListEscalations": frozenset({ADMIN, AUDITOR}),
-    "acgs.v1.Escalations/WatchEscalations": frozenset({ADMIN, AUDITOR}),
+    # An agent may watch one escalation of its own (escalation_id set), to wait for it.
+    "acgs.v1.Escalations/WatchEscalations": frozenset({ADMIN, AUDITOR, AGENT}),
     "acgs.v1.Escalations/GetEscalation": frozenset({ADMIN, AUDITOR, AGENT}),
 }
 

@@ -20,6 +20,7 @@ from acgs.entrypoints.escalation_convert import (
     verdict_from_proto,
 )
 from acgs.entrypoints.status import Context
+from acgs.domain.tokens import AGENT
 from acgs.errors import InvalidRequest
 from acgs.service_layer.escalations import EscalationService
 from acgs.v1 import escalations_pb2 as pb
@@ -59,11 +60,17 @@ class EscalationsServicer:
 
     async def WatchEscalations(self, request: pb.WatchEscalationsRequest, context: Context
                                ) -> AsyncIterator[pb.EscalationEvent]:
-        await self._callers.resolve(context, f"{SERVICE}/WatchEscalations")
+        caller = await self._callers.resolve(context, f"{SERVICE}/WatchEscalations")
         if request.after_seq < 0:
             raise InvalidRequest("after_seq must not be negative")
+        if caller.role == AGENT:
+            # An agent waits for the outcome of its own escalation, one at a time.
+            if not request.escalation_id:
+                raise InvalidRequest("escalation_id is required for an agent's watch")
+            await self._service.get(request.escalation_id, caller)  # NOT_FOUND unless its own
         async for event in self._service.watch(after_seq=request.after_seq,
-                                               from_now=request.from_now):
+                                               from_now=request.from_now,
+                                               escalation_id=request.escalation_id):
             yield event_to_proto(event)
 
     async def AcknowledgeEscalation(self, request: pb.AcknowledgeEscalationRequest,

@@ -85,16 +85,19 @@ class EscalationService:
             await self._try_sweep()
         return EscalationPage([e.as_of(now) for e in page.escalations], page.next_cursor)
 
-    async def watch(self, *, after_seq: int = 0,
-                    from_now: bool = False) -> AsyncIterator[EscalationEvent]:
+    async def watch(self, *, after_seq: int = 0, from_now: bool = False,
+                    escalation_id: str = "") -> AsyncIterator[EscalationEvent]:
         """Every event after ``after_seq`` (or from now), in seq order, then new ones, until
-        the server stops (then Unavailable: resume after the last seq received)."""
+        the server stops (then Unavailable: resume after the last seq received).
+
+        With ``escalation_id``, only that escalation's events."""
         cursor = await self._store.last_seq() if from_now else max(0, after_seq)
         while not self._bell.closed:
             ring = self._bell.next_ring()  # before the query: no wake-up falls in between
             events = await self._store.events_after(cursor, limit=self._page)
             for event in events:
-                yield event
+                if not escalation_id or event.escalation.id == escalation_id:
+                    yield event
                 cursor = event.seq
             if len(events) < self._page:
                 await self._bell.wait(ring, timeout_s=self._poll_s)
