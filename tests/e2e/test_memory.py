@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from acgs.v1 import governance_pb2_grpc as pb_grpc
-
-from tests.client import allow_input, decide_request
+from tests.client import allow_input
 from tests.plugins.servers import ServerFactory
 
 
@@ -17,14 +15,14 @@ def test_rss_is_flat_after_warm_up(servers: ServerFactory) -> None:
     # Cache off and audit off: every call evaluates, and nothing is meant to grow.
     server = servers.start({"ACGS_CACHE_LOCAL_SIZE": "0", "ACGS_AUDIT_ENABLED": "false"})
     assert server.proc is not None
-    with server.channel("agent") as channel:
-        stub = pb_grpc.GovernanceStub(channel)
+    with server.client(timeout_s=10) as acgs:
 
         def run(n: int, offset: int) -> None:
             for i in range(n):
                 doc = allow_input()
                 doc["principal"]["id"] = f"agent-{offset + i}"
-                stub.Decide(decide_request(doc), timeout=10)
+                acgs.decide(**{k: doc[k] for k in ("tenant_id", "principal", "action",
+                                                   "resource", "context")})
 
         run(500, 0)
         before = _rss_mb(server.proc.pid)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import grpc
 from acgs.v1 import governance_pb2 as pb
 from acgs.v1 import governance_pb2_grpc as pb_grpc
+from acgs_client import Decision
 
 from tests.client import allow_input, decide_request
 from tests.plugins.redis import ThrowawayRedis
-from tests.plugins.servers import ServerFactory
+from tests.plugins.servers import ServerFactory, ServerProcess
 
 
-def _decide(server, doc):  # type: ignore[no-untyped-def]
-    with server.channel("agent") as channel:
-        return pb_grpc.GovernanceStub(channel).Decide(decide_request(doc), timeout=10)
+def _decide(server: ServerProcess, doc: dict[str, Any]) -> Decision:
+    with server.client(timeout_s=10) as acgs:
+        return acgs.decide(**{k: doc[k] for k in ("tenant_id", "principal", "action",
+                                                  "resource", "context")})
 
 
 def test_a_second_server_sees_the_first_servers_entry(
@@ -33,7 +36,7 @@ def test_a_second_server_sees_the_first_servers_entry(
         if decision.cached or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    assert decision.cached and decision.effect == pb.ALLOW
+    assert decision.cached and decision.allowed
 
 
 def test_redis_stopped_and_stalled_under_load_fails_no_decision(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import acgs_client
 import grpc
 import psycopg
 import pytest
@@ -122,6 +123,11 @@ class ServerProcess:
     def channel(self, role: str = "agent", **kw: Any) -> grpc.Channel:
         """A plaintext channel to this server sending ``role``'s token on every call."""
         return authorized(grpc.insecure_channel(self.address, **kw), self.tokens.token(role))
+
+    def client(self, role: str = "agent", **settings: Any) -> acgs_client.Client:
+        """The typed client (acgs_client) for this server, with ``role``'s token: what
+        tests use unless they test the wire itself."""
+        return acgs_client.Client(self.address, token=self.tokens.token(role), **settings)
 
     def start(self, *, timeout: float = 30.0, wait_serving: bool = True) -> ServerProcess:
         self._provision()
