@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from acgs.domain.tokens import AGENT
 from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.escalation_convert import (
     escalation_to_proto,
@@ -20,7 +21,6 @@ from acgs.entrypoints.escalation_convert import (
     verdict_from_proto,
 )
 from acgs.entrypoints.status import Context
-from acgs.domain.tokens import AGENT
 from acgs.errors import InvalidRequest
 from acgs.service_layer.escalations import EscalationService
 from acgs.v1 import escalations_pb2 as pb
