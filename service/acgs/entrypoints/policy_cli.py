@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from acgs import CONSTITUTIONAL_HASH
+from acgs.adapters.policy_examples import EXAMPLES_DIR, with_examples
 from acgs.domain.policy_version import SIGNATURE_FILE
 from acgs.entrypoints import admin_cli
 from acgs.errors import PolicyError
@@ -24,19 +25,23 @@ from acgs.v1 import policy_admin_pb2_grpc as pb_grpc
 
 
 def read_policy_dir(directory: Path) -> pb.CreatePolicyVersionRequest:
-    """The upload of ``directory``: ``*.rego`` (not hidden), data.json, manifest.json and the
-    signature in ``policy.sig`` when present. Raises PolicyError when unreadable."""
+    """The upload of ``directory``: ``*.rego`` (not hidden), data.json, manifest.json (with
+    ``examples/*.json`` folded in) and the signature in ``policy.sig`` when present.
+    Raises PolicyError when unreadable."""
     try:
         modules = {f.relative_to(directory).as_posix(): f.read_text("utf-8")
                    for f in sorted(directory.rglob("*.rego"))
                    if not any(p.startswith(".") for p in f.relative_to(directory).parts)}
         data = directory / "data.json"
         sig = directory / SIGNATURE_FILE
+        manifest_json = (directory / "manifest.json").read_text("utf-8")
+        if (directory / EXAMPLES_DIR).is_dir():  # folded in as the server folds its own
+            manifest_json = json.dumps(with_examples(directory, json.loads(manifest_json)))
         return pb.CreatePolicyVersionRequest(
-            modules=modules, manifest_json=(directory / "manifest.json").read_text("utf-8"),
+            modules=modules, manifest_json=manifest_json,
             data_json=data.read_text("utf-8") if data.exists() else "{}",
             signature=sig.read_text("ascii").strip() if sig.exists() else "")
-    except (OSError, UnicodeDecodeError) as err:
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise PolicyError(f"cannot read policy directory {directory}: {err}") from err
 
 
