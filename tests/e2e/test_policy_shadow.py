@@ -21,6 +21,7 @@ from acgs.v1 import policy_admin_pb2_grpc as pb_grpc
 
 from tests.client import allow_input, decide_request
 from tests.e2e.policy_support import effect_name, parts
+from tests.e2e.test_policy_cli import acgs
 from tests.plugins.servers import ServerFactory, ServerProcess
 
 pytestmark = pytest.mark.postgres
@@ -191,7 +192,13 @@ def test_the_shadow_report_shows_the_exact_transitions_of_a_candidate(
     assert example["principal"]["id"] == "***" and example["action"]["type"] == "read"
     assert sorted((s.evaluated, s.differences) for s in report.servers) == [(15, 10)] * 2
 
-    stopped = stub.StopShadow(pb.StopShadowRequest(), timeout=5)
+    shown = acgs("policy", "shadow-report", server=fleet[1])
+    assert shown.returncode == 0, shown.stderr
+    assert "20 differ, 0 dropped" in shown.stdout and "  ALLOW->DENY: 12" in shown.stdout
+    assert "  DENY->ALLOW: 8" in shown.stdout and '"id":"***"' in shown.stdout
+    stopping = acgs("policy", "shadow", "--stop", server=fleet[1])
+    assert stopping.returncode == 0, stopping.stderr
+    stopped = stub.GetShadowReport(pb.GetShadowReportRequest(), timeout=5).state
     assert stopped.candidate_revision == "" and stopped.generation > state.generation
     assert decide_all(fleet[0], traffic) == before[0]
     final = stub.GetShadowReport(pb.GetShadowReportRequest(), timeout=5)
