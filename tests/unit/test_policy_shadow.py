@@ -10,7 +10,7 @@ from typing import Any
 
 from acgs.domain.model import Caller, Decision, Effect, EngineResult, Severity, Violation
 from acgs.domain.policy_version import FleetState
-from acgs.errors import EngineError
+from acgs.errors import EngineError, EngineTimeout
 from acgs.service_layer.policy_shadow import (
     ShadowEvaluator,
     ShadowPlan,
@@ -129,6 +129,30 @@ def test_a_full_queue_drops_and_counts_without_blocking() -> None:
 
     report, telemetry = asyncio.run(run())
     assert report.dropped == 7 and telemetry.dropped == 7
+
+
+def test_timeouts_and_audit_refusals_are_not_differences() -> None:
+    class Slow(Candidate):
+        async def decide_many(self, inputs: Sequence[Mapping[str, Any]], *,
+                              timeout_s: float) -> list[EngineResult | Exception]:
+            return [EngineTimeout("behind") for _ in inputs]
+
+    async def run() -> ShadowReport:
+        evaluator = ShadowEvaluator(instance_id="s1", telemetry=Counting())
+        await evaluator.start()
+        await evaluator.switch(ShadowPlan("cand", 1.0, 1, 1), Slow())
+        refused = Decision("d9", "", Effect.DENY, (Violation(
+            "audit_unavailable", Severity.CRITICAL, "journal full"),), "live", "h", False, 1,
+            0, fail_safe=True)
+        evaluator.offer({"action": "read"}, refused)
+        evaluator.offer({"action": "write"}, decision())
+        await drained(evaluator)
+        report = evaluator.report()
+        await evaluator.stop()
+        return report
+
+    report = asyncio.run(run())
+    assert (report.evaluated, report.dropped, report.counts) == (0, 1, {})
 
 
 def test_sampling_and_no_plan_offer_nothing() -> None:

@@ -9,7 +9,9 @@ in batches, decides them on a private engine serving the candidate, and
 counts each difference by transition (``ALLOW->DENY``, ``DENY->FAIL_SAFE``...),
 keeping up to ``examples`` per transition with the input masked like the
 audit trail masks it. A fail-safe live answer, or a candidate that fails to
-evaluate, is named ``FAIL_SAFE``.
+evaluate, is named ``FAIL_SAFE``. Not compared: live answers refused for want of
+an audit trail, and inputs the private engine did not decide within ``timeout_s``
+per batch (counted with the dropped).
 
 Which candidate (if any) is shadowed is fleet state, applied by
 :class:`ShadowSync`, one round per policy reconciliation.
@@ -26,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from acgs.domain.audit import mask_fields
-from acgs.domain.model import Decision, EngineResult
+from acgs.domain.model import AUDIT_UNAVAILABLE, Decision, EngineResult
+from acgs.errors import EngineTimeout
 
 logger = logging.getLogger("acgs.policy.shadow")
 FAIL_SAFE = "FAIL_SAFE"
@@ -96,7 +99,7 @@ class ShadowEvaluator:
 
     def __init__(self, *, instance_id: str, telemetry: ShadowTelemetry,
                  mask: Sequence[str] = (), queue_size: int = 1000, batch: int = 32,
-                 timeout_s: float = 1.0, sample: Callable[[], float] = random.random) -> None:
+                 timeout_s: float = 5.0, sample: Callable[[], float] = random.random) -> None:
         self._instance_id = instance_id
         self._telemetry = telemetry
         self._mask = tuple(mask)
@@ -118,6 +121,9 @@ class ShadowEvaluator:
         plan = self._plan
         if plan is None or self._random() >= plan.sample:
             return
+        if decision.fail_safe and any(v.principle == AUDIT_UNAVAILABLE
+                                      for v in decision.violations):
+            return  # refused for want of an audit trail: says nothing about the policy
         live = FAIL_SAFE if decision.fail_safe else decision.effect.name
         try:
             self._queue.put_nowait(_Item(plan.generation, policy_input, live,
@@ -176,8 +182,14 @@ class ShadowEvaluator:
 
     def _count(self, plan: ShadowPlan, item: _Item,
                result: EngineResult | Exception) -> None:
-        candidate = result.effect.name if isinstance(result, EngineResult) else FAIL_SAFE
         report = self._report
+        if isinstance(result, EngineTimeout):
+            # The private engine fell behind (one thread, off the request path): not a
+            # judgement on the candidate, so not a difference; counted with the dropped.
+            report.dropped += 1
+            self._telemetry.shadow_dropped()
+            return
+        candidate = result.effect.name if isinstance(result, EngineResult) else FAIL_SAFE
         report.evaluated += 1
         report.live_revision = item.live_revision
         if candidate == item.live:
