@@ -4,7 +4,8 @@ regopy (rego-cpp) can abort the whole process on some constructs (found with
 ``with`` in tests); an upload is untrusted input. The parent sends the parts
 as JSON on the child's stdin (``python -m acgs.adapters.policy_checker``);
 the child runs :func:`~acgs.adapters.rego_source.bundle_from_parts` (static
-checks, compile) and every Rego test of the bundle, and answers one JSON
+checks, compile), every Rego test of the bundle and the decision rule on its
+examples and test inputs (:mod:`acgs.adapters.policy_examples`), and answers one JSON
 object on stdout. A child that dies, or runs past ``timeout_s``, is a refusal.
 Only checked policies are ever compiled inside the server.
 """
@@ -112,8 +113,6 @@ def _result(answer: Mapping[str, Any], expected_hash: str) -> CheckedPolicy:
         raise UnsupportedBuiltin(message)
     if kind == "tests":
         raise PolicyTestsFailed(message)
-    if kind == "examples":
-        raise PolicyError(message)
     if kind is not None:
         raise PolicyError(message)
     return CheckedPolicy(
