@@ -1,5 +1,9 @@
 """``make bench`` → ``python3 -m bench.run``: how fast is a decision, next to an empty call?
 
+After the ladder, the shadow's cost (bench/shadow_cost.py: server CPU per decision with
+no shadow, ``--sample 0.1`` and ``--sample 1``; ``--shadow`` runs only that,
+``--no-shadow`` skips it).
+
 Modes: the scenario ladder (default, ~5 min per target; ``--quick`` ~1), ``--soak N``
 (memory over N decisions) and ``--profile`` (py-spy on the uncached path).
 Servers are real ``acgs serve`` processes on free ports; load comes from
@@ -21,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import h2load_check, profile, report, scenarios, soak
+from bench import h2load_check, profile, report, scenarios, shadow_cost, soak
 from bench.edge import TARGETS, endpoint
 from bench.loadgen import Driver, percentile
 from bench.scenarios import SCENARIOS, SERVERS, Cursor, Plan
@@ -61,6 +65,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--soak", type=int, metavar="N", help="memory soak: send N decisions")
     p.add_argument("--soak-every", type=int, default=50_000, help="RSS sample period (decisions)")
     p.add_argument("--soak-workload", choices=("distinct", "zipf"), default="distinct")
+    p.add_argument("--shadow", action="store_true",
+                   help="only the shadow's cost (no shadow, --sample 0.1, --sample 1)")
+    p.add_argument("--no-shadow", action="store_true",
+                   help="skip the shadow's cost after the ladder")
     p.add_argument("--profile", action="store_true", help="py-spy the server under uncached load")
     p.add_argument("--profile-rate", type=float, default=1000.0)
     p.add_argument("--profile-seconds", type=int, default=20)
@@ -261,8 +269,14 @@ async def amain(args: argparse.Namespace) -> int:
         report.write_json({**results, "soak": {**out, "target": args.targets[0]}},
                           args.out / "soak.json")
         return 0 if out["errors"] == 0 else 1
+    if args.shadow:
+        report.write_json({**results, "shadow": await run_shadow(args, cpus, gen_cpus)},
+                          args.out / "shadow.json")
+        return 0
     started = time.monotonic()
     await run_ladders(args, cpus, gen_cpus, results)
+    if not args.no_shadow:
+        results["shadow"] = await run_shadow(args, cpus, gen_cpus)
     for target in TARGETS:  # both keys always there; a target that did not run has Nones
         results[report.RATIO_KEYS[target]] = report.ratios(results, target)
     results["meta"].update(elapsed_s=time.monotonic() - started, loadavg_end=os.getloadavg()[0])
@@ -270,10 +284,30 @@ async def amain(args: argparse.Namespace) -> int:
     report.plot(results, args.out / "latency.png")
     print("\nAll steps:\n\n" + report.steps_table(results) + "\n")
     print(report.markdown(results))
+    if "shadow" in results:
+        print("\nShadow evaluation cost (uncached Decide):\n\n"
+              + shadow_cost.markdown(results["shadow"]))
     print(f"\n{results['meta']['note']}; load average at end {os.getloadavg()[0]:.2f}; "
           f"took {results['meta']['elapsed_s']:.0f} s.\nWrote {args.out / 'bench.json'} and "
           f"{args.out / 'latency.png'}")
     return 0
+
+
+async def run_shadow(args: argparse.Namespace, cpus: set[int] | None,
+                     gen_cpus: set[int] | None) -> dict[str, Any]:
+    """The shadow's cost on its own server (bench/shadow_cost.py), first target only."""
+    print("shadow: server CPU per uncached decision, no shadow vs --sample 0.1 vs --sample 1",
+          flush=True)
+    server = start_server("shadow", {"ACGS_POLICY_SYNC_S": "0.5"}, cpus, gen_cpus)
+    try:
+        host, port = reach(server, args.targets[0], gen_cpus)
+        out = await shadow_cost.shadow_cost(server, host, port, headers=server.headers(HEADERS),
+                                            seconds=3.0 if args.quick else 8.0,
+                                            rounds=1 if args.quick else 2)
+    finally:
+        server.stop()
+    print(shadow_cost.markdown(out), flush=True)
+    return {**out, "target": args.targets[0]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,7 +147,9 @@ async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Ap
     callers = auth.resolver
     policy = await _policy(settings, trail, engine, starters, closers,
                            address=lambda: f"{settings.grpc_addr.rsplit(':', 1)[0]}:{app.port}",
-                           serving=lambda: app.ready, on_fresh=lambda f: app.set_policy_fresh(f))
+                           serving=lambda: app.ready, on_fresh=lambda f: app.set_policy_fresh(f),
+                           telemetry=telemetry, escalations=escalations)
+    service.observe_with(policy.observer if policy is not None else None)
     governance = GovernanceServicer(
         service=service,
         callers=callers,
@@ -257,12 +259,16 @@ async def _escalations(settings: Settings, trail: AuditTrail | None, telemetry: 
 async def _policy(settings: Settings, trail: AuditTrail | None, engine: RegopyEngine,
                   starters: list[Closer], closers: list[Closer], *, address: Callable[[], str],
                   serving: Callable[[], bool], on_fresh: Callable[[bool], Awaitable[None]],
+                  telemetry: Telemetry, escalations: Escalations | None,
                   ) -> PolicyLifecycle | None:
     """Policy versions and fleet sync on the audit trail's database (none without it)."""
     if trail is None:
         return None
-    policy = await build_policy_lifecycle(settings, trail=trail, engine=engine, address=address,
-                                          serving=serving, on_fresh=on_fresh)
+    policy = await build_policy_lifecycle(
+        settings, trail=trail, engine=engine, address=address, serving=serving,
+        on_fresh=on_fresh,
+        telemetry=telemetry if isinstance(telemetry, Metrics) else NullTelemetry(),
+        incidents=escalations.escalator if escalations is not None else None)
     starters.extend(policy.starters)
     closers.extend(policy.closers)
     return policy

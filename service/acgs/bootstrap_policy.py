@@ -18,12 +18,13 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from psycopg_pool import AsyncConnectionPool
 
 from acgs.adapters.pg_notify import PgBell
 from acgs.adapters.pg_policies import CHANNEL, PgPolicyStore
+from acgs.adapters.pg_shadow import PgShadowStore
 from acgs.adapters.policy_checker import SubprocessPolicyChecker
 from acgs.adapters.policy_signatures import Ed25519Verifier
 from acgs.adapters.rego_source import PolicyBundle, bundle_from_parts
@@ -41,12 +42,25 @@ from acgs.entrypoints.policy_admin_servicer import PolicyAdminServicer
 from acgs.errors import PolicyError
 from acgs.service_layer.policy_admin import PolicyAdminService
 from acgs.service_layer.policy_replay import PolicyReplayer
+from acgs.service_layer.policy_shadow import ShadowEvaluator, ShadowTelemetry
+from acgs.service_layer.policy_shadow_fleet import ShadowAdmin, ShadowSync
 from acgs.service_layer.policy_sync import PolicySync
+from acgs.service_layer.policy_watch import (
+    AutoRollback,
+    Incidents,
+    PolicyWatch,
+    RollbackTelemetry,
+    RollbackWatch,
+)
 from acgs.v1 import policy_admin_pb2
 
 logger = logging.getLogger("acgs.bootstrap")
 
 Closer = Callable[[], Awaitable[None]]
+
+
+class LifecycleTelemetry(ShadowTelemetry, RollbackTelemetry, Protocol):
+    """What the lifecycle counts (:class:`acgs.metrics.Metrics`)."""
 
 
 @dataclass
@@ -57,6 +71,9 @@ class PolicyLifecycle:
     sync: PolicySync
     store: PgPolicyStore
     replayer: PolicyReplayer
+    shadow: ShadowAdmin
+    observer: PolicyWatch
+    """The DecisionService's observer: auto-rollback watch and shadow sampling."""
     starters: list[Closer] = field(default_factory=list)
     stoppers: list[Closer] = field(default_factory=list)
     closers: list[Closer] = field(default_factory=list)
@@ -64,7 +81,7 @@ class PolicyLifecycle:
     def services(self, callers: CallerResolver) -> list[tuple[Any, object]]:
         """acgs.v1.PolicyAdmin for the gRPC server."""
         servicer = PolicyAdminServicer(service=self.service, callers=callers,
-                                       replayer=self.replayer)
+                                       replayer=self.replayer, shadow=self.shadow)
         return [(policy_admin_pb2.DESCRIPTOR.services_by_name["PolicyAdmin"], servicer)]
 
 
@@ -89,6 +106,7 @@ async def build_policy_lifecycle(
     settings: Settings, *, trail: AuditTrail, engine: RegopyEngine,
     address: Callable[[], str], serving: Callable[[], bool],
     on_fresh: Callable[[bool], Awaitable[None]],
+    telemetry: LifecycleTelemetry, incidents: Incidents | None = None,
 ) -> PolicyLifecycle:
     """Wire the lifecycle on the audit trail's database; see the module docstring.
 
@@ -102,7 +120,14 @@ async def build_policy_lifecycle(
                                kwargs={"autocommit": True})
     await pool.open()
     store = PgPolicyStore(pool=pool)
+    shadow_store = PgShadowStore(pool=pool)
     bell = PgBell(conninfo=trail.conninfo, channel=CHANNEL)
+    rollback = AutoRollback(store=shadow_store, instance_id=settings.instance_id,
+                            telemetry=telemetry, incidents=incidents)
+    watch = rollback.watch = RollbackWatch(
+        share=settings.policy_rollback_failsafe_share,
+        window_s=settings.policy_rollback_window_s,
+        min_decisions=settings.policy_rollback_min_decisions, on_trip=rollback)
 
     async def activate(version: PolicyVersion) -> None:
         if verifier is not None:
@@ -112,11 +137,8 @@ async def build_policy_lifecycle(
         bundle = await asyncio.to_thread(stored_bundle, version,
                                          constitutional_hash=settings.constitutional_hash)
         await engine.activate(bundle)
+        watch.activated(bundle.revision)
 
-    sync = PolicySync(store=store, instance_id=settings.instance_id, activate=activate,
-                      active_revision=lambda: engine.policy.revision, address=address,
-                      serving=serving, on_fresh=on_fresh, bell=bell,
-                      interval_s=settings.policy_sync_s, max_lag_s=settings.policy_max_lag_s)
     service = PolicyAdminService(
         checker=SubprocessPolicyChecker(constitutional_hash=settings.constitutional_hash),
         store=store, verifier=verifier, live_within_s=settings.policy_live_s)
@@ -133,13 +155,27 @@ async def build_policy_lifecycle(
         return private
 
     replayer = PolicyReplayer(records=trail.queries.export, store=store, engine_for=candidate)
+    evaluator = ShadowEvaluator(instance_id=settings.instance_id, telemetry=telemetry,
+                                mask=settings.audit_mask_fields,
+                                queue_size=settings.policy_shadow_queue)
+    shadow_sync = ShadowSync(store=shadow_store, versions=store, evaluator=evaluator,
+                             engine_for=candidate)
+    sync = PolicySync(store=store, instance_id=settings.instance_id, activate=activate,
+                      active_revision=lambda: engine.policy.revision, address=address,
+                      serving=serving, on_fresh=on_fresh, bell=bell,
+                      interval_s=settings.policy_sync_s, max_lag_s=settings.policy_max_lag_s,
+                      rounds=[shadow_sync.round])
 
     async def seed() -> None:
         await seed_fleet(settings, store=store, bundle=engine.bundle, verifier=verifier)
 
     return PolicyLifecycle(service=service, sync=sync, store=store, replayer=replayer,
-                           starters=[seed, bell.start, sync.catch_up, sync.start],
-                           stoppers=[sync.stop], closers=[pool.close, bell.close])
+                           shadow=ShadowAdmin(store=shadow_store, versions=store),
+                           observer=PolicyWatch(rollback=watch, shadow=evaluator),
+                           starters=[seed, bell.start, sync.catch_up, evaluator.start,
+                                     sync.start],
+                           stoppers=[sync.stop, evaluator.stop],
+                           closers=[pool.close, bell.close])
 
 
 async def seed_fleet(settings: Settings, *, store: PgPolicyStore, bundle: PolicyBundle,

@@ -134,6 +134,12 @@ class Settings:
     policy_max_lag_s: float = 10.0
     policy_live_s: float = 3.0
     policy_trusted_keys: tuple[Path, ...] = ()
+    # Auto-rollback of an activation that fails safe on too many decisions (share 0: off)
+    policy_rollback_failsafe_share: float = 0.5
+    policy_rollback_window_s: float = 30.0
+    policy_rollback_min_decisions: int = 20
+    # Shadow evaluation of a candidate version: inputs waiting for it (more are dropped)
+    policy_shadow_queue: int = 1000
     # Callers: bearer tokens, TLS, rate limits
     auth: str = "token"
     allow_insecure: bool = False
@@ -198,6 +204,14 @@ class Settings:
             policy_max_lag_s=_float(e, "ACGS_POLICY_MAX_LAG_S", d.policy_max_lag_s),
             policy_live_s=_float(e, "ACGS_POLICY_LIVE_S", d.policy_live_s),
             policy_trusted_keys=tuple(Path(p) for p in _list(e, "ACGS_POLICY_TRUSTED_KEYS", ())),
+            policy_rollback_failsafe_share=_share(e, "ACGS_POLICY_ROLLBACK_FAILSAFE_SHARE",
+                                                  d.policy_rollback_failsafe_share),
+            policy_rollback_window_s=_float(e, "ACGS_POLICY_ROLLBACK_WINDOW_S",
+                                            d.policy_rollback_window_s),
+            policy_rollback_min_decisions=_int(e, "ACGS_POLICY_ROLLBACK_MIN_DECISIONS",
+                                               d.policy_rollback_min_decisions, minimum=1),
+            policy_shadow_queue=_int(e, "ACGS_POLICY_SHADOW_QUEUE", d.policy_shadow_queue,
+                                     minimum=1),
             auth=_auth(e.get("ACGS_AUTH") or d.auth),
             allow_insecure=_bool(e, "ACGS_ALLOW_INSECURE", d.allow_insecure),
             tls_cert=_path(e, "ACGS_TLS_CERT"),
@@ -206,6 +220,13 @@ class Settings:
             token_refresh_s=_float(e, "ACGS_TOKEN_REFRESH_S", d.token_refresh_s),
             rate_limits=_rates(e, d.rate_limits),
         )
+
+
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value >= 1:
+        raise ConfigurationError(f"{name}={value} must be below 1 (0 turns it off)")
+    return value
 
 
 def _auth(value: str) -> str:

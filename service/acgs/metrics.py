@@ -170,7 +170,9 @@ class Metrics:
             self._violations[principle, Severity.CRITICAL.value] = 0
         self._latency = {True: _Buckets(), False: _Buckets()}
         self._engine = _Buckets()
-        self._events = {"hash_mismatches": 0, "audit_refusals": 0}
+        self._events = {"hash_mismatches": 0, "audit_refusals": 0, "shadow_evaluations": 0,
+                        "shadow_dropped": 0, "policy_auto_rollbacks": 0}
+        self._shadow_differences: dict[str, int] = {}
         self._escalations_created: dict[str, int] = {}
         self._escalations_open: dict[tuple[str, str], int] = {}
         self._escalations_resolved: dict[tuple[str, str], int] = {}
@@ -276,6 +278,22 @@ class Metrics:
         """Count an audit append the journal refused (the decisions became fail-safe DENYs)."""
         self._events["audit_refusals"] += 1
 
+    # -- policy lifecycle: shadow and auto-rollback -------------------------------------------
+
+    def shadow_evaluated(self, *, transition: str) -> None:
+        """Count one shadow decision; ``transition`` ("ALLOW->DENY") when it differs, else ""."""
+        self._events["shadow_evaluations"] += 1
+        if transition:
+            self._shadow_differences[transition] = self._shadow_differences.get(transition, 0) + 1
+
+    def shadow_dropped(self) -> None:
+        """Count a sampled decision the full shadow queue could not take."""
+        self._events["shadow_dropped"] += 1
+
+    def policy_rolled_back(self) -> None:
+        """Count an automatic rollback this server made."""
+        self._events["policy_auto_rollbacks"] += 1
+
     # -- other components ------------------------------------------------------------------
 
     def escalation_created(self, *, reason: str) -> None:
@@ -339,6 +357,14 @@ class Metrics:
             ("acgs_cache_misses", "Cache lookups not answered, by tier", self._cache_obs("misses")),
             ("acgs_cache_redis_errors", "Redis errors and timeouts", self._obs_redis_errors),
             ("acgs_escalations_created", "Escalations opened, by reason", self._obs_escalated),
+            ("acgs_policy_shadow_evaluations", "Live decisions also decided under the shadowed "
+             "candidate", self._event("shadow_evaluations")),
+            ("acgs_policy_shadow_differences", "Shadow decisions whose effect differs from the "
+             "live answer, by transition", self._obs_shadow_differences),
+            ("acgs_policy_shadow_dropped", "Sampled decisions dropped: the shadow queue was full",
+             self._event("shadow_dropped")),
+            ("acgs_policy_auto_rollbacks", "Activations rolled back automatically (too many "
+             "fail-safe decisions)", self._event("policy_auto_rollbacks")),
             ("acgs_escalations_resolved", "Escalations approved, denied or expired, by reason "
              "and outcome", self._obs_resolved),
         ):
@@ -406,6 +432,10 @@ class Metrics:
     def _obs_escalated(self, _: CallbackOptions) -> Observations:
         return [Observation(n, {"reason": r}) for r, n in list(self._escalations_created.items())]
 
+    def _obs_shadow_differences(self, _: CallbackOptions) -> Observations:
+        return [Observation(n, {"transition": t})
+                for t, n in list(self._shadow_differences.items())]
+
     def _obs_resolved(self, _: CallbackOptions) -> Observations:
         return [Observation(n, {"reason": r, "outcome": o})
                 for (r, o), n in list(self._escalations_resolved.items())]
@@ -437,6 +467,15 @@ class NullTelemetry:
         pass
 
     def hash_mismatch(self) -> None:
+        pass
+
+    def shadow_evaluated(self, *, transition: str) -> None:
+        pass
+
+    def shadow_dropped(self) -> None:
+        pass
+
+    def policy_rolled_back(self) -> None:
         pass
 
     def audit_refused(self) -> None:

@@ -39,6 +39,10 @@ EXPECTED_FAMILIES = {
     "acgs_constitutional_hash_mismatches": ("counter", set()),
     "acgs_policy_info": ("gauge", {"revision", "constitutional_hash"}),
     "acgs_instance_info": ("gauge", {"instance_id", "version"}),
+    "acgs_policy_shadow_evaluations": ("counter", set()),
+    "acgs_policy_shadow_differences": ("counter", {"transition"}),
+    "acgs_policy_shadow_dropped": ("counter", set()),
+    "acgs_policy_auto_rollbacks": ("counter", set()),
 }
 
 
@@ -106,6 +110,10 @@ def feed(m: Metrics) -> None:
     m.watch_cache(tier="local", stats=Counters(hits=7, misses=3))
     m.watch_cache(tier="redis", stats=RedisCounters(hits=2, misses=1, errors=4))
     m.watch_policy(revision=lambda: "rev-1")
+    m.shadow_evaluated(transition="ALLOW->DENY")
+    m.shadow_evaluated(transition="")
+    m.shadow_dropped()
+    m.policy_rolled_back()
 
 
 def test_every_family_has_its_exact_name_type_and_labels(metrics: Metrics) -> None:

@@ -4,7 +4,8 @@ regopy (rego-cpp) can abort the whole process on some constructs (found with
 ``with`` in tests); an upload is untrusted input. The parent sends the parts
 as JSON on the child's stdin (``python -m acgs.adapters.policy_checker``);
 the child runs :func:`~acgs.adapters.rego_source.bundle_from_parts` (static
-checks, compile) and every Rego test of the bundle, and answers one JSON
+checks, compile), every Rego test of the bundle and the decision rule on its
+examples and test inputs (:mod:`acgs.adapters.policy_examples`), and answers one JSON
 object on stdout. A child that dies, or runs past ``timeout_s``, is a refusal.
 Only checked policies are ever compiled inside the server.
 """
@@ -123,6 +124,7 @@ def _result(answer: Mapping[str, Any], expected_hash: str) -> CheckedPolicy:
 
 def check_in_process(request: Mapping[str, Any]) -> dict[str, Any]:
     """The child's work: the JSON answer for one request (never raises an AcgsError)."""
+    from acgs.adapters.policy_examples import decision_failures
     from acgs.adapters.rego_source import bundle_from_parts
     from acgs.adapters.rego_tests import failing_tests
 
@@ -134,6 +136,8 @@ def check_in_process(request: Mapping[str, Any]) -> dict[str, Any]:
                                    manifest=manifest,
                                    constitutional_hash=request["constitutional_hash"])
         passed, failures = failing_tests(bundle)
+        # A version must decide: its decision rule on every example and test input.
+        decided, undecided = decision_failures(bundle) if not failures else (0, [])
     except ConstitutionMismatch as err:
         return {"error": "constitution", "message": str(err), "got": err.got}
     except UnsupportedBuiltin as err:
@@ -145,10 +149,19 @@ def check_in_process(request: Mapping[str, Any]) -> dict[str, Any]:
         more = len(failures) - _MAX_FAILURES_SHOWN
         return {"error": "tests", "message": f"{len(failures)} Rego test(s) failed: {shown}"
                 + (f" (and {more} more)" if more > 0 else "")}
+    if undecided:
+        return {"error": "examples", "message": _listed(
+            f"the decision rule fails {len(undecided)} of {decided} example input(s)", undecided)}
     return {"revision": bundle.revision, "name": bundle.name, "version": bundle.version,
             "digest": content_digest(bundle.modules, bundle.data_json, bundle.manifest_json),
             "modules": [list(m) for m in bundle.modules], "data_json": bundle.data_json,
             "manifest_json": bundle.manifest_json, "tests_passed": passed}
+
+
+def _listed(headline: str, items: Sequence[str]) -> str:
+    more = len(items) - _MAX_FAILURES_SHOWN
+    return (f"{headline}: {'; '.join(items[:_MAX_FAILURES_SHOWN])}"
+            + (f" (and {more} more)" if more > 0 else ""))
 
 
 def main() -> int:

@@ -100,6 +100,9 @@ class PolicyBundle:
 def load_policy_dir(path: Path, *, constitutional_hash: str) -> PolicyBundle:
     """Load manifest.json, every ``*.rego`` below ``path`` and data.json (optional, ``{}``).
 
+    ``examples/*.json`` are folded into the manifest's ``examples`` (see
+    :mod:`acgs.adapters.policy_examples`).
+
     Module names are paths relative to ``path`` (``principles/x.rego``).
     Raises PolicyError (unreadable file, bad JSON, failed check),
     UnsupportedBuiltin, or ConstitutionMismatch (``what="policy"``).
@@ -117,6 +120,9 @@ def load_policy_dir(path: Path, *, constitutional_hash: str) -> PolicyBundle:
         raise PolicyError(f"cannot read policy directory {path}: {err}") from err
     if not isinstance(manifest, dict):
         raise PolicyError(f"{path / 'manifest.json'}: expected a JSON object")
+    from acgs.adapters.policy_examples import with_examples  # it imports this module
+
+    manifest = with_examples(path, manifest)
     return bundle_from_parts(modules=modules, data_json=data_json, manifest=manifest,
                              constitutional_hash=constitutional_hash)
 

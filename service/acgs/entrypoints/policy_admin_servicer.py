@@ -15,17 +15,21 @@ from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
+from acgs.domain import canonical
 from acgs.domain.policy_version import ActivationOutcome, InstanceInfo, PolicyVersion
 from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.status import Context
 from acgs.errors import InvalidRequest
 from acgs.service_layer.policy_admin import PolicyAdminService
 from acgs.service_layer.policy_replay import ReplayReport
+from acgs.service_layer.policy_shadow import ShadowPlan, ShadowReport
+from acgs.service_layer.policy_shadow_fleet import DEFAULT_EXAMPLES, ShadowAdmin
 from acgs.v1 import policy_admin_pb2 as pb
 
 _SERVICE = "acgs.v1.PolicyAdmin/"
 _DEFAULT_WAIT_S, _MAX_WAIT_S = 10.0, 30.0
 _DEFAULT_REPLAY_LIMIT = 10_000
+_DEFAULT_SAMPLE = 0.1
 
 
 class Replayer(Protocol):
@@ -39,10 +43,11 @@ class PolicyAdminServicer:
     """Every PolicyAdmin method; the caller (an admin) is recorded as creator / activator."""
 
     def __init__(self, *, service: PolicyAdminService, callers: CallerResolver,
-                 replayer: Replayer | None = None) -> None:
+                 replayer: Replayer | None = None, shadow: ShadowAdmin | None = None) -> None:
         self._service = service
         self._callers = callers
         self._replayer = replayer
+        self._shadow = shadow
 
     async def CreatePolicyVersion(self, request: pb.CreatePolicyVersionRequest,
                                   context: Context) -> pb.PolicyVersion:
@@ -122,6 +127,30 @@ class PolicyAdminServicer:
             yield report_to_proto(report)
 
 
+    async def StartShadow(self, request: pb.StartShadowRequest,
+                          context: Context) -> pb.ShadowState:
+        caller = await self._callers.resolve(context, _SERVICE + "StartShadow")
+        plan = await self._shadows().start(
+            request.revision, sample=request.sample or _DEFAULT_SAMPLE,
+            examples=request.examples or DEFAULT_EXAMPLES, started_by=caller.id)
+        return plan_to_proto(plan)
+
+    async def StopShadow(self, request: pb.StopShadowRequest, context: Context) -> pb.ShadowState:
+        caller = await self._callers.resolve(context, _SERVICE + "StopShadow")
+        return plan_to_proto(await self._shadows().stop(stopped_by=caller.id))
+
+    async def GetShadowReport(self, request: pb.GetShadowReportRequest,
+                              context: Context) -> pb.ShadowReport:
+        await self._callers.resolve(context, _SERVICE + "GetShadowReport")
+        plan, merged, servers = await self._shadows().report()
+        return shadow_report_to_proto(plan, merged, servers)
+
+    def _shadows(self) -> ShadowAdmin:
+        if self._shadow is None:
+            raise InvalidRequest("shadow evaluation needs the audit trail (ACGS_AUDIT_ENABLED)")
+        return self._shadow
+
+
 def _wait_s(timeout_ms: int, context: Context) -> float:
     if timeout_ms:
         return min(timeout_ms / 1000, _MAX_WAIT_S)
@@ -164,3 +193,26 @@ def instance_to_proto(i: InstanceInfo) -> pb.Instance:
     return pb.Instance(instance_id=i.instance_id, address=i.address,
                        active_revision=i.active_revision, serving=i.serving,
                        last_heartbeat=_timestamp(i.last_heartbeat), live=i.live)
+
+
+def plan_to_proto(plan: ShadowPlan | None) -> pb.ShadowState:
+    if plan is None:
+        return pb.ShadowState()
+    return pb.ShadowState(candidate_revision=plan.revision, sample=plan.sample,
+                          examples=plan.examples, generation=plan.generation)
+
+
+def shadow_report_to_proto(plan: ShadowPlan | None, merged: ShadowReport,
+                           servers: list[ShadowReport]) -> pb.ShadowReport:
+    transitions = [pb.ShadowTransition(transition=t, count=n, examples=[
+        pb.ShadowExample(decision_id=str(e.get("decision_id", "")),
+                         instance_id=str(e.get("instance_id", "")),
+                         live_revision=str(e.get("live_revision", "")),
+                         input_json=canonical.dumps(e.get("input")))
+        for e in merged.examples.get(t, [])]) for t, n in sorted(merged.counts.items())]
+    return pb.ShadowReport(
+        state=plan_to_proto(plan), evaluated=merged.evaluated, dropped=merged.dropped,
+        differences=merged.differences, transitions=transitions,
+        servers=[pb.ShadowServerReport(instance_id=r.instance_id, live_revision=r.live_revision,
+                                       evaluated=r.evaluated, dropped=r.dropped,
+                                       differences=r.differences) for r in servers])

@@ -1,4 +1,4 @@
-"""``acgs policy push|activate|rollback|list|instances|sign``: policy versions over gRPC.
+"""``acgs policy push|activate|rollback|list|instances|shadow|shadow-report|sign``.
 
 Every command but ``sign`` calls acgs.v1.PolicyAdmin on any server of the fleet
 (``--addr``), with ``--token``, else ``$ACGS_TOKEN``, else the admin token of
@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from acgs import CONSTITUTIONAL_HASH
+from acgs.adapters.policy_examples import EXAMPLES_DIR, with_examples
 from acgs.domain.policy_version import SIGNATURE_FILE
 from acgs.entrypoints import admin_cli
 from acgs.errors import PolicyError
@@ -24,19 +25,23 @@ from acgs.v1 import policy_admin_pb2_grpc as pb_grpc
 
 
 def read_policy_dir(directory: Path) -> pb.CreatePolicyVersionRequest:
-    """The upload of ``directory``: ``*.rego`` (not hidden), data.json, manifest.json and the
-    signature in ``policy.sig`` when present. Raises PolicyError when unreadable."""
+    """The upload of ``directory``: ``*.rego`` (not hidden), data.json, manifest.json (with
+    ``examples/*.json`` folded in) and the signature in ``policy.sig`` when present.
+    Raises PolicyError when unreadable."""
     try:
         modules = {f.relative_to(directory).as_posix(): f.read_text("utf-8")
                    for f in sorted(directory.rglob("*.rego"))
                    if not any(p.startswith(".") for p in f.relative_to(directory).parts)}
         data = directory / "data.json"
         sig = directory / SIGNATURE_FILE
+        manifest_json = (directory / "manifest.json").read_text("utf-8")
+        if (directory / EXAMPLES_DIR).is_dir():  # folded in as the server folds its own
+            manifest_json = json.dumps(with_examples(directory, json.loads(manifest_json)))
         return pb.CreatePolicyVersionRequest(
-            modules=modules, manifest_json=(directory / "manifest.json").read_text("utf-8"),
+            modules=modules, manifest_json=manifest_json,
             data_json=data.read_text("utf-8") if data.exists() else "{}",
             signature=sig.read_text("ascii").strip() if sig.exists() else "")
-    except (OSError, UnicodeDecodeError) as err:
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise PolicyError(f"cannot read policy directory {directory}: {err}") from err
 
 
@@ -119,6 +124,54 @@ def cmd_instances(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shadow(args: argparse.Namespace) -> int:
+    """Shadow REV on every server (a sampled share of live decisions), or stop (--stop)."""
+    if args.stop == bool(args.revision):
+        print("acgs: give a revision to shadow, or --stop", file=sys.stderr)
+        return 2
+    try:
+        if args.stop:
+            state = _call(args, "StopShadow", pb.StopShadowRequest())
+            print(f"shadow stopped (generation {state.generation})")
+            return 0
+        state = _call(args, "StartShadow", pb.StartShadowRequest(
+            revision=args.revision, sample=args.sample, examples=args.examples))
+    except grpc.RpcError as err:
+        return admin_cli.fail(err)
+    print(f"shadowing {state.candidate_revision} on {state.sample:.0%} of live decisions "
+          f"(generation {state.generation}); see `acgs policy shadow-report`")
+    return 0
+
+
+def cmd_shadow_report(args: argparse.Namespace) -> int:
+    """The shadow's differences by transition, fleet-wide, with examples."""
+    try:
+        report = _call(args, "GetShadowReport", pb.GetShadowReportRequest())
+    except grpc.RpcError as err:
+        return admin_cli.fail(err)
+    if args.json:
+        from google.protobuf import json_format
+
+        print(json_format.MessageToJson(report, preserving_proto_field_name=True))
+        return 0
+    state = report.state
+    if not state.candidate_revision:
+        print("no shadow running")
+        return 0
+    print(f"candidate {state.candidate_revision} at {state.sample:.0%} (generation "
+          f"{state.generation}): {report.evaluated} evaluated, {report.differences} differ, "
+          f"{report.dropped} dropped")
+    for t in report.transitions:
+        print(f"  {t.transition}: {t.count}")
+        for e in t.examples:
+            print(f"    {e.decision_id} ({e.instance_id}, live {e.live_revision}): "
+                  f"{e.input_json}")
+    for server in report.servers:
+        print(f"server {server.instance_id}: {server.evaluated} evaluated, "
+              f"{server.differences} differ, {server.dropped} dropped")
+    return 0
+
+
 def cmd_sign(args: argparse.Namespace) -> int:
     """Sign DIR's content with an Ed25519 private key (PEM); write DIR/policy.sig."""
     from acgs.adapters.policy_signatures import sign
@@ -152,7 +205,19 @@ def register(policy: Any) -> None:
     listing.set_defaults(func=cmd_list)
     instances = policy.add_parser("instances", help="servers and the revision each serves")
     instances.set_defaults(func=cmd_instances)
-    for cmd in (push, activate, rollback, listing, instances):
+    shadow = policy.add_parser("shadow", help="decide a share of live decisions under a "
+                               "candidate too, and count the differences (--stop: end it)")
+    shadow.add_argument("revision", nargs="?", default="")
+    shadow.add_argument("--sample", type=float, default=0.1,
+                        help="fraction of live decisions shadowed (0.1)")
+    shadow.add_argument("--examples", type=int, default=5,
+                        help="examples kept per transition (5)")
+    shadow.add_argument("--stop", action="store_true", help="stop shadowing")
+    shadow.set_defaults(func=cmd_shadow)
+    shadow_report = policy.add_parser("shadow-report", help="the shadow's differences")
+    shadow_report.add_argument("--json", action="store_true")
+    shadow_report.set_defaults(func=cmd_shadow_report)
+    for cmd in (push, activate, rollback, listing, instances, shadow, shadow_report):
         admin_cli.add_connection_args(cmd)
     signer = policy.add_parser("sign", help="sign a policy directory (writes DIR/policy.sig)")
     signer.add_argument("dir")

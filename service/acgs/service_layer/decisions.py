@@ -41,6 +41,7 @@ from acgs.errors import (
     EngineError,
     EngineTimeout,
 )
+from acgs.service_layer.policy_ports import DecisionObserver
 from acgs.service_layer.ports import (
     AuditEntry,
     AuditSink,
@@ -80,6 +81,11 @@ class DecisionService:
         self._telemetry = telemetry
         self._hash = constitutional_hash
         self._eval_timeout_s = eval_timeout_s
+        self._observer: DecisionObserver | None = None
+
+    def observe_with(self, observer: DecisionObserver | None) -> None:
+        """Show every answered decision to ``observer`` (auto-rollback watch, shadow)."""
+        self._observer = observer
 
     @property
     def constitutional_hash(self) -> str:
@@ -132,6 +138,8 @@ class DecisionService:
         if cache is not None and not from_cache and not decision.fail_safe:
             await cache.put(key, result)
         self._telemetry.decision_made(decision, engine_us=engine_us)
+        if self._observer is not None:  # after the answer is final; never blocks it
+            self._observer.observe(request.policy_input, decision)
         return decision
 
     async def decide_batch(
@@ -172,6 +180,8 @@ class DecisionService:
             if cache is not None and hits[i] is None and not decision.fail_safe:
                 await cache.put(keys[i], results[i])
             self._telemetry.decision_made(decision, engine_us=None)
+            if self._observer is not None:
+                self._observer.observe(requests[i].policy_input, decision)
         return decisions
 
     async def evaluate(

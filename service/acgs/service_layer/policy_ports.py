@@ -1,11 +1,15 @@
-"""The ports of the policy lifecycle (:mod:`policy_admin`, :mod:`policy_sync`)."""
+"""The ports of the policy lifecycle (:mod:`policy_admin`, :mod:`policy_sync`, shadow, watch)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from acgs.domain.model import Decision
 from acgs.domain.policy_version import CheckedPolicy, FleetState, InstanceInfo, PolicyVersion
+
+if TYPE_CHECKING:
+    from acgs.service_layer.policy_shadow import ShadowPlan, ShadowReport
 
 
 class PolicyChecker(Protocol):
@@ -46,3 +50,32 @@ class PolicyStore(Protocol):
     async def leave(self, instance_id: str) -> None: ...
 
     async def instances(self, *, live_within_s: float) -> list[InstanceInfo]: ...
+
+
+class DecisionObserver(Protocol):
+    """Sees every answered decision, after the answer (auto-rollback watch, shadow sampling).
+
+    Synchronous, no I/O, never raises: it runs on the decision path.
+    """
+
+    def observe(self, policy_input: Mapping[str, Any], decision: Decision) -> None: ...
+
+
+class ShadowStore(Protocol):
+    """The fleet's shadow plan and each server's report (raises Unavailable)."""
+
+    async def shadow_plan(self) -> ShadowPlan | None: ...
+
+    async def set_shadow(self, *, revision: str, sample: float, examples: int,
+                         changed_by: str) -> ShadowPlan: ...
+
+    async def put_shadow_report(self, report: ShadowReport) -> None: ...
+
+    async def shadow_reports(self, *, generation: int) -> list[ShadowReport]: ...
+
+
+class RollbackStore(Protocol):
+    """Rolls the fleet back from a revision, once (raises Unavailable)."""
+
+    async def roll_back_from(self, revision: str, *, instance_id: str,
+                             reason: str) -> FleetState | None: ...

@@ -10,8 +10,10 @@ acknowledgement ActivatePolicyVersion waits for.
 Freshness: while the served revision lags the desired one for longer than
 ``max_lag_s`` (the version does not load here, or the swap is slow), the
 server reports itself stale (``on_fresh(False)``: NOT_SERVING) until it
-catches up. While PostgreSQL is unreachable the last known desired revision
-stands: an outage alone never makes a server stale.
+catches up. ``rounds`` run after each heartbeat: other fleet state carried by
+the same notifications (the shadow plan, :mod:`policy_shadow_fleet`). While
+PostgreSQL is unreachable the last known desired revision stands: an outage
+alone never makes a server stale.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from acgs.domain.policy_version import PolicyVersion
@@ -46,7 +48,8 @@ class PolicySync:
                  active_revision: Callable[[], str], address: Callable[[], str],
                  serving: Callable[[], bool], on_fresh: Callable[[bool], Awaitable[None]],
                  bell: Bell | None = None, interval_s: float = 1.0,
-                 max_lag_s: float = 10.0) -> None:
+                 max_lag_s: float = 10.0,
+                 rounds: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
         self._store = store
         self._instance_id = instance_id
         self._activate = activate
@@ -57,6 +60,7 @@ class PolicySync:
         self._bell = bell
         self._interval_s = interval_s
         self._max_lag_s = max_lag_s
+        self._rounds = tuple(rounds)  # more fleet state that follows the same bell (shadow)
         self._desired = ""
         self._lag_since: float | None = None
         self._failed: str = ""
@@ -114,6 +118,11 @@ class PolicySync:
             logger.warning("policy reconciliation: %s", err)
         await self._judge_freshness()
         await self._heartbeat()
+        for extra in self._rounds:
+            try:
+                await extra()
+            except Exception:  # one part's failure never stops the reconciliation
+                logger.exception("policy reconciliation round failed")
 
     async def _load(self, revision: str) -> None:
         try:

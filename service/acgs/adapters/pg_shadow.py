@@ -1,0 +1,116 @@
+"""The shadow plan, the servers' shadow reports and automatic rollbacks in PostgreSQL (0010).
+
+Implements the ShadowStore and RollbackStore ports. Changes of the plan and
+rollbacks NOTIFY the channel of activations (:data:`~acgs.adapters.pg_policies.CHANNEL`)
+in their transaction, so every server's policy reconciliation wakes for them.
+Every method raises :class:`~acgs.errors.Unavailable` when PostgreSQL cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from acgs.adapters.pg_policies import CHANNEL
+from acgs.domain.policy_version import FleetState
+from acgs.errors import NotFound, Unavailable
+from acgs.service_layer.policy_shadow import ShadowPlan, ShadowReport
+
+_PLAN = ("SELECT coalesce(candidate_revision, ''), sample, examples, generation "
+         "FROM policy_shadow")
+_STATE = "desired_revision, coalesce(previous_revision, ''), generation"
+
+
+@asynccontextmanager
+async def _reachable() -> AsyncIterator[None]:
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as err:
+        raise Unavailable(f"policy database unreachable: {err}") from err
+
+
+class PgShadowStore:
+    """On the policy lifecycle's autocommit pool."""
+
+    def __init__(self, *, pool: AsyncConnectionPool[Any], channel: str = CHANNEL) -> None:
+        self._pool = pool
+        self._channel = channel
+
+    async def shadow_plan(self) -> ShadowPlan | None:
+        """The fleet's plan; None before any shadow was started."""
+        async with _reachable(), self._pool.connection() as conn:
+            row = await (await conn.execute(_PLAN)).fetchone()
+        return ShadowPlan(*row) if row else None
+
+    async def set_shadow(self, *, revision: str, sample: float, examples: int,
+                         changed_by: str) -> ShadowPlan:
+        """Replace the plan (``revision`` "": none) with a new generation; notify the fleet."""
+        async with _reachable(), self._pool.connection() as conn, conn.transaction():
+            try:
+                await conn.execute(
+                    "INSERT INTO policy_shadow AS s (candidate_revision, sample, examples, "
+                    "changed_by) VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+                    "candidate_revision = EXCLUDED.candidate_revision, sample = EXCLUDED.sample,"
+                    " examples = EXCLUDED.examples, changed_by = EXCLUDED.changed_by, "
+                    "generation = s.generation + 1, changed_at = now()",
+                    (revision or None, sample, examples, changed_by))
+            except psycopg.errors.ForeignKeyViolation as err:
+                raise NotFound(f"no policy version {revision!r}") from err
+            row = await (await conn.execute(_PLAN)).fetchone()
+            assert row is not None
+            await conn.execute("SELECT pg_notify(%s, %s)", (self._channel, f"shadow {row[3]}"))
+        return ShadowPlan(*row)
+
+    async def put_shadow_report(self, report: ShadowReport) -> None:
+        """Upsert this server's report (one row per server: the latest generation only)."""
+        async with _reachable(), self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO policy_shadow_reports (instance_id, generation, candidate_revision,"
+                " live_revision, evaluated, dropped, counts, examples) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (instance_id) DO UPDATE SET "
+                "generation = EXCLUDED.generation, candidate_revision = "
+                "EXCLUDED.candidate_revision, live_revision = EXCLUDED.live_revision, "
+                "evaluated = EXCLUDED.evaluated, dropped = EXCLUDED.dropped, counts = "
+                "EXCLUDED.counts, examples = EXCLUDED.examples, updated_at = now()",
+                (report.instance_id, report.generation, report.candidate_revision,
+                 report.live_revision, report.evaluated, report.dropped,
+                 json.dumps(report.counts), json.dumps(report.examples)))
+
+    async def shadow_reports(self, *, generation: int) -> list[ShadowReport]:
+        """Every server's report of ``generation``, by instance id."""
+        async with _reachable(), self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT instance_id, generation, candidate_revision, live_revision, evaluated, "
+                "dropped, counts, examples FROM policy_shadow_reports WHERE generation = %s "
+                "ORDER BY instance_id", (generation,))
+            rows = await cur.fetchall()
+        return [ShadowReport(*row) for row in rows]
+
+    async def roll_back_from(self, revision: str, *, instance_id: str,
+                             reason: str) -> FleetState | None:
+        """Make the previous revision desired again, if ``revision`` is still the desired one.
+
+        Records the rollback (policy_rollbacks) and notifies the fleet in one
+        transaction. None when ``revision`` is no longer desired (another server
+        or an admin acted first) or there is nothing to roll back to.
+        """
+        async with _reachable(), self._pool.connection() as conn, conn.transaction():
+            # SET sees the row as it was: the two revisions swap places.
+            row = await (await conn.execute(
+                "UPDATE policy_state SET desired_revision = previous_revision, "
+                "previous_revision = desired_revision, generation = generation + 1, "
+                "activated_by = %s, activated_at = now() WHERE desired_revision = %s AND "
+                "previous_revision IS NOT NULL AND previous_revision <> desired_revision "
+                f"RETURNING {_STATE}", (f"auto-rollback {instance_id}", revision))).fetchone()
+            if row is None:
+                return None
+            await conn.execute(
+                "INSERT INTO policy_rollbacks (from_revision, to_revision, instance_id, reason) "
+                "VALUES (%s, %s, %s, %s)", (revision, row[0], instance_id, reason))
+            await conn.execute("SELECT pg_notify(%s, %s)", (self._channel, str(row[0])))
+        return FleetState(*row)
