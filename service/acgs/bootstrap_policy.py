@@ -7,7 +7,10 @@ database without a desired revision gets the policy of ``ACGS_POLICY_DIR``
 catches up with the desired revision (a server that was down during an
 activation serves the new version from its first answer). Then the
 reconciler runs (see :mod:`acgs.service_layer.policy_sync`). On stop the
-server leaves the fleet as soon as it stops serving.
+server leaves the fleet as soon as it stops serving. Every version the server
+activates (or serves at start) is kept as the local snapshot; a start while
+the database is unreachable serves that snapshot and defers all of the above
+until the database returns (see :mod:`acgs.bootstrap_offline`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from acgs.domain.policy_version import (
 )
 from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.policy_admin_servicer import PolicyAdminServicer
-from acgs.errors import PolicyError
+from acgs.errors import PolicyError, Unavailable
 from acgs.service_layer.policy_admin import PolicyAdminService
 from acgs.service_layer.policy_replay import PolicyReplayer
 from acgs.service_layer.policy_sync import PolicySync
@@ -112,6 +115,10 @@ async def build_policy_lifecycle(
         bundle = await asyncio.to_thread(stored_bundle, version,
                                          constitutional_hash=settings.constitutional_hash)
         await engine.activate(bundle)
+        await _keep(trail, version)
+
+    if trail.offline:
+        await _serve_snapshot(settings, trail, engine, verifier)
 
     sync = PolicySync(store=store, instance_id=settings.instance_id, activate=activate,
                       active_revision=lambda: engine.policy.revision, address=address,
@@ -137,9 +144,40 @@ async def build_policy_lifecycle(
     async def seed() -> None:
         await seed_fleet(settings, store=store, bundle=engine.bundle, verifier=verifier)
 
+    async def keep_active() -> None:  # the version served when no activation was needed
+        await _keep(trail, await store.get_version(engine.policy.revision))
+
     return PolicyLifecycle(service=service, sync=sync, store=store, replayer=replayer,
-                           starters=[seed, bell.start, sync.catch_up, sync.start],
+                           starters=[seed, bell.start, sync.catch_up, keep_active, sync.start],
                            stoppers=[sync.stop], closers=[pool.close, bell.close])
+
+
+async def _keep(trail: AuditTrail, version: PolicyVersion) -> None:
+    """Keep ``version`` as the local snapshot (a failed write is logged: serving goes on)."""
+    if trail.snapshots is None:
+        return
+    try:
+        await asyncio.to_thread(trail.snapshots.save_policy, version)
+    except OSError as err:
+        logger.error("policy snapshot of %s not written: %s", version.revision, err)
+
+
+async def _serve_snapshot(settings: Settings, trail: AuditTrail, engine: RegopyEngine,
+                          verifier: Ed25519Verifier | None) -> None:
+    """Database unreachable at start: serve the kept version (verified: its digest, and its
+    signature when trusted keys are set). Raises SnapshotInvalid, BadSignature, Unavailable."""
+    assert trail.snapshots is not None
+    verify = ((lambda d, sig: verifier.verify(digest=d, signature=sig))
+              if verifier is not None else None)
+    version = await asyncio.to_thread(trail.snapshots.load_policy, verify=verify)
+    if version is None:
+        raise Unavailable(f"the database is unreachable and there is no policy snapshot "
+                          f"({trail.snapshots.policy_path})")
+    if version.revision != engine.policy.revision:
+        bundle = await asyncio.to_thread(stored_bundle, version,
+                                         constitutional_hash=settings.constitutional_hash)
+        await engine.activate(bundle)
+    logger.warning("serving the policy snapshot %s until the database returns", version.revision)
 
 
 async def seed_fleet(settings: Settings, *, store: PgPolicyStore, bundle: PolicyBundle,
