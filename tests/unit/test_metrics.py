@@ -39,6 +39,7 @@ EXPECTED_FAMILIES = {
     "acgs_constitutional_hash_mismatches": ("counter", set()),
     "acgs_policy_info": ("gauge", {"revision", "constitutional_hash"}),
     "acgs_instance_info": ("gauge", {"instance_id", "version"}),
+    "acgs_database_reachable": ("gauge", set()),
 }
 
 
@@ -106,6 +107,7 @@ def feed(m: Metrics) -> None:
     m.watch_cache(tier="local", stats=Counters(hits=7, misses=3))
     m.watch_cache(tier="redis", stats=RedisCounters(hits=2, misses=1, errors=4))
     m.watch_policy(revision=lambda: "rev-1")
+    m.watch_database(reachable=lambda: True, note=lambda: "")
 
 
 def test_every_family_has_its_exact_name_type_and_labels(metrics: Metrics) -> None:
