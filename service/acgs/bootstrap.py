@@ -152,11 +152,9 @@ async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Ap
         eval_timeout_s=settings.eval_timeout_ms / 1000,
     )
     database = trail.database if trail is not None else None
-    auth = await build_callers(
-        settings, conninfo=trail.conninfo if trail is not None else None,
-        snapshots=trail.snapshots if trail is not None else None,
-        offline=trail is not None and trail.offline,
-        ready=lambda: database is None or database.ready)
+    auth = await build_callers(settings, conninfo=trail.conninfo if trail is not None else None,
+                               snapshots=trail.snapshots if trail is not None else None,
+                               database=database)
     starters.extend(auth.starters)
     closers.extend(auth.closers)
     callers = auth.resolver
@@ -276,7 +274,7 @@ async def _escalations(settings: Settings, trail: AuditTrail | None, telemetry: 
         return None
     metrics = telemetry if isinstance(telemetry, Metrics) else NullTelemetry()
     escalations = await build_escalations(settings, trail=trail, telemetry=metrics)
-    _start_with_database(trail, starters, escalations.starters)
+    trail.database.start_with(starters, escalations.starters)
     closers.extend(escalations.closers)
     return escalations
 
@@ -290,17 +288,9 @@ async def _policy(settings: Settings, trail: AuditTrail | None, engine: RegopyEn
         return None
     policy = await build_policy_lifecycle(settings, trail=trail, engine=engine, address=address,
                                           serving=serving, on_fresh=on_fresh)
-    _start_with_database(trail, starters, policy.starters)
+    trail.database.start_with(starters, policy.starters)
     closers.extend(policy.closers)
     return policy
-
-
-def _start_with_database(trail: AuditTrail, starters: list[Closer], steps: list[Closer]) -> None:
-    """Run ``steps`` at start, or, when the database was unreachable then, once it is back."""
-    if trail.offline and trail.database is not None:
-        trail.database.defer(steps)
-    else:
-        starters.extend(steps)
 
 
 def _audit_services(trail: AuditTrail | None, callers: CallerResolver) -> list[tuple[Any, object]]:

@@ -46,18 +46,18 @@ class AuditTrail:
     journal: Journal
     shipper: Shipper
     queries: AuditQueries
+    database: DatabaseWatch
+    """Whether that database is usable yet (see bootstrap_offline); start it last."""
+    snapshots: SnapshotStore
+    """The local copies of the policy and token table for a start without the database."""
     closers: list[Closer] = field(default_factory=list)
     conninfo: str = ""
     """The migrated database the trail ships to (the token table lives there too)."""
-    database: DatabaseWatch | None = None
-    """Whether that database is usable yet (see bootstrap_offline); start it last."""
-    snapshots: SnapshotStore | None = None
-    """The local copies of the policy and token table for a start without the database."""
 
     @property
     def offline(self) -> bool:
         """True while the database has not been migrated and checked by this process."""
-        return self.database is not None and not self.database.ready
+        return not self.database.ready
 
 
 async def build_audit(

@@ -30,6 +30,7 @@ from acgs.entrypoints.access import ACCESS
 from acgs.entrypoints.callers import AnonymousAuthenticator, CallerResolver
 from acgs.errors import ConfigurationError, Unavailable
 from acgs.service_layer.authentication import TokenAuthenticator
+from acgs.service_layer.database_watch import DatabaseWatch
 
 logger = logging.getLogger("acgs.bootstrap")
 
@@ -86,14 +87,14 @@ def rate_limiter(settings: Settings) -> RateLimiter:
 
 
 async def build_callers(settings: Settings, *, conninfo: str | None,
-                        snapshots: SnapshotStore | None = None, offline: bool = False,
-                        ready: Callable[[], bool] = lambda: True) -> Callers:
+                        snapshots: SnapshotStore | None = None,
+                        database: DatabaseWatch | None = None) -> Callers:
     """The CallerResolver for ``settings``; ``conninfo`` is the (migrated) database, or None
     to open and migrate it here. Raises psycopg.Error when the token table cannot be read.
 
-    With ``snapshots`` the table read is also kept there; ``offline`` (the database was
-    unreachable at start) takes the kept table instead (SnapshotInvalid if it fails its
-    check) and reads the database only once ``ready()``."""
+    With ``snapshots`` the table read is also kept there. While ``database`` is not ready
+    (it was unreachable at start) the kept table is used instead (SnapshotInvalid if it
+    fails its check) and the database is read only once it is."""
     limiter = rate_limiter(settings)
     if settings.auth == "none":
         logger.warning("ACGS_AUTH=none: every caller is anonymous and may call every method")
@@ -109,10 +110,10 @@ async def build_callers(settings: Settings, *, conninfo: str | None,
     await pool.open()
     closers.append(pool.close)
     store = PgTokenStore(pool=pool)
-    source = (store if snapshots is None else
-              SnapshotTokenSource(source=store, snapshots=snapshots, ready=ready))
+    source = (store if snapshots is None else SnapshotTokenSource(
+        source=store, snapshots=snapshots, ready=lambda: database is None or database.ready))
     authenticator = TokenAuthenticator(source=source, refresh_interval_s=settings.token_refresh_s)
-    if offline and snapshots is not None:
+    if database is not None and not database.ready and snapshots is not None:
         return _offline_callers(settings, snapshots, authenticator, limiter, closers)
     await authenticator.load()
     dev_file = await _dev_tokens(settings, store, authenticator)

@@ -41,7 +41,7 @@ from acgs.domain.policy_version import (
 )
 from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.policy_admin_servicer import PolicyAdminServicer
-from acgs.errors import PolicyError, Unavailable
+from acgs.errors import NotFound, PolicyError, Unavailable
 from acgs.service_layer.policy_admin import PolicyAdminService
 from acgs.service_layer.policy_replay import PolicyReplayer
 from acgs.service_layer.policy_sync import PolicySync
@@ -145,7 +145,10 @@ async def build_policy_lifecycle(
         await seed_fleet(settings, store=store, bundle=engine.bundle, verifier=verifier)
 
     async def keep_active() -> None:  # the version served when no activation was needed
-        await _keep(trail, await store.get_version(engine.policy.revision))
+        try:
+            await _keep(trail, await store.get_version(engine.policy.revision))
+        except NotFound as err:  # not one of the fleet's versions: nothing to keep
+            logger.warning("policy snapshot not written: %s", err)
 
     return PolicyLifecycle(service=service, sync=sync, store=store, replayer=replayer,
                            starters=[seed, bell.start, sync.catch_up, keep_active, sync.start],
@@ -154,8 +157,6 @@ async def build_policy_lifecycle(
 
 async def _keep(trail: AuditTrail, version: PolicyVersion) -> None:
     """Keep ``version`` as the local snapshot (a failed write is logged: serving goes on)."""
-    if trail.snapshots is None:
-        return
     try:
         await asyncio.to_thread(trail.snapshots.save_policy, version)
     except OSError as err:
@@ -166,7 +167,6 @@ async def _serve_snapshot(settings: Settings, trail: AuditTrail, engine: RegopyE
                           verifier: Ed25519Verifier | None) -> None:
     """Database unreachable at start: serve the kept version (verified: its digest, and its
     signature when trusted keys are set). Raises SnapshotInvalid, BadSignature, Unavailable."""
-    assert trail.snapshots is not None
     verify = ((lambda d, sig: verifier.verify(digest=d, signature=sig))
               if verifier is not None else None)
     version = await asyncio.to_thread(trail.snapshots.load_policy, verify=verify)

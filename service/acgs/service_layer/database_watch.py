@@ -57,6 +57,13 @@ class DatabaseWatch:
         ``start``)."""
         self._deferred.extend(steps)
 
+    def start_with(self, starters: list[Step], steps: Sequence[Step]) -> None:
+        """Add ``steps`` to ``starters`` when the database is ready, else defer them."""
+        if self.ready:
+            starters.extend(steps)
+        else:
+            self.defer(steps)
+
     def note(self) -> str:
         """One line for ``/ready``'s body; empty while all is well."""
         if self.refused:
@@ -111,7 +118,7 @@ class DatabaseWatch:
                 await self._refuse(str(err))
                 return False
             self.ready = self.reachable = True
-            logger.warning("database reachable: migrated and checked; resuming shipping, "
+            logger.info("database reachable: migrated and checked; resuming shipping, "
                            "policy sync, token refresh and escalations")
             return True
 
@@ -147,5 +154,5 @@ class DatabaseWatch:
             self.reachable = False
             return
         if not self.reachable:
-            logger.warning("database reachable again")
+            logger.info("database reachable again")
         self.reachable = True
