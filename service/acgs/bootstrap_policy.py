@@ -41,7 +41,7 @@ from acgs.domain.policy_version import (
 )
 from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.policy_admin_servicer import PolicyAdminServicer
-from acgs.errors import NotFound, PolicyError, Unavailable
+from acgs.errors import BadSignature, NotFound, PolicyError, SnapshotInvalid, Unavailable
 from acgs.service_layer.policy_admin import PolicyAdminService
 from acgs.service_layer.policy_replay import PolicyReplayer
 from acgs.service_layer.policy_sync import PolicySync
@@ -166,10 +166,13 @@ async def _keep(trail: AuditTrail, version: PolicyVersion) -> None:
 async def _serve_snapshot(settings: Settings, trail: AuditTrail, engine: RegopyEngine,
                           verifier: Ed25519Verifier | None) -> None:
     """Database unreachable at start: serve the kept version (verified: its digest, and its
-    signature when trusted keys are set). Raises SnapshotInvalid, BadSignature, Unavailable."""
+    signature when trusted keys are set). Raises SnapshotInvalid or Unavailable."""
     verify = ((lambda d, sig: verifier.verify(digest=d, signature=sig))
               if verifier is not None else None)
-    version = await asyncio.to_thread(trail.snapshots.load_policy, verify=verify)
+    try:
+        version = await asyncio.to_thread(trail.snapshots.load_policy, verify=verify)
+    except BadSignature as err:
+        raise SnapshotInvalid(f"{trail.snapshots.policy_path}: {err}") from err
     if version is None:
         raise Unavailable(f"the database is unreachable and there is no policy snapshot "
                           f"({trail.snapshots.policy_path})")
