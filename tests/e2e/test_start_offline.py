@@ -25,6 +25,7 @@ from acgs.domain import tokens as tk
 from acgs.v1 import audit_pb2, audit_pb2_grpc, policy_admin_pb2, policy_admin_pb2_grpc
 from acgs.v1 import governance_pb2 as pb
 from acgs.v1 import governance_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2
 
 from tests.client import allow_input, authorized, decide_request
 from tests.plugins.postgres import TcpProxy
@@ -189,3 +190,32 @@ def test_a_server_with_nothing_local_refuses_to_start_without_the_database(
     assert code != 0, log
     assert "nothing local to serve from" in log, log
     assert "policy snapshot" in log and "token snapshot" in log, log
+
+
+def test_a_database_of_another_constitution_returning_is_never_used(
+    servers: ServerFactory, server_database: str
+) -> None:
+    proxy = TcpProxy(server_database)
+    proxy.restore()
+    try:
+        server = servers.make({"ACGS_DATABASE_URL": proxy.url, "ACGS_DATABASE_RETRY_S": "0.5"})
+        server.start()
+        snapshot = Path(server.env["ACGS_DATA_DIR"]) / "snapshot"
+        _wait("the snapshot", lambda: (snapshot / "tokens.json").exists(), timeout=30)
+        proxy.cut()
+        server.kill()
+        server.start(provision=False)
+        with server.channel() as ch:
+            journaled = [d.decision_id for d in _decide(ch, 5, "journaled")]
+        with psycopg.connect(server_database, autocommit=True) as conn:  # the wrong backup
+            conn.execute("UPDATE acgs_meta SET value = '0123456789abcdef' "
+                         "WHERE key = 'constitutional_hash'")
+        proxy.restore()
+        _wait("the server to refuse that database", lambda: _ready(server)[0] == 503, timeout=30)
+        body = _ready(server)[1]
+        assert "database refused" in body and "0123456789abcdef" in body, body
+        assert server.health() == health_pb2.HealthCheckResponse.NOT_SERVING
+        time.sleep(2)
+        assert _counts(server_database, journaled) == {}  # nothing shipped to it
+    finally:
+        proxy.cut()
