@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from psycopg_pool import AsyncConnectionPool
 
 from acgs.adapters.embedded_pg import EmbeddedPostgres
+from acgs.adapters.gated_pool import GatedPool
 from acgs.adapters.journal import Journal, adopt_orphans
 from acgs.adapters.local_snapshot import SnapshotStore
 from acgs.adapters.pg_audit import Shipper
@@ -75,8 +76,8 @@ async def build_audit(
     prepared = await prepare_database(settings, conninfo, snapshots)  # False: unreachable
     # A short timeout and a checked connection: an unreachable database is a
     # prompt UNAVAILABLE for audit readers, never a 30 s hang.
-    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=4, open=False, name="acgs-audit",
-                               timeout=5.0, check=AsyncConnectionPool.check_connection)
+    pool = GatedPool(conninfo, min_size=1, max_size=4, open=False, name="acgs-audit",
+                     timeout=5.0, check=AsyncConnectionPool.check_connection)
     await pool.open()
     closers.append(pool.close)
     journal = _journal(settings)
@@ -86,6 +87,7 @@ async def build_audit(
     shipper = Shipper(journal=journal, conninfo=conninfo, batch=settings.audit_ship_batch,
                       orphans=orphans, on_shipped=on_shipped, projections=(ESCALATIONS,))
     database = database_watch(settings, conninfo=conninfo, pool=pool, prepared=prepared)
+    pool.gate = lambda: database.ready  # audit readers wait for the migration and its check
     if prepared:
         shipper.start()
     else:  # nothing ships to a database before it is migrated and its constitution checked

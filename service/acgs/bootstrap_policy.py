@@ -25,6 +25,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from acgs.adapters.gated_pool import GatedPool
 from acgs.adapters.pg_notify import PgBell
 from acgs.adapters.pg_policies import CHANNEL, PgPolicyStore
 from acgs.adapters.policy_checker import SubprocessPolicyChecker
@@ -99,10 +100,10 @@ async def build_policy_lifecycle(
     """
     verifier = (Ed25519Verifier.from_files(settings.policy_trusted_keys)
                 if settings.policy_trusted_keys else None)
-    pool = AsyncConnectionPool(trail.conninfo, min_size=1, max_size=3, open=False,
-                               name="acgs-policy", timeout=5.0,
-                               check=AsyncConnectionPool.check_connection,
-                               kwargs={"autocommit": True})
+    pool = GatedPool(trail.conninfo, min_size=1, max_size=3, open=False,
+                     name="acgs-policy", timeout=5.0,
+                     check=AsyncConnectionPool.check_connection, kwargs={"autocommit": True})
+    pool.gate = lambda: trail.database.ready  # not before the migration and its check
     await pool.open()
     store = PgPolicyStore(pool=pool)
     bell = PgBell(conninfo=trail.conninfo, channel=CHANNEL)

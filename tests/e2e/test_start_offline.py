@@ -215,6 +215,10 @@ def test_a_database_of_another_constitution_returning_is_never_used(
         body = _ready(server)[1]
         assert "database refused" in body and "0123456789abcdef" in body, body
         assert server.health() == health_pb2.HealthCheckResponse.NOT_SERVING
+        with server.channel("auditor") as ch:  # its readers do not read that database either
+            code = _unavailable(lambda: audit_pb2_grpc.AuditStub(ch).ListChains(
+                audit_pb2.ListChainsRequest(), timeout=30))
+        assert code == grpc.StatusCode.UNAVAILABLE
         time.sleep(2)
         assert _counts(server_database, journaled) == {}  # nothing shipped to it
     finally:

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from acgs.adapters.gated_pool import GatedPool
 from acgs.adapters.pg_migrations import migrate
 from acgs.bootstrap_offline import database_watch, prepare_database, snapshot_store
 from acgs.config import Settings
 from acgs.errors import Unavailable
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 pytestmark = pytest.mark.postgres
 
@@ -111,3 +112,19 @@ def test_a_database_of_another_constitution_is_refused_when_it_answers(
 
     ran, refused = asyncio.run(run())
     assert ran == [] and refused and "0123456789abcdef" in refused[0]
+
+
+def test_a_gated_pool_hands_out_nothing_until_its_gate_opens(pg_url: str) -> None:
+    async def run() -> None:
+        async with GatedPool(pg_url, min_size=1, max_size=1, open=False, timeout=5) as pool:
+            pool.gate = lambda: False
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(PoolTimeout, match="not yet migrated"):
+                async with pool.connection():
+                    pass
+            assert asyncio.get_running_loop().time() - started < 1  # at once, not after 5 s
+            pool.gate = lambda: True
+            async with pool.connection() as conn:
+                assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+
+    asyncio.run(run())
