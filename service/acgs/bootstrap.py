@@ -31,6 +31,7 @@ from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.governance_servicer import GovernanceServicer
 from acgs.entrypoints.grpc_server import GrpcServer
 from acgs.metrics import Metrics, NullTelemetry
+from acgs.service_layer.database_watch import DatabaseWatch
 from acgs.service_layer.decisions import DecisionService
 from acgs.service_layer.ports import AuditSink, DecisionCache, Telemetry
 from acgs.v1 import audit_pb2, governance_pb2
@@ -60,6 +61,9 @@ class Application:
     policy_fresh: bool = True
     """False while the served policy lags the fleet's desired one too long (bootstrap_policy)."""
     serving_wanted: bool = False
+    refused: str = ""
+    """Why the server stopped serving for good (its database returned with another
+    constitution); empty while it may serve."""
 
     @property
     def port(self) -> int:
@@ -70,8 +74,8 @@ class Application:
             await starter()
         await self.server.start()
         self.serving_wanted = True
-        await self.server.set_serving(self.policy_fresh)
-        self.ready = self.policy_fresh
+        self.ready = self.policy_fresh and not self.refused
+        await self.server.set_serving(self.ready)
         logger.info(
             "serving policy %s under constitution %s",
             self.engine.policy.revision,
@@ -100,9 +104,15 @@ class Application:
         self.policy_fresh = fresh
         logger.warning("policy %s: %s", self.engine.policy.revision,
                        "caught up, serving" if fresh else "lags the fleet: NOT_SERVING")
-        if self.serving_wanted:
+        if self.serving_wanted and not self.refused:
             self.ready = fresh
             await self.server.set_serving(fresh)
+
+    async def refuse(self, reason: str) -> None:
+        """NOT_SERVING for good: a dependency this server must not use came back wrong."""
+        self.refused = reason
+        self.ready = False
+        await self.server.set_serving(False)
 
 
 async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Application:
@@ -141,7 +151,10 @@ async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Ap
         constitutional_hash=settings.constitutional_hash,
         eval_timeout_s=settings.eval_timeout_ms / 1000,
     )
-    auth = await build_callers(settings, conninfo=trail.conninfo if trail is not None else None)
+    database = trail.database if trail is not None else None
+    auth = await build_callers(settings, conninfo=trail.conninfo if trail is not None else None,
+                               snapshots=trail.snapshots if trail is not None else None,
+                               database=database)
     starters.extend(auth.starters)
     closers.extend(auth.closers)
     callers = auth.resolver
@@ -180,7 +193,19 @@ async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Ap
     )
     if isinstance(telemetry, Metrics):
         telemetry.watch_readiness(lambda: app.ready)
+    if database is not None:
+        _watch_database(app, database)
     return app
+
+
+def _watch_database(app: Application, database: DatabaseWatch) -> None:
+    """Start the database watch after everything else, stop it before anything else; a
+    database refused when it returns (another constitution) makes the server NOT_SERVING."""
+    app.starters.append(database.start)
+    app.closers.append(database.stop)
+    database.on_refused = app.refuse
+    if isinstance(app.telemetry, Metrics):
+        app.telemetry.watch_database(reachable=lambda: database.reachable, note=database.note)
 
 
 def _decision_cache(
@@ -251,7 +276,7 @@ async def _escalations(settings: Settings, trail: AuditTrail | None, telemetry: 
         return None
     metrics = telemetry if isinstance(telemetry, Metrics) else NullTelemetry()
     escalations = await build_escalations(settings, trail=trail, telemetry=metrics)
-    starters.extend(escalations.starters)
+    trail.database.start_with(starters, escalations.starters)
     closers.extend(escalations.closers)
     return escalations
 
@@ -269,7 +294,7 @@ async def _policy(settings: Settings, trail: AuditTrail | None, engine: RegopyEn
         on_fresh=on_fresh,
         telemetry=telemetry if isinstance(telemetry, Metrics) else NullTelemetry(),
         incidents=escalations.escalator if escalations is not None else None)
-    starters.extend(policy.starters)
+    trail.database.start_with(starters, policy.starters)
     closers.extend(policy.closers)
     return policy
 

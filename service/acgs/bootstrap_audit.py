@@ -2,7 +2,9 @@
 
 Order at start: database (``ACGS_DATABASE_URL``, else the embedded
 PostgreSQL) → migrations and the constitution check (a database of another
-constitution stops the start here) → connection pool → journal recovery →
+constitution stops the start here; an unreachable one defers them, the
+shipper's start included, to the database watch: see bootstrap_offline) →
+connection pool → journal recovery →
 shipper (which first replays what earlier runs left unshipped, including the
 journals of dead predecessors on this host). Closers are returned in start
 order; run them in reverse after the gRPC server stopped: journal flushed,
@@ -21,12 +23,16 @@ from dataclasses import dataclass, field
 from psycopg_pool import AsyncConnectionPool
 
 from acgs.adapters.embedded_pg import EmbeddedPostgres
+from acgs.adapters.gated_pool import GatedPool
 from acgs.adapters.journal import Journal, adopt_orphans
+from acgs.adapters.local_snapshot import SnapshotStore
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries
 from acgs.adapters.pg_escalations import PROJECTION as ESCALATIONS
 from acgs.adapters.pg_migrations import check_constitution, migrate
+from acgs.bootstrap_offline import database_watch, prepare_database, snapshot_store
 from acgs.config import Settings
+from acgs.service_layer.database_watch import DatabaseWatch
 
 logger = logging.getLogger("acgs.bootstrap")
 
@@ -41,9 +47,18 @@ class AuditTrail:
     journal: Journal
     shipper: Shipper
     queries: AuditQueries
+    database: DatabaseWatch
+    """Whether that database is usable yet (see bootstrap_offline); start it last."""
+    snapshots: SnapshotStore
+    """The local copies of the policy and token table for a start without the database."""
     closers: list[Closer] = field(default_factory=list)
     conninfo: str = ""
     """The migrated database the trail ships to (the token table lives there too)."""
+
+    @property
+    def offline(self) -> bool:
+        """True while the database has not been migrated and checked by this process."""
+        return not self.database.ready
 
 
 async def build_audit(
@@ -57,11 +72,12 @@ async def build_audit(
     """
     conninfo, stop_database = await open_database(settings)
     closers: list[Closer] = [stop_database]
-    await migrate(conninfo, constitutional_hash=settings.constitutional_hash)
+    snapshots = snapshot_store(settings)
+    prepared = await prepare_database(settings, conninfo, snapshots)  # False: unreachable
     # A short timeout and a checked connection: an unreachable database is a
     # prompt UNAVAILABLE for audit readers, never a 30 s hang.
-    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=4, open=False, name="acgs-audit",
-                               timeout=5.0, check=AsyncConnectionPool.check_connection)
+    pool = GatedPool(conninfo, min_size=1, max_size=4, open=False, name="acgs-audit",
+                     timeout=5.0, check=AsyncConnectionPool.check_connection)
     await pool.open()
     closers.append(pool.close)
     journal = _journal(settings)
@@ -70,14 +86,20 @@ async def build_audit(
     orphans = await asyncio.to_thread(adopt_orphans, root, exclude=settings.instance_id)
     shipper = Shipper(journal=journal, conninfo=conninfo, batch=settings.audit_ship_batch,
                       orphans=orphans, on_shipped=on_shipped, projections=(ESCALATIONS,))
-    shipper.start()
+    database = database_watch(settings, conninfo=conninfo, pool=pool, prepared=prepared)
+    pool.gate = lambda: database.ready  # audit readers wait for the migration and its check
+    if prepared:
+        shipper.start()
+    else:  # nothing ships to a database before it is migrated and its constitution checked
+        database.defer([_async(shipper.start)])
     closers.append(lambda: asyncio.to_thread(journal.close))
     closers.append(lambda: asyncio.to_thread(shipper.stop))
     closers.append(_flush(journal))
     logger.info("audit journal %s at seq %d, %d records to ship (%d adopted journals)",
                 journal.directory, journal.last_seq, shipper.backlog_records, len(orphans))
     return AuditTrail(journal=journal, shipper=shipper, queries=AuditQueries(pool=pool),
-                      closers=closers, conninfo=conninfo)
+                      closers=closers, conninfo=conninfo, database=database,
+                      snapshots=snapshots)
 
 
 async def open_database(settings: Settings) -> tuple[str, Closer]:
@@ -118,6 +140,13 @@ def _flush(journal: Journal) -> Closer:
             logger.error("audit journal did not flush; unsynced records stay queued")
 
     return flush
+
+
+def _async(fn: Callable[[], None]) -> Closer:
+    async def call() -> None:
+        fn()
+
+    return call
 
 
 def _journal(settings: Settings) -> Journal:

@@ -18,16 +18,19 @@ import grpc
 from psycopg_pool import AsyncConnectionPool
 
 from acgs.adapters import dev_tokens
+from acgs.adapters.local_snapshot import SnapshotStore
 from acgs.adapters.pg_migrations import migrate
 from acgs.adapters.pg_tokens import PgTokenStore
 from acgs.bootstrap_audit import open_database
+from acgs.bootstrap_offline import SnapshotTokenSource
 from acgs.config import Settings
 from acgs.domain import tokens
 from acgs.domain.rate_limit import Rate, RateLimiter
 from acgs.entrypoints.access import ACCESS
 from acgs.entrypoints.callers import AnonymousAuthenticator, CallerResolver
-from acgs.errors import ConfigurationError
+from acgs.errors import ConfigurationError, Unavailable
 from acgs.service_layer.authentication import TokenAuthenticator
+from acgs.service_layer.database_watch import DatabaseWatch
 
 logger = logging.getLogger("acgs.bootstrap")
 
@@ -83,9 +86,15 @@ def rate_limiter(settings: Settings) -> RateLimiter:
                               for role, per_s, burst in settings.rate_limits})
 
 
-async def build_callers(settings: Settings, *, conninfo: str | None) -> Callers:
+async def build_callers(settings: Settings, *, conninfo: str | None,
+                        snapshots: SnapshotStore | None = None,
+                        database: DatabaseWatch | None = None) -> Callers:
     """The CallerResolver for ``settings``; ``conninfo`` is the (migrated) database, or None
-    to open and migrate it here. Raises psycopg.Error when the token table cannot be read."""
+    to open and migrate it here. Raises psycopg.Error when the token table cannot be read.
+
+    With ``snapshots`` the table read is also kept there. While ``database`` is not ready
+    (it was unreachable at start) the kept table is used instead (SnapshotInvalid if it
+    fails its check) and the database is read only once it is."""
     limiter = rate_limiter(settings)
     if settings.auth == "none":
         logger.warning("ACGS_AUTH=none: every caller is anonymous and may call every method")
@@ -101,7 +110,11 @@ async def build_callers(settings: Settings, *, conninfo: str | None) -> Callers:
     await pool.open()
     closers.append(pool.close)
     store = PgTokenStore(pool=pool)
-    authenticator = TokenAuthenticator(source=store, refresh_interval_s=settings.token_refresh_s)
+    source = (store if snapshots is None else SnapshotTokenSource(
+        source=store, snapshots=snapshots, ready=lambda: database is None or database.ready))
+    authenticator = TokenAuthenticator(source=source, refresh_interval_s=settings.token_refresh_s)
+    if database is not None and not database.ready and snapshots is not None:
+        return _offline_callers(settings, snapshots, authenticator, limiter, closers)
     await authenticator.load()
     dev_file = await _dev_tokens(settings, store, authenticator)
     return Callers(
@@ -109,6 +122,26 @@ async def build_callers(settings: Settings, *, conninfo: str | None) -> Callers:
         dev_tokens_file=dev_file, starters=[authenticator.start],
         closers=[*closers, authenticator.stop],
     )
+
+
+def _offline_callers(settings: Settings, snapshots: SnapshotStore,
+                     authenticator: TokenAuthenticator, limiter: RateLimiter,
+                     closers: list[Closer]) -> Callers:
+    """Callers checked against the kept token table; reloads resume with the database."""
+    records = snapshots.load_tokens()
+    if records is None:
+        raise Unavailable(f"the database is unreachable and there is no token snapshot "
+                          f"({snapshots.tokens_path})")
+    authenticator.restore(records)
+    logger.warning("authenticating against the token snapshot (%d tokens) until the database "
+                   "returns", len(records))
+    dev_file = settings.data_dir / "dev-tokens"
+    return Callers(
+        CallerResolver(authenticator=authenticator, access=ACCESS, limiter=limiter),
+        dev_tokens_file=dev_file if settings.environment == "development" and dev_file.exists()
+        else None,
+        starters=[lambda: authenticator.start(load_first=False)],
+        closers=[*closers, authenticator.stop])
 
 
 async def _dev_tokens(settings: Settings, store: PgTokenStore,

@@ -22,6 +22,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from acgs.adapters.gated_pool import GatedPool
 from acgs.adapters.pg_escalations import PgEscalationStore
 from acgs.adapters.pg_notify import PgBell
 from acgs.bootstrap_audit import AuditTrail
@@ -97,10 +98,10 @@ class Escalations:
 async def build_escalations(settings: Settings, *, trail: AuditTrail,
                             telemetry: EscalationTelemetry) -> Escalations:
     """Wire escalations on the audit trail's (migrated) database; see the module docstring."""
-    pool = AsyncConnectionPool(trail.conninfo, min_size=1, max_size=4, open=False,
-                               name="acgs-escalations", timeout=5.0,
-                               check=AsyncConnectionPool.check_connection,
-                               kwargs={"autocommit": True})
+    pool = GatedPool(trail.conninfo, min_size=1, max_size=4, open=False,
+                     name="acgs-escalations", timeout=5.0,
+                     check=AsyncConnectionPool.check_connection, kwargs={"autocommit": True})
+    pool.gate = lambda: trail.database.ready  # not before the migration and its check
     await pool.open()
     store = PgEscalationStore(pool=pool)
     bell = PgBell(conninfo=trail.conninfo)

@@ -7,7 +7,10 @@ database without a desired revision gets the policy of ``ACGS_POLICY_DIR``
 catches up with the desired revision (a server that was down during an
 activation serves the new version from its first answer). Then the
 reconciler runs (see :mod:`acgs.service_layer.policy_sync`). On stop the
-server leaves the fleet as soon as it stops serving.
+server leaves the fleet as soon as it stops serving. Every version the server
+activates (or serves at start) is kept as the local snapshot; a start while
+the database is unreachable serves that snapshot and defers all of the above
+until the database returns (see :mod:`acgs.bootstrap_offline`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Protocol
 
 from psycopg_pool import AsyncConnectionPool
 
+from acgs.adapters.gated_pool import GatedPool
 from acgs.adapters.pg_notify import PgBell
 from acgs.adapters.pg_policies import CHANNEL, PgPolicyStore
 from acgs.adapters.pg_shadow import PgShadowStore
@@ -39,7 +43,7 @@ from acgs.domain.policy_version import (
 )
 from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.policy_admin_servicer import PolicyAdminServicer
-from acgs.errors import PolicyError
+from acgs.errors import BadSignature, NotFound, PolicyError, SnapshotInvalid, Unavailable
 from acgs.service_layer.policy_admin import PolicyAdminService
 from acgs.service_layer.policy_replay import PolicyReplayer
 from acgs.service_layer.policy_shadow import ShadowEvaluator, ShadowTelemetry
@@ -114,10 +118,10 @@ async def build_policy_lifecycle(
     """
     verifier = (Ed25519Verifier.from_files(settings.policy_trusted_keys)
                 if settings.policy_trusted_keys else None)
-    pool = AsyncConnectionPool(trail.conninfo, min_size=1, max_size=3, open=False,
-                               name="acgs-policy", timeout=5.0,
-                               check=AsyncConnectionPool.check_connection,
-                               kwargs={"autocommit": True})
+    pool = GatedPool(trail.conninfo, min_size=1, max_size=3, open=False,
+                     name="acgs-policy", timeout=5.0,
+                     check=AsyncConnectionPool.check_connection, kwargs={"autocommit": True})
+    pool.gate = lambda: trail.database.ready  # not before the migration and its check
     await pool.open()
     store = PgPolicyStore(pool=pool)
     shadow_store = PgShadowStore(pool=pool)
@@ -138,6 +142,10 @@ async def build_policy_lifecycle(
                                          constitutional_hash=settings.constitutional_hash)
         await engine.activate(bundle)
         watch.activated(bundle.revision)
+        await _keep(trail, version)
+
+    if trail.offline:
+        await _serve_snapshot(settings, trail, engine, verifier)
 
     service = PolicyAdminService(
         checker=SubprocessPolicyChecker(constitutional_hash=settings.constitutional_hash),
@@ -169,13 +177,47 @@ async def build_policy_lifecycle(
     async def seed() -> None:
         await seed_fleet(settings, store=store, bundle=engine.bundle, verifier=verifier)
 
+    async def keep_active() -> None:  # the version served when no activation was needed
+        try:
+            await _keep(trail, await store.get_version(engine.policy.revision))
+        except NotFound as err:  # not one of the fleet's versions: nothing to keep
+            logger.warning("policy snapshot not written: %s", err)
+
     return PolicyLifecycle(service=service, sync=sync, store=store, replayer=replayer,
                            shadow=ShadowAdmin(store=shadow_store, versions=store),
                            observer=PolicyWatch(rollback=watch, shadow=evaluator),
-                           starters=[seed, bell.start, sync.catch_up, evaluator.start,
-                                     sync.start],
+                           starters=[seed, bell.start, sync.catch_up, keep_active,
+                                     evaluator.start, sync.start],
                            stoppers=[sync.stop, evaluator.stop],
                            closers=[pool.close, bell.close])
+
+
+async def _keep(trail: AuditTrail, version: PolicyVersion) -> None:
+    """Keep ``version`` as the local snapshot (a failed write is logged: serving goes on)."""
+    try:
+        await asyncio.to_thread(trail.snapshots.save_policy, version)
+    except OSError as err:
+        logger.error("policy snapshot of %s not written: %s", version.revision, err)
+
+
+async def _serve_snapshot(settings: Settings, trail: AuditTrail, engine: RegopyEngine,
+                          verifier: Ed25519Verifier | None) -> None:
+    """Database unreachable at start: serve the kept version (verified: its digest, and its
+    signature when trusted keys are set). Raises SnapshotInvalid or Unavailable."""
+    verify = ((lambda d, sig: verifier.verify(digest=d, signature=sig))
+              if verifier is not None else None)
+    try:
+        version = await asyncio.to_thread(trail.snapshots.load_policy, verify=verify)
+    except BadSignature as err:
+        raise SnapshotInvalid(f"{trail.snapshots.policy_path}: {err}") from err
+    if version is None:
+        raise Unavailable(f"the database is unreachable and there is no policy snapshot "
+                          f"({trail.snapshots.policy_path})")
+    if version.revision != engine.policy.revision:
+        bundle = await asyncio.to_thread(stored_bundle, version,
+                                         constitutional_hash=settings.constitutional_hash)
+        await engine.activate(bundle)
+    logger.warning("serving the policy snapshot %s until the database returns", version.revision)
 
 
 async def seed_fleet(settings: Settings, *, store: PgPolicyStore, bundle: PolicyBundle,

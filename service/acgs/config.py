@@ -147,6 +147,8 @@ class Settings:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     token_refresh_s: float = 1.0
+    # Starting and running while PostgreSQL is unreachable (bootstrap_offline)
+    database_retry_s: float = 2.0
     rate_limits: RateLimits = (("agent", 2000.0, 4000.0), ("admin", 50.0, 100.0),
                                ("auditor", 100.0, 200.0))
 
@@ -219,6 +221,7 @@ class Settings:
             tls_client_ca=_path(e, "ACGS_TLS_CLIENT_CA"),
             token_refresh_s=_float(e, "ACGS_TOKEN_REFRESH_S", d.token_refresh_s),
             rate_limits=_rates(e, d.rate_limits),
+            database_retry_s=_float(e, "ACGS_DATABASE_RETRY_S", d.database_retry_s),
         )
 
 

@@ -93,3 +93,7 @@ class InvalidTransition(AcgsError):
 
 class Unavailable(AcgsError):
     """A dependency (the database) cannot be reached, or the server is stopping; retry."""
+
+
+class SnapshotInvalid(AcgsError):
+    """A local snapshot (policy version or token table) failed its verification: not served."""

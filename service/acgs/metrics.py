@@ -181,6 +181,7 @@ class Metrics:
         self._audit_sources: tuple[Callable[[], int], Callable[[], float]] | None = None
         self._policy_revision: Callable[[], str] | None = None
         self._ready: Callable[[], bool] = lambda: False
+        self._database: tuple[Callable[[], bool], Callable[[], str]] | None = None
         self._registry = CollectorRegistry(auto_describe=True)
         self._provider = MeterProvider(
             metric_readers=[_Reader(registry=self._registry, extra=self._histograms)],
@@ -241,13 +242,22 @@ class Metrics:
             except Exception:  # a broken callback must not read as ready
                 logger.exception("readiness callback failed")
                 ready = False
-            body = b"SERVING\n" if ready else b"NOT_SERVING\n"
+            body = (b"SERVING\n" if ready else b"NOT_SERVING\n") + self._ready_notes()
             start_response("200 OK" if ready else "503 Service Unavailable", [
                 ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
                 ("Cache-Control", "no-store")])
             return [body]
 
         return app
+
+    def _ready_notes(self) -> bytes:
+        """Lines after the status in ``/ready``'s body: what is degraded but not fatal."""
+        try:
+            note = self._database[1]() if self._database is not None else ""
+        except Exception:
+            logger.exception("database note callback failed")
+            note = "database state unknown"
+        return f"{note}\n".encode() if note else b""
 
     def render(self) -> bytes:
         """The current exposition, exactly as ``/metrics`` would serve it (text format)."""
@@ -332,6 +342,14 @@ class Metrics:
         """Read the active policy revision at each scrape (cheap, no I/O, any thread)."""
         self._policy_revision = revision
 
+    def watch_database(self, *, reachable: Callable[[], bool], note: Callable[[], str]) -> None:
+        """Export ``acgs_database_reachable`` and add ``note()`` (when not empty) to ``/ready``'s
+        body; its status stays what readiness says (decisions go on without the database).
+
+        Both run in scrape and probe threads: cheap, no I/O.
+        """
+        self._database = (reachable, note)
+
     def watch_readiness(self, ready: Callable[[], bool]) -> None:
         """Answer ``GET /ready`` with 200 while ``ready()`` is true, else 503 (the default).
 
@@ -378,6 +396,8 @@ class Metrics:
              self._obs_escalations_open),
             ("acgs_policy_info", "1", "Active policy revision (value 1)", self._obs_policy),
             ("acgs_instance_info", "1", "This server (value 1)", self._obs_instance),
+            ("acgs_database_reachable", "1", "1 while this server can use PostgreSQL, 0 while "
+             "it decides without it", self._obs_database),
         ):
             gauge(name, [callback], unit=unit, description=doc)
         self._shipped = meter.create_counter(
@@ -459,6 +479,11 @@ class Metrics:
     def _obs_instance(self, _: CallbackOptions) -> Observations:
         return [Observation(1, self._instance)]
 
+    def _obs_database(self, _: CallbackOptions) -> Observations:
+        if self._database is None:
+            return []
+        return [Observation(1 if self._database[0]() else 0)]
+
 
 class NullTelemetry:
     """Records nothing; for tests and tools. Same methods as :class:`Metrics`."""
@@ -504,4 +529,7 @@ class NullTelemetry:
         pass
 
     def watch_readiness(self, ready: Callable[[], bool]) -> None:
+        pass
+
+    def watch_database(self, *, reachable: Callable[[], bool], note: Callable[[], str]) -> None:
         pass

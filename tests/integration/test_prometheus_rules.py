@@ -92,6 +92,7 @@ def exported_names() -> set[str]:
     m.watch_audit_journal(backlog_records=lambda: 0, ship_lag_s=lambda: 0.0)
     m.watch_cache(tier="local", stats=_Stats())
     m.watch_policy(revision=lambda: "rev")
+    m.watch_database(reachable=lambda: True, note=lambda: "")
     text = m.render().decode()
     m.close()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines()

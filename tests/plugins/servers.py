@@ -129,8 +129,12 @@ class ServerProcess:
         tests use unless they test the wire itself."""
         return acgs_client.Client(self.address, token=self.tokens.token(role), **settings)
 
-    def start(self, *, timeout: float = 30.0, wait_serving: bool = True) -> ServerProcess:
-        self._provision()
+    def start(self, *, timeout: float = 30.0, wait_serving: bool = True,
+              provision: bool = True) -> ServerProcess:
+        """Start (or restart) the process; ``provision=False`` stores no tokens first (its
+        database may be unreachable: a start during an outage)."""
+        if provision:
+            self._provision()
         if self._log is not None:  # a restart: the previous process's handle
             self._log.close()  # type: ignore[attr-defined]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()

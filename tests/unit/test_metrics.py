@@ -43,6 +43,7 @@ EXPECTED_FAMILIES = {
     "acgs_policy_shadow_differences": ("counter", {"transition"}),
     "acgs_policy_shadow_dropped": ("counter", set()),
     "acgs_policy_auto_rollbacks": ("counter", set()),
+    "acgs_database_reachable": ("gauge", set()),
 }
 
 
@@ -114,6 +115,7 @@ def feed(m: Metrics) -> None:
     m.shadow_evaluated(transition="")
     m.shadow_dropped()
     m.policy_rolled_back()
+    m.watch_database(reachable=lambda: True, note=lambda: "")
 
 
 def test_every_family_has_its_exact_name_type_and_labels(metrics: Metrics) -> None:

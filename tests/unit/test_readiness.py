@@ -50,3 +50,15 @@ def test_a_failing_callback_is_not_ready(metrics: Metrics) -> None:
 def test_metrics_still_served(metrics: Metrics) -> None:
     status, body = get(metrics, "/metrics")
     assert status == 200 and "acgs_instance_info" in body
+
+
+def test_an_unreachable_database_is_named_in_the_body_not_the_status(metrics: Metrics) -> None:
+    database = {"reachable": False}
+    metrics.watch_readiness(lambda: True)
+    metrics.watch_database(reachable=lambda: database["reachable"],
+                           note=lambda: "" if database["reachable"] else "database unreachable")
+    assert get(metrics, "/ready") == (200, "SERVING\ndatabase unreachable\n")
+    assert "acgs_database_reachable 0.0" in get(metrics, "/metrics")[1]
+    database["reachable"] = True
+    assert get(metrics, "/ready") == (200, "SERVING\n")
+    assert "acgs_database_reachable 1.0" in get(metrics, "/metrics")[1]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
 from acgs.errors import ConfigurationError, ConstitutionMismatch
@@ -69,15 +70,19 @@ async def migrate(
     constitutional_hash: str,
     directory: Path | None = None,
     lock_timeout_s: float = 60.0,
+    connect_timeout_s: int | None = None,
 ) -> list[str]:
     """Check the database's constitution, then apply pending migrations; return their names.
 
     Raises ConstitutionMismatch(what="database") when the database was migrated
     for another constitution, ConfigurationError when an applied migration's
     file has changed since or the lock is not obtained within
-    ``lock_timeout_s``, and psycopg.Error when PostgreSQL fails.
+    ``lock_timeout_s``, and psycopg.Error when PostgreSQL fails (OperationalError when it
+    cannot be reached within ``connect_timeout_s``, default: libpq's, which may be never).
     """
     migrations = load_migrations(directory or default_directory())
+    if connect_timeout_s is not None:
+        conninfo = make_conninfo(conninfo, connect_timeout=connect_timeout_s)
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         await _lock(conn, lock_timeout_s)
         try:

@@ -72,9 +72,15 @@ class TokenAuthenticator:
         self._table = {r.id: r for r in records}
         self.reloads += 1
 
-    async def start(self) -> None:
-        """Load now (errors propagate), then keep reloading in the background."""
-        await self.load()
+    def restore(self, records: Sequence[TokenRecord]) -> None:
+        """Take ``records`` (a kept copy of the table) as the table until the next load."""
+        self._table = {r.id: r for r in records}
+
+    async def start(self, *, load_first: bool = True) -> None:
+        """Load now (errors propagate; skipped when ``load_first`` is false, after
+        ``restore``), then keep reloading in the background."""
+        if load_first:
+            await self.load()
         self._poller = asyncio.create_task(self._poll(), name="acgs-token-refresh")
 
     async def stop(self) -> None:
