@@ -24,7 +24,7 @@ from acgs.adapters.embedded_pg import EmbeddedPostgres
 from acgs.adapters.journal import Journal, adopt_orphans
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries
-from acgs.adapters.pg_escalations import PROJECTION as ESCALATIONS
+from acgs.adapters.pg_escalations import projection
 from acgs.adapters.pg_migrations import check_constitution, migrate
 from acgs.config import Settings
 
@@ -69,7 +69,10 @@ async def build_audit(
     root = settings.data_dir / "journal"
     orphans = await asyncio.to_thread(adopt_orphans, root, exclude=settings.instance_id)
     shipper = Shipper(journal=journal, conninfo=conninfo, batch=settings.audit_ship_batch,
-                      orphans=orphans, on_shipped=on_shipped, projections=(ESCALATIONS,))
+                      orphans=orphans, on_shipped=on_shipped,
+                      projections=(projection(
+                          idempotency_window_s=settings.idempotency_window_s,
+                          group_s=settings.escalation_group_s),))
     shipper.start()
     closers.append(lambda: asyncio.to_thread(journal.close))
     closers.append(lambda: asyncio.to_thread(shipper.stop))

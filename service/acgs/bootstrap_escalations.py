@@ -108,10 +108,12 @@ async def build_escalations(settings: Settings, *, trail: AuditTrail,
         journal=trail.journal, store=store, telemetry=telemetry,
         instance_id=settings.instance_id, constitutional_hash=settings.constitutional_hash,
         ttl_s=settings.escalation_ttl_s,
-        required_approvals=settings.escalation_required_approvals)
+        required_approvals=settings.escalation_required_approvals,
+        group_window_s=settings.escalation_group_s)
     service = EscalationService(
         store=store, audit=trail.journal, bell=bell, telemetry=telemetry,
-        instance_id=settings.instance_id, constitutional_hash=settings.constitutional_hash)
+        instance_id=settings.instance_id, constitutional_hash=settings.constitutional_hash,
+        on_closed=escalator.closed)
     sweeper = Sweeper(service=service, escalator=escalator,
                       interval_s=settings.escalation_sweep_s)
     return Escalations(escalator=escalator, service=service,
