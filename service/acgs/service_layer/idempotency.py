@@ -44,6 +44,7 @@ class _Entry:
     digest: bytes
     expires_at: float
     decided: asyncio.Future[Decision | None]
+    replay: Decision | None = None
 
 
 class Claim:
@@ -103,7 +104,9 @@ class IdempotencyMap:
             decision = await asyncio.shield(entry.decided)
             if decision is not None:
                 self._entries.move_to_end(key)
-                return replace(decision, replayed=True)
+                if entry.replay is None:  # copied once, on the first replay: most never are
+                    entry.replay = replace(decision, replayed=True)
+                return entry.replay
 
     def discard(self, key: Key, entry: _Entry) -> None:
         if self._entries.get(key) is entry:
