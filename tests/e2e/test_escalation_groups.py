@@ -9,6 +9,9 @@ may not resolve.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +28,7 @@ from acgs.v1 import governance_pb2 as pb
 from acgs.v1 import governance_pb2_grpc as pb_grpc
 
 from tests.client import allow_input, authorized, decide_request
-from tests.plugins.servers import ServerFactory, store_tokens
+from tests.plugins.servers import REPO, ServerFactory
 
 pytestmark = pytest.mark.postgres
 
@@ -95,12 +98,24 @@ def test_a_thousand_cross_tenant_requests_are_one_escalation(
     assert (merged.escalation_id, merged.count) == (eid, 1001)
 
 
+def acgs(*args: str, database: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "service"), "ACGS_DATABASE_URL": database}
+    return subprocess.run([sys.executable, "-m", "acgs.entrypoints.cli", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_identities_decide_self_resolution(servers: ServerFactory,
                                            server_database: str) -> None:
-    alice = tk.issue(role=tk.ADMIN, name="alice", created_by="tests", identity="alice@corp")
-    store_tokens(server_database, [alice.record])
     server = servers.start({"ACGS_POLICY_DIR": str(APPROVALS),
                             "ACGS_ESCALATION_SWEEP_S": "60"})
+    created = acgs("token", "create", "--role", "admin", "--name", "alice",
+                   "--identity", "alice@corp", database=server_database)
+    assert created.returncode == 0 and "identity alice@corp" in created.stderr, created.stderr
+    alice_token = created.stdout.strip()
+    alice_id = tk.parse(alice_token)
+    assert alice_id
+    listed = acgs("token", "list", database=server_database).stdout
+    assert any(alice_id in line and "alice@corp" in line for line in listed.splitlines())
     admin_id = server.tokens.id(tk.ADMIN)  # the session's admin token names no identity
     with server.channel("agent") as ch:
         stub = pb_grpc.GovernanceStub(ch)
@@ -110,10 +125,10 @@ def test_identities_decide_self_resolution(servers: ServerFactory,
             return str(stub.Decide(decide_request(doc), timeout=10).escalation_id)
 
         # The old trick: an agent writes an admin's token id as principal.id.
-        tricked = [escalate(admin_id), escalate(alice.record.id)]
+        tricked = [escalate(admin_id), escalate(alice_id)]
         alices_own = escalate("alice@corp")
     with server.channel("admin") as plain, \
-            authorized(grpc.insecure_channel(server.address), alice.token) as alice_ch:
+            authorized(grpc.insecure_channel(server.address), alice_token) as alice_ch:
         admin, by_alice = epb_grpc.EscalationsStub(plain), epb_grpc.EscalationsStub(alice_ch)
         for stub_, eid in ((admin, tricked[0]), (by_alice, tricked[1])):
             done = eventually(lambda s=stub_, e=eid: _deny(s, e))
