@@ -141,7 +141,6 @@ RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     r record;
-    orig idempotency_keys%ROWTYPE;
     uuid_re constant text := '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
 BEGIN
     PERFORM pg_advisory_xact_lock(1254548929);
@@ -152,39 +151,49 @@ BEGIN
                               AND a.record_hash = s.record_hash
         WHERE a.shipped_at = now();
 
-    FOR r IN SELECT decision_id, caller_id, request_id, decided_at, escalation_id,
-                    sha256(convert_to(request_json, 'UTF8')) AS digest
-               FROM acgs_project_new WHERE kind = 'decide' AND request_id <> '' ORDER BY seq LOOP
-        SELECT * INTO orig FROM idempotency_keys
-         WHERE caller_id = r.caller_id AND request_id = r.request_id FOR UPDATE;
-        IF NOT FOUND OR abs(extract(epoch FROM r.decided_at - orig.decided_at)) > window_s
-           OR orig.digest <> r.digest THEN
-            -- Not a retry: a new key, a key past its window, or another body (which
-            -- only the server holding the first decision can refuse).
-            INSERT INTO idempotency_keys VALUES (r.caller_id, r.request_id, r.decision_id,
-                                                 r.digest, r.decided_at, r.escalation_id)
-                ON CONFLICT (caller_id, request_id) DO UPDATE
-                SET decision_id = excluded.decision_id, digest = excluded.digest,
-                    decided_at = excluded.decided_at, escalation_id = excluded.escalation_id
-                WHERE idempotency_keys.decided_at < excluded.decided_at;
-            CONTINUE;
-        END IF;
-        IF orig.decision_id = r.decision_id THEN
-            CONTINUE;
-        END IF;
-        INSERT INTO decision_retries (decision_id, retry_of)
-            VALUES (r.decision_id, orig.decision_id) ON CONFLICT DO NOTHING;
-        IF r.escalation_id ~ uuid_re THEN
-            IF orig.escalation_id ~ uuid_re THEN
-                -- Unless the retry's escalation already stands on its own.
-                IF NOT EXISTS (SELECT 1 FROM escalations WHERE id = r.escalation_id::uuid) THEN
-                    PERFORM acgs_merge_escalation(r.escalation_id::uuid,
-                                                  orig.escalation_id::uuid);
-                END IF;
-            ELSE
-                UPDATE idempotency_keys SET escalation_id = r.escalation_id
-                 WHERE caller_id = r.caller_id AND request_id = r.request_id;
+    -- Set-based, so that shipping pays two statements per batch, not two per record.
+    -- The first decision of each (caller, request_id) in the batch takes the key unless
+    -- PostgreSQL holds a live one with the same digest (a new key, a key past its
+    -- window, or another body: only the server holding the first decision can refuse
+    -- that one, so it is recorded as it is).
+    INSERT INTO idempotency_keys (caller_id, request_id, decision_id, digest, decided_at,
+                                  escalation_id)
+    SELECT DISTINCT ON (caller_id, request_id) caller_id, request_id, decision_id,
+           sha256(convert_to(request_json, 'UTF8')), decided_at, escalation_id
+      FROM acgs_project_new WHERE kind = 'decide' AND request_id <> ''
+     ORDER BY caller_id, request_id, seq
+    ON CONFLICT (caller_id, request_id) DO UPDATE
+       SET decision_id = excluded.decision_id, digest = excluded.digest,
+           decided_at = excluded.decided_at, escalation_id = excluded.escalation_id
+     WHERE idempotency_keys.decided_at < excluded.decided_at
+       AND (idempotency_keys.digest <> excluded.digest
+            OR idempotency_keys.decided_at
+               < excluded.decided_at - make_interval(secs => window_s));
+    -- Every other decision of a key with the same digest within the window is a retry.
+    INSERT INTO decision_retries (decision_id, retry_of)
+    SELECT n.decision_id, k.decision_id
+      FROM acgs_project_new n
+      JOIN idempotency_keys k ON k.caller_id = n.caller_id AND k.request_id = n.request_id
+     WHERE n.kind = 'decide' AND n.request_id <> '' AND k.decision_id <> n.decision_id
+       AND k.digest = sha256(convert_to(n.request_json, 'UTF8'))
+       AND abs(extract(epoch FROM n.decided_at - k.decided_at)) <= window_s
+    ON CONFLICT (decision_id) DO NOTHING;
+    -- A retry's escalation id becomes an alias of the first decision's (rare: a loop).
+    FOR r IN SELECT n.escalation_id AS retry_esc, k.escalation_id AS orig_esc,
+                    k.caller_id, k.request_id
+               FROM decision_retries d
+               JOIN acgs_project_new n ON n.decision_id = d.decision_id AND n.kind = 'decide'
+               JOIN idempotency_keys k ON k.caller_id = n.caller_id
+                                      AND k.request_id = n.request_id
+              WHERE d.linked_at = now() AND n.escalation_id ~ uuid_re ORDER BY n.seq LOOP
+        IF r.orig_esc ~ uuid_re THEN
+            -- Unless the retry's escalation already stands on its own.
+            IF NOT EXISTS (SELECT 1 FROM escalations WHERE id = r.retry_esc::uuid) THEN
+                PERFORM acgs_merge_escalation(r.retry_esc::uuid, r.orig_esc::uuid);
             END IF;
+        ELSE
+            UPDATE idempotency_keys SET escalation_id = r.retry_esc
+             WHERE caller_id = r.caller_id AND request_id = r.request_id;
         END IF;
     END LOOP;
 
