@@ -22,9 +22,12 @@ from acgs import CONSTITUTIONAL_HASH
 from acgs.adapters.journal import Journal
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_escalations import PgEscalationStore, projection
+from acgs.adapters.pg_notify import PgBell
+from acgs.domain.escalation import Verdict
 from acgs.domain.model import Caller, Decision, DecisionRequest
 from acgs.metrics import NullTelemetry
 from acgs.service_layer.decisions import DecisionService
+from acgs.service_layer.escalations import EscalationService
 from acgs.service_layer.escalator import JournalEscalator
 from acgs.service_layer.idempotency import IdempotencyMap
 from psycopg_pool import AsyncConnectionPool
@@ -36,6 +39,7 @@ from tests.fakes import FakeEngine
 pytestmark = pytest.mark.postgres
 
 AGENT = Caller(id="acgs_00000000000000a1", role="agent")
+ADMIN = Caller(id="acgs_00000000000000b1", role="admin")
 TRANSFER = allow_input(action={"type": "fund_transfer", "attributes": {}})
 CROSS = allow_input(tenant_id="t2")
 SQL = projection(idempotency_window_s=600, group_s=300)
@@ -46,6 +50,7 @@ class Server:
     journal: Journal
     service: DecisionService
     url: str
+    escalator: JournalEscalator
 
     async def decide(self, doc: dict[str, Any], rid: str = "") -> Decision:
         return await self.service.decide(DecisionRequest(HASH, rid, doc), AGENT)
@@ -76,7 +81,7 @@ async def fleet(tmp_path: Path, url: str) -> AsyncIterator[tuple[Server, Server,
                 telemetry=NullTelemetry(), constitutional_hash=CONSTITUTIONAL_HASH,
                 eval_timeout_s=1.0,
                 idempotency=IdempotencyMap(window_s=600, max_entries=100, clock=lambda: 0.0))
-            servers.append(Server(journal, service, url))
+            servers.append(Server(journal, service, url, escalator))
         try:
             yield servers[0], servers[1], store
         finally:
@@ -149,5 +154,25 @@ def test_groups_merge_across_servers_and_count_once_when_a_batch_is_resent(
             merged, _ = await store.get(on_b[0].escalation_id)
             assert (merged.id, merged.count) == (on_a[0].escalation_id, 5)
             assert merged.last_seen_at is not None and merged.last_seen_at >= merged.created_at
+
+    asyncio.run(body())
+
+
+def test_a_group_resolved_on_another_server_takes_no_more_decisions(
+        tmp_path: Path, pg_url: str) -> None:
+    async def body() -> None:
+        async with fleet(tmp_path, pg_url) as (a, b, store):
+            other = EscalationService(store=store, audit=b.journal, bell=PgBell(conninfo=pg_url),
+                                      telemetry=NullTelemetry(), instance_id="inst-b",
+                                      constitutional_hash=CONSTITUTIONAL_HASH)
+            _, cursor = await other.closed_since(None)
+            first = await a.decide(CROSS)
+            assert (await a.decide(CROSS)).escalation_id == first.escalation_id
+            await asyncio.to_thread(a.ship)
+            await other.resolve(first.escalation_id, ADMIN, verdict=Verdict.DENY)
+            closed, _ = await other.closed_since(cursor)  # what a's sweeper does
+            assert first.escalation_id in closed
+            a.escalator.closed_elsewhere(closed)
+            assert (await a.decide(CROSS)).escalation_id != first.escalation_id
 
     asyncio.run(body())

@@ -187,6 +187,20 @@ class PgEscalationStore:
                                  "GROUP BY reason, severity", ())
         return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
 
+    async def closed_after(self, seq: int, *, limit: int = 1000) -> tuple[set[str], int]:
+        """Ids of the escalations approved, denied or expired by events after ``seq`` (with
+        every id merged into them), and the last seq read (``seq`` when there is none)."""
+        rows = await self._fetch(
+            "WITH ev AS (SELECT seq, escalation_id, kind FROM escalation_events WHERE seq > %s "
+            "ORDER BY seq LIMIT %s) "
+            "SELECT (SELECT max(seq) FROM ev), ev.escalation_id::text, a.alias::text FROM ev "
+            "LEFT JOIN escalation_aliases a ON a.escalation_id = ev.escalation_id "
+            "WHERE ev.kind IN ('approved', 'denied', 'expired') "
+            "UNION ALL SELECT max(seq), NULL, NULL FROM ev", (seq, limit))
+        last = max((int(r[0]) for r in rows if r[0] is not None), default=seq)
+        ids = {str(v) for r in rows for v in r[1:] if v is not None}
+        return ids, last
+
     async def insert(self, e: Escalation) -> None:
         """Open ``e`` directly (for an incident the journal refused); a no-op if it exists."""
         with _reachable():

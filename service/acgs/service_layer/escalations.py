@@ -119,6 +119,13 @@ class EscalationService:
 
         return await self._change(escalation_id, caller, step, comment)
 
+    async def closed_since(self, seq: int | None) -> tuple[set[str], int]:
+        """Escalation ids (aliases too) resolved or expired by any server since event ``seq``
+        (None: from now on), and the seq to ask from next."""
+        if seq is None:
+            return set(), await self._store.last_seq()
+        return await self._store.closed_after(seq)
+
     async def sweep(self) -> int:
         """Expire every due escalation this server can lock; refresh the open gauge.
 

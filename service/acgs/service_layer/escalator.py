@@ -143,6 +143,11 @@ class JournalEscalator:
         """An escalation was resolved here: later decisions of its group open a new one."""
         self._groups.forget({escalation_id})
 
+    def closed_elsewhere(self, escalation_ids: set[str]) -> None:
+        """Escalations resolved by any server (the sweeper reads them from PostgreSQL)."""
+        if escalation_ids and len(self._groups):
+            self._groups.forget(escalation_ids)
+
     async def incident(self, *, reason: str, key: str, caller: Caller, violation: Violation,
                        policy_input: Mapping[str, Any] | None = None) -> str:
         """The id of the pending incident under ``key``, opening one if there is none."""
