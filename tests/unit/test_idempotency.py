@@ -77,6 +77,22 @@ def test_another_body_is_a_conflict_and_other_callers_are_apart() -> None:
     assert decided(parts) == 4
 
 
+def test_replays_without_cache_or_audit() -> None:
+    """An empty map is falsy (it has a length): it must still be used."""
+    idem = IdempotencyMap(window_s=600, max_entries=10, clock=time.monotonic)
+    service = DecisionService(engine=FakeEngine(), cache=None, audit=None, escalator=None,
+                              telemetry=FakeTelemetry(), constitutional_hash=HASH,
+                              eval_timeout_s=1.0, idempotency=idem)
+
+    async def go() -> None:
+        first = await service.decide(req("k"), CALLER)
+        assert (await service.decide(req("k"), CALLER)).decision_id == first.decision_id
+        batch = await service.decide_batch([req("k")], CALLER, deadline_s=None)
+        assert batch[0].replayed
+
+    asyncio.run(go())
+
+
 def test_window_and_bound() -> None:
     clock = Clock()
     service, parts = make(clock=clock, max_entries=2)

@@ -122,7 +122,8 @@ class DecisionService:
         # One canonical encoding of the input serves the cache key, the audit record and
         # the idempotency digest.
         input_json = (canonical_input(request.policy_input)
-                      if self._cache is not None or self._audit is not None or idem else None)
+                      if self._cache is not None or self._audit is not None
+                      or idem is not None else None)
         if idem is None or input_json is None:
             return await self._decide_new(request, caller, deadline_s, input_json, start)
         got = await idem.claim((caller.id, request.request_id), digest_of(input_json))
@@ -173,7 +174,8 @@ class DecisionService:
             await self._check_hash(request.constitutional_hash, caller, request.policy_input)
         idem = (self._idempotency if any(r.request_id for r in requests) else None)
         input_jsons = ([canonical_input(r.policy_input) for r in requests]
-                       if self._cache is not None or self._audit is not None or idem else None)
+                       if self._cache is not None or self._audit is not None
+                       or idem is not None else None)
         if idem is None or input_jsons is None:
             return await self._decide_batch_new(requests, caller, deadline_s, input_jsons, start)
         plan = await BatchPlan.make(idem, requests, input_jsons, caller.id)
