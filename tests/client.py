@@ -19,9 +19,11 @@ def struct(value: dict[str, Any] | None) -> struct_pb2.Struct:
 
 
 def decide_request(
-    policy_input: dict[str, Any], *, request_id: str = "r-1", constitutional_hash: str = HASH
+    policy_input: dict[str, Any], *, request_id: str = "", constitutional_hash: str = HASH
 ) -> pb.DecideRequest:
-    """A DecideRequest carrying ``policy_input`` (the input document's shape)."""
+    """A DecideRequest carrying ``policy_input`` (the input document's shape). No
+    ``request_id`` by default: a request_id is an idempotency key (the same one with
+    another body is FAILED_PRECONDITION), so tests name one only when they mean it."""
     p = policy_input.get("principal", {})
     a = policy_input.get("action", {})
     r = policy_input.get("resource", {})

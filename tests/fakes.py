@@ -80,15 +80,18 @@ class FakeEscalator:
     _pending: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def opening(self, decision: Decision, *, reason: str, caller: Caller,
-                policy_input: Mapping[str, Any]) -> AuditEntry:
+                policy_input: Mapping[str, Any]) -> tuple[str, AuditEntry | None]:
         escalation_id = f"esc-{len(self._pending) + 1}"
         self._pending[escalation_id] = (decision.decision_id, reason)
         record = replace(decision, decision_id=f"open-{escalation_id}",
                          escalation_id=escalation_id)
-        return AuditEntry("escalation", record, caller, '{"escalation": {}}')
+        return escalation_id, AuditEntry("escalation", record, caller, '{"escalation": {}}')
 
     def opened(self, entries: Sequence[AuditEntry]) -> None:
         self.durable.extend(self._pending[e.decision.escalation_id] for e in entries)
+
+    def abandoned(self, entries: Sequence[AuditEntry]) -> None:
+        pass
 
     async def incident(self, *, reason: str, key: str, caller: Caller, violation: Violation,
                        policy_input: Mapping[str, Any] | None = None) -> str:

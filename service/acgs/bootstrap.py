@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from acgs.entrypoints.grpc_server import GrpcServer
 from acgs.metrics import Metrics, NullTelemetry
 from acgs.service_layer.database_watch import DatabaseWatch
 from acgs.service_layer.decisions import DecisionService
+from acgs.service_layer.idempotency import IdempotencyMap
 from acgs.service_layer.ports import AuditSink, DecisionCache, Telemetry
 from acgs.v1 import audit_pb2, governance_pb2
 
@@ -150,6 +152,10 @@ async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Ap
         telemetry=telemetry,
         constitutional_hash=settings.constitutional_hash,
         eval_timeout_s=settings.eval_timeout_ms / 1000,
+        idempotency=IdempotencyMap(window_s=settings.idempotency_window_s,
+                                   max_entries=settings.idempotency_max_entries,
+                                   clock=time.monotonic)
+        if settings.idempotency_window_s > 0 else None,
     )
     database = trail.database if trail is not None else None
     auth = await build_callers(settings, conninfo=trail.conninfo if trail is not None else None,

@@ -28,7 +28,7 @@ from acgs.adapters.journal import Journal, adopt_orphans
 from acgs.adapters.local_snapshot import SnapshotStore
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries
-from acgs.adapters.pg_escalations import PROJECTION as ESCALATIONS
+from acgs.adapters.pg_escalations import projection
 from acgs.adapters.pg_migrations import check_constitution, migrate
 from acgs.bootstrap_offline import database_watch, prepare_database, snapshot_store
 from acgs.config import Settings
@@ -85,7 +85,10 @@ async def build_audit(
     root = settings.data_dir / "journal"
     orphans = await asyncio.to_thread(adopt_orphans, root, exclude=settings.instance_id)
     shipper = Shipper(journal=journal, conninfo=conninfo, batch=settings.audit_ship_batch,
-                      orphans=orphans, on_shipped=on_shipped, projections=(ESCALATIONS,))
+                      orphans=orphans, on_shipped=on_shipped,
+                      projections=(projection(
+                          idempotency_window_s=settings.idempotency_window_s,
+                          group_s=settings.escalation_group_s),))
     database = database_watch(settings, conninfo=conninfo, pool=pool, prepared=prepared)
     pool.gate = lambda: database.ready  # audit readers wait for the migration and its check
     if prepared:

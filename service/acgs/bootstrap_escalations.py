@@ -41,7 +41,8 @@ Closer = Callable[[], Awaitable[None]]
 
 
 class Sweeper:
-    """Expires due escalations and retries the incident outbox every ``interval_s``."""
+    """Expires due escalations, retries the incident outbox and closes the escalation groups
+    other servers resolved, every ``interval_s``."""
 
     def __init__(self, *, service: EscalationService, escalator: JournalEscalator,
                  interval_s: float) -> None:
@@ -49,6 +50,7 @@ class Sweeper:
         self._escalator = escalator
         self._interval_s = max(0.1, interval_s)
         self._task: asyncio.Task[None] | None = None
+        self._seq: int | None = None  # escalation events read for closed groups
 
     async def start(self) -> None:
         """One sweep now (awaited), then one every interval in the background."""
@@ -70,6 +72,9 @@ class Sweeper:
     async def _once(self) -> None:
         try:
             await self._escalator.retry_outbox()
+            # A group resolved on another server stops taking this server's decisions.
+            closed, self._seq = await self._service.closed_since(self._seq)
+            self._escalator.closed_elsewhere(closed)
             expired = await self._service.sweep()
             if expired:
                 logger.info("expired %d escalation(s)", expired)
@@ -109,10 +114,12 @@ async def build_escalations(settings: Settings, *, trail: AuditTrail,
         journal=trail.journal, store=store, telemetry=telemetry,
         instance_id=settings.instance_id, constitutional_hash=settings.constitutional_hash,
         ttl_s=settings.escalation_ttl_s,
-        required_approvals=settings.escalation_required_approvals)
+        required_approvals=settings.escalation_required_approvals,
+        group_window_s=settings.escalation_group_s)
     service = EscalationService(
         store=store, audit=trail.journal, bell=bell, telemetry=telemetry,
-        instance_id=settings.instance_id, constitutional_hash=settings.constitutional_hash)
+        instance_id=settings.instance_id, constitutional_hash=settings.constitutional_hash,
+        on_closed=escalator.closed)
     sweeper = Sweeper(service=service, escalator=escalator,
                       interval_s=settings.escalation_sweep_s)
     return Escalations(escalator=escalator, service=service,

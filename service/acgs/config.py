@@ -129,6 +129,10 @@ class Settings:
     escalation_ttl_s: float = 3600.0
     escalation_required_approvals: int = 1
     escalation_sweep_s: float = 5.0
+    escalation_group_s: float = 300.0
+    # Idempotency of request_id
+    idempotency_window_s: float = 600.0
+    idempotency_max_entries: int = 100_000
     # Policy lifecycle across the fleet
     policy_sync_s: float = 1.0
     policy_max_lag_s: float = 10.0
@@ -202,6 +206,10 @@ class Settings:
             escalation_required_approvals=_int(e, "ACGS_ESCALATION_REQUIRED_APPROVALS",
                                                d.escalation_required_approvals, minimum=1),
             escalation_sweep_s=_float(e, "ACGS_ESCALATION_SWEEP_S", d.escalation_sweep_s),
+            escalation_group_s=_float(e, "ACGS_ESCALATION_GROUP_S", d.escalation_group_s),
+            idempotency_window_s=_float(e, "ACGS_IDEMPOTENCY_WINDOW_S", d.idempotency_window_s),
+            idempotency_max_entries=_int(e, "ACGS_IDEMPOTENCY_MAX_ENTRIES",
+                                         d.idempotency_max_entries, minimum=1),
             policy_sync_s=_float(e, "ACGS_POLICY_SYNC_S", d.policy_sync_s),
             policy_max_lag_s=_float(e, "ACGS_POLICY_MAX_LAG_S", d.policy_max_lag_s),
             policy_live_s=_float(e, "ACGS_POLICY_LIVE_S", d.policy_live_s),

@@ -87,6 +87,10 @@ class SelfResolution(PermissionDenied):
     """A principal tried to resolve the escalation of its own action (separation of powers)."""
 
 
+class IdempotencyConflict(AcgsError):
+    """A request_id the caller used recently arrives again with another request body."""
+
+
 class InvalidTransition(AcgsError):
     """The escalation's state does not allow this change (already resolved, or expired)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ class Load:
             thread.join(10)
 
     def _run(self, server: ServerProcess) -> None:
+        # request_ids unique across Loads: a repeated one would replay the decision made
+        # under the policy of the earlier Load (idempotency), not be decided anew.
+        prefix = uuid.uuid4().hex[:12]
         with server.channel() as ch:
             stub = gpb_grpc.GovernanceStub(ch)
             n = 0
@@ -61,7 +65,7 @@ class Load:
                 n += 1
                 started = time.monotonic()
                 try:
-                    d = stub.Decide(decide_request(allow_input(), request_id=f"load-{n}"),
+                    d = stub.Decide(decide_request(allow_input(), request_id=f"load-{prefix}-{n}"),
                                     timeout=5)
                     self.results.append((started, d.policy_revision, d.effect))
                 except grpc.RpcError as err:

@@ -35,6 +35,7 @@ TRANSFER = allow_input(action={"type": "fund_transfer", "attributes": {}})
 
 
 ENV = {"ACGS_POLICY_DIR": str(POLICY), "ACGS_ESCALATION_SWEEP_S": "60"}
+ALICE = "alice@corp"
 
 
 def code_of(call: Callable[[], object]) -> grpc.StatusCode:
@@ -105,6 +106,15 @@ def fleet(servers: ServerFactory, server_database: str
     yield servers.start(ENV, name="a"), servers.start(ENV, name="b"), second.token
 
 
+@pytest.fixture
+def alice_token(server_database: str) -> str:
+    """The token of an admin whose identity is ALICE."""
+    alice = tk.issue(role=tk.ADMIN, name="alice's admin token", created_by="tests",
+                     identity=ALICE)
+    store_tokens(server_database, [alice.record])
+    return alice.token
+
+
 def test_lifecycle_across_two_servers(fleet: tuple[ServerProcess, ServerProcess, str],
                                       server_database: str) -> None:
     a, b, admin2_token = fleet
@@ -161,13 +171,14 @@ def test_lifecycle_across_two_servers(fleet: tuple[ServerProcess, ServerProcess,
 
 
 def test_refusals_and_incidents(fleet: tuple[ServerProcess, ServerProcess, str],
-                                capsys: pytest.CaptureFixture[str]) -> None:
+                                alice_token: str, capsys: pytest.CaptureFixture[str]) -> None:
     a, b, admin2_token = fleet
-    with a.channel("agent") as agent, b.channel("admin") as admin_ch:
+    with a.channel("agent") as agent, authorized(grpc.insecure_channel(b.address),
+                                                 alice_token) as admin_ch:
         governance = gpb_grpc.GovernanceStub(agent)
         admin = pb_grpc.EscalationsStub(admin_ch)
-        # The admin is the principal of this request: it may not approve it.
-        own = dict(TRANSFER, principal={**TRANSFER["principal"], "id": a.tokens.id(tk.ADMIN)})
+        # Alice is the principal of this request: her admin token may not resolve it.
+        own = dict(TRANSFER, principal={**TRANSFER["principal"], "id": ALICE})
         eid = governance.Decide(decide_request(own), timeout=10).escalation_id
         wait_for(lambda: admin.GetEscalation(pb.GetEscalationRequest(escalation_id=eid)))
         for verdict in (pb.VERDICT_APPROVE, pb.VERDICT_DENY):

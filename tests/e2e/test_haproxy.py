@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -35,6 +36,7 @@ pytestmark = [pytest.mark.haproxy, pytest.mark.postgres, pytest.mark.slow]
 DRAIN_S = 1.5  # ACGS_DRAIN_DELAY_S: over 2 x the 0.5 s check interval (fall 2)
 THREADS = 6
 MD = (("x-constitutional-hash", HASH),)
+RUN = uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,9 @@ Metadata = tuple[tuple[str, str], ...]
 
 def decide(channel: grpc.Channel, i: int, metadata: Metadata = MD) -> pb.Decision:
     stub = pb_grpc.GovernanceStub(channel)
-    return stub.Decide(decide_request(allow_input(), request_id=f"edge-{i}"), metadata=metadata,
+    # Unique request_ids: one repeated (a later test's Load) would be replayed, not decided.
+    return stub.Decide(decide_request(allow_input(), request_id=f"edge-{RUN}-{i}"),
+                       metadata=metadata,
                        timeout=5)
 
 

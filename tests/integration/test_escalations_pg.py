@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,18 +52,20 @@ class Rig:
 
     async def escalate(self, *, approvals: int = 0) -> tuple[Decision, str]:
         """A durable ESCALATE decision with its opening, shipped; (decision, escalation id)."""
+        decision_id = new_decision_id()
         decision = Decision(
-            decision_id=new_decision_id(), request_id="r-1", effect=Effect.ESCALATE,
+            decision_id=decision_id, request_id=f"r-{decision_id}", effect=Effect.ESCALATE,
             violations=(Violation("high_impact_action", Severity.HIGH, "needs a human"),),
             policy_revision="rev-1", constitutional_hash=CONSTITUTIONAL_HASH, cached=False,
             latency_us=100, decided_at_ns=time.time_ns(), required_approvals=approvals)
-        opening = self.escalator.opening(decision, reason="high_impact_action", caller=AGENT,
-                                         policy_input=INPUT)
-        decided = AuditEntry("decide", decision, AGENT,
-                             json.dumps({"request_id": "r-1", "input": INPUT}))
-        await self.journal.append([decided, opening])
+        escalation_id, opening = self.escalator.opening(
+            decision, reason="high_impact_action", caller=AGENT, policy_input=INPUT)
+        assert opening is not None
+        decided = AuditEntry("decide", replace(decision, escalation_id=escalation_id), AGENT,
+                             json.dumps({"request_id": decision.request_id, "input": INPUT}))
+        await self.journal.append([opening, decided])
         await self.ship()
-        return decision, opening.decision.escalation_id
+        return decision, escalation_id
 
     def kinds(self) -> list[tuple[str, str]]:
         with psycopg.connect(self.url) as conn:
@@ -119,7 +121,8 @@ def test_opening_ships_with_its_decision_exactly_once(tmp_path: Path, pg_url: st
 def test_resolution_rules(tmp_path: Path, pg_url: str) -> None:
     async def body(r: Rig) -> None:
         _, escalation_id = await r.escalate(approvals=2)
-        for own in (AGENT, Caller(id="agent-7", role="admin")):  # requester, principal
+        # The requesting token, and a token whose identity is the request's principal.
+        for own in (AGENT, Caller(id="acgs_00000000000000c1", role="admin", identity="agent-7")):
             with pytest.raises(SelfResolution):
                 await r.service.resolve(escalation_id, own, verdict=Verdict.APPROVE)
         await r.service.acknowledge(escalation_id, ADMIN_1)
@@ -136,6 +139,7 @@ def test_resolution_rules(tmp_path: Path, pg_url: str) -> None:
             with pytest.raises(InvalidTransition):
                 await r.service.resolve(escalation_id, ADMIN_1, verdict=verdict)
         await r.ship()
+        assert r.kinds()[:2] == [("escalation", "ESCALATE"), ("decide", "ESCALATE")]
         assert r.kinds()[2:] == [("escalation", "ESCALATE"), ("escalation", "ESCALATE"),
                                  ("escalation", "ALLOW"), ("approval", "ALLOW")]
         _, denied_id = await r.escalate(approvals=3)

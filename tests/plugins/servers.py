@@ -84,8 +84,10 @@ def store_tokens(conninfo: str, records: Sequence[tk.TokenRecord]) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         for r in records:
             conn.execute("INSERT INTO auth_tokens (id, name, role, secret_hash, created_by, "
-                         "revoked_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                         (r.id, r.name, r.role, r.secret_hash, r.created_by, r.revoked_at))
+                         "revoked_at, identity) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                         "ON CONFLICT (id) DO NOTHING",
+                         (r.id, r.name, r.role, r.secret_hash, r.created_by, r.revoked_at,
+                          r.identity))
 
 
 def revoke_token(conninfo: str, token_id: str) -> None:

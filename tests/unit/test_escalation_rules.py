@@ -39,12 +39,35 @@ def test_distinct_approvers_reach_required_approvals() -> None:
         esc.resolve(done, by=CAROL, verdict=Verdict.DENY, now=NOW, comment="")
 
 
-@pytest.mark.parametrize("own", ["svc-a", "agent-7"])
-def test_nobody_resolves_their_own_action(own: str) -> None:
+@pytest.mark.parametrize("own", [
+    Caller("svc-a", "admin"),  # the requesting token itself
+    Caller("acgs_1", "admin", identity="agent-7"),  # the principal, through its identity
+    Caller("acgs_2", "admin", identity="svc-team@corp"),  # the requester's identity
+])
+def test_nobody_resolves_their_own_action(own: Caller) -> None:
+    e = escalation(requester_identity="svc-team@corp")
     for verdict in Verdict:
         with pytest.raises(SelfResolution):
-            esc.resolve(escalation(), by=Caller(own, "admin"), verdict=verdict, now=NOW,
-                        comment="")
+            esc.resolve(e, by=own, verdict=verdict, now=NOW, comment="")
+
+
+@pytest.mark.parametrize("admin", [
+    Caller("acgs_00000000000000b1", "admin"),  # no identity: its token id is no principal id
+    Caller("acgs_00000000000000b1", "admin", identity="alice@corp"),
+])
+def test_a_token_id_in_the_request_body_blocks_nobody(admin: Caller) -> None:
+    """An agent writing an admin's token id as principal.id does not stop that admin."""
+    e = escalation(principal_id=admin.id)
+    done, event = esc.resolve(e, by=admin, verdict=Verdict.DENY, now=NOW, comment="")
+    assert (done.state, event) == (State.DENIED, esc.DENIED)
+
+
+def test_one_identity_approves_once_whatever_the_token() -> None:
+    first = Caller("acgs_a", "admin", identity="alice@corp")
+    second = Caller("acgs_b", "admin", identity="alice@corp")
+    e, _ = esc.resolve(escalation(), by=first, verdict=Verdict.APPROVE, now=NOW, comment="")
+    same, event = esc.resolve(e, by=second, verdict=Verdict.APPROVE, now=NOW, comment="")
+    assert same is e and event == "" and len(e.approvals) == 1
 
 
 def test_one_denial_denies_and_expiry_is_a_denial() -> None:

@@ -37,7 +37,7 @@ FORMAT = 1
 POLICY_FILE = "policy.json"
 TOKENS_FILE = "tokens.json"
 _TOKEN_FIELDS = ("id", "name", "role", "secret_hash", "created_by", "created_at", "revoked_at",
-                 "expires_at")
+                 "expires_at", "identity")
 _TIMES = ("created_at", "revoked_at", "expires_at")
 
 Verify = Callable[[str, str], None]
@@ -162,8 +162,10 @@ def _token_row(record: TokenRecord) -> dict[str, Any]:
 
 
 def _token_record(row: dict[str, Any]) -> TokenRecord:
-    times = {name: dt.datetime.fromisoformat(row[name]) if row[name] is not None else None
-             for name in _TIMES}
+    times = [dt.datetime.fromisoformat(row[name]) if row[name] is not None else None
+             for name in _TIMES]
+    identity = row.get("identity")  # absent from snapshots written before identities
     return TokenRecord(id=str(row["id"]), name=str(row["name"]), role=str(row["role"]),
                        secret_hash=str(row["secret_hash"]), created_by=str(row["created_by"]),
-                       **times)
+                       created_at=times[0], revoked_at=times[1], expires_at=times[2],
+                       identity=str(identity) if identity is not None else None)

@@ -31,12 +31,16 @@ from acgs.errors import InvalidRequest, NotFound, Unavailable
 
 LOCK_KEY = 0x4AC6E5C1  # the advisory lock of the migration's functions
 
-PROJECTION = (
-    "SELECT acgs_open_escalation(request_json::jsonb -> 'escalation') FROM acgs_audit_stage "
-    "WHERE kind = 'escalation' AND request_json::jsonb #>> '{escalation,event}' = 'opened' "
-    "ORDER BY seq"
-)
-"""Run by the audit shipper in each batch's transaction: opens the journaled escalations."""
+def projection(*, idempotency_window_s: float, group_s: float) -> str:
+    """The SQL the audit shipper runs in each batch's transaction (``acgs_project_batch``,
+    migrations/0008): links retried requests, opens (or groups) the journaled escalations
+    and counts the decisions that joined them."""
+    return (f"SELECT acgs_project_batch({float(idempotency_window_s)!r}::float8, "
+            f"{float(group_s)!r}::float8)")
+
+
+PROJECTION = projection(idempotency_window_s=600.0, group_s=0.0)
+"""The projection with the default idempotency window and no grouping (for tests)."""
 
 _EFFECTIVE = ("(CASE WHEN state IN ('open', 'acknowledged') AND expires_at <= now() "
               "THEN 'expired' ELSE state END)")
@@ -79,7 +83,8 @@ class PgTransaction:
         """The escalation, locked until the end of the transaction, and the database's now.
 
         Raises InvalidRequest (not a UUID) or NotFound."""
-        cur = await self._conn.execute(_SELECT + " WHERE id = %s FOR UPDATE",
+        cur = await self._conn.execute(_SELECT + " WHERE id = acgs_escalation_target(%s) "
+                                       "FOR UPDATE",
                                        (_key(escalation_id),))
         row = await cur.fetchone()
         if row is None:
@@ -133,8 +138,10 @@ class PgEscalationStore:
                 yield PgTransaction(conn)
 
     async def get(self, escalation_id: str) -> tuple[Escalation, dt.datetime]:
-        """One escalation and the database's now; InvalidRequest or NotFound."""
-        rows = await self._fetch(_SELECT + " WHERE id = %s", (_key(escalation_id),))
+        """One escalation and the database's now; InvalidRequest or NotFound. An id that
+        PostgreSQL merged into another escalation (grouping, retries) reads as that one."""
+        rows = await self._fetch(_SELECT + " WHERE id = acgs_escalation_target(%s)",
+                                 (_key(escalation_id),))
         if not rows:
             raise NotFound(f"no escalation {escalation_id}")
         return esc.from_row(rows[0][0]), rows[0][1]
@@ -179,6 +186,20 @@ class PgEscalationStore:
                                  "IN ('open', 'acknowledged') AND expires_at > now() "
                                  "GROUP BY reason, severity", ())
         return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
+
+    async def closed_after(self, seq: int, *, limit: int = 1000) -> tuple[set[str], int]:
+        """Ids of the escalations approved, denied or expired by events after ``seq`` (with
+        every id merged into them), and the last seq read (``seq`` when there is none)."""
+        rows = await self._fetch(
+            "WITH ev AS (SELECT seq, escalation_id, kind FROM escalation_events WHERE seq > %s "
+            "ORDER BY seq LIMIT %s) "
+            "SELECT (SELECT max(seq) FROM ev), ev.escalation_id::text, a.alias::text FROM ev "
+            "LEFT JOIN escalation_aliases a ON a.escalation_id = ev.escalation_id "
+            "WHERE ev.kind IN ('approved', 'denied', 'expired') "
+            "UNION ALL SELECT max(seq), NULL, NULL FROM ev", (seq, limit))
+        last = max((int(r[0]) for r in rows if r[0] is not None), default=seq)
+        ids = {str(v) for r in rows for v in r[1:] if v is not None}
+        return ids, last
 
     async def insert(self, e: Escalation) -> None:
         """Open ``e`` directly (for an incident the journal refused); a no-op if it exists."""

@@ -13,7 +13,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from acgs.domain.tokens import TokenRecord
 
-_COLUMNS = "id, name, role, secret_hash, created_by, created_at, revoked_at, expires_at"
+_COLUMNS = ("id, name, role, secret_hash, created_by, created_at, revoked_at, expires_at, "
+            "identity")
 
 
 class PgTokenStore:
@@ -32,10 +33,10 @@ class PgTokenStore:
         """Store a new token (its hash); a token whose id is already stored is left as it is."""
         async with self._pool.connection() as conn:
             await conn.execute(
-                "INSERT INTO auth_tokens (id, name, role, secret_hash, created_by, expires_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO auth_tokens (id, name, role, secret_hash, created_by, expires_at, "
+                "identity) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
                 (record.id, record.name, record.role, record.secret_hash, record.created_by,
-                 record.expires_at),
+                 record.expires_at, record.identity),
             )
 
     async def revoke(self, token_id: str) -> bool:

@@ -9,11 +9,19 @@ Rules every transition obeys (each function below raises, never half-applies):
 
 * only a pending (open or acknowledged) escalation changes; anything else is
   :class:`~acgs.errors.InvalidTransition` (FAILED_PRECONDITION);
-* nobody resolves the escalation of their own action: the caller whose request
-  was escalated, and the request's principal, get
-  :class:`~acgs.errors.SelfResolution` (PERMISSION_DENIED), whether they
-  approve or deny (separation of powers);
-* approvals are counted per approver: the same approver twice counts once;
+* nobody resolves the escalation of their own action (separation of powers),
+  whether they approve or deny: :class:`~acgs.errors.SelfResolution`
+  (PERMISSION_DENIED) when the resolver's token is the requesting caller's
+  token, or the resolver's token names an identity (``acgs token create
+  --identity``) that is the requesting caller's identity or the request's
+  ``principal.id``. A request body's ``principal.id`` is compared with
+  identities only, never with token ids: token ids and principal ids are
+  different namespaces, and whatever a caller writes in its request must not
+  stop a chosen admin from resolving (the old rule let an agent do that by
+  writing the admin's token id there). A person is therefore held to this rule
+  across all their tokens only when their tokens name their identity;
+* approvals are counted per approver: the same token, or the same identity
+  through another token, twice counts once;
   the escalation is approved when ``required_approvals`` distinct approvers
   agreed; a single denial denies it.
 """
@@ -69,6 +77,7 @@ class Approval:
     approver_role: str
     approved_at: dt.datetime
     comment: str
+    approver_identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +112,10 @@ class Escalation:
     resolution_comment: str = ""
     approval_decision_id: str = ""
     last_event_seq: int = 0
+    requester_identity: str = ""
+    group_key: str = ""  # "" for incidents: they are deduplicated by dedup_key
+    count: int = 1  # decisions that opened or joined it (grouping, see escalator)
+    last_seen_at: dt.datetime | None = None
 
     @property
     def pending(self) -> bool:
@@ -128,6 +141,7 @@ class Escalation:
             "policy_revision": self.policy_revision, "instance_id": self.instance_id,
             "constitutional_hash": self.constitutional_hash,
             "required_approvals": self.required_approvals, "dedup_key": self.dedup_key or None,
+            "requester_identity": self.requester_identity, "group_key": self.group_key or None,
             "created_at": self.created_at.isoformat(), "expires_at": self.expires_at.isoformat(),
         }
 
@@ -203,18 +217,31 @@ def resolve(esc: Escalation, *, by: Caller, verdict: Verdict, now: dt.datetime,
     an approver approving again). Raises InvalidTransition or SelfResolution (see module)."""
     if not esc.pending:
         raise InvalidTransition(f"escalation {esc.id} is already {esc.state.value}")
-    if by.id in (esc.requester_id, esc.principal_id):
-        raise SelfResolution(f"{by.id} may not resolve the escalation of its own action")
+    if is_own(esc, by):
+        raise SelfResolution(f"{by.who} may not resolve the escalation of its own action")
     if verdict is Verdict.DENY:
         return replace(esc, state=State.DENIED, resolved_by=by.id, resolved_at=now,
                        resolution_comment=comment), DENIED
-    if any(a.approver_id == by.id for a in esc.approvals):
+    if any(_same_approver(a, by) for a in esc.approvals):
         return esc, ""  # the same approver twice counts once
-    approvals = (*esc.approvals, Approval(by.id, by.role, now, comment))
+    approvals = (*esc.approvals, Approval(by.id, by.role, now, comment, by.identity))
     if len(approvals) < esc.required_approvals:
         return replace(esc, approvals=approvals), APPROVAL
     return replace(esc, approvals=approvals, state=State.APPROVED, resolved_by=by.id,
                    resolved_at=now, resolution_comment=comment), APPROVED
+
+
+def is_own(esc: Escalation, by: Caller) -> bool:
+    """True when ``by`` is the requesting caller, or its identity is the requester's identity
+    or the request's principal (see the module docstring for why token ids never meet
+    principal ids)."""
+    if by.id == esc.requester_id:
+        return True
+    return bool(by.identity) and by.identity in (esc.requester_identity, esc.principal_id)
+
+
+def _same_approver(a: Approval, by: Caller) -> bool:
+    return a.approver_id == by.id or (bool(by.identity) and a.approver_identity == by.identity)
 
 
 def expire(esc: Escalation, *, now: dt.datetime, by: str) -> Escalation:
@@ -253,7 +280,8 @@ def from_row(row: Mapping[str, Any]) -> Escalation:
         required_approvals=int(row["required_approvals"]),
         created_at=_time(row["created_at"]), expires_at=_time(row["expires_at"]),
         approvals=tuple(Approval(a["approver_id"], a["approver_role"], _time(a["approved_at"]),
-                                 a["comment"]) for a in row.get("approvals") or ()),
+                                 a["comment"], a.get("approver_identity") or "")
+                        for a in row.get("approvals") or ()),
         dedup_key=row.get("dedup_key") or "",
         acknowledged_by=row.get("acknowledged_by") or "",
         acknowledged_at=_maybe_time(row.get("acknowledged_at")),
@@ -261,12 +289,16 @@ def from_row(row: Mapping[str, Any]) -> Escalation:
         resolution_comment=row.get("resolution_comment") or "",
         approval_decision_id=str(row.get("approval_decision_id") or ""),
         last_event_seq=int(row.get("last_event_seq") or 0),
+        requester_identity=row.get("requester_identity") or "",
+        group_key=row.get("group_key") or "", count=int(row.get("count") or 1),
+        last_seen_at=_maybe_time(row.get("last_seen_at")),
     )
 
 
 def approvals_json(esc: Escalation) -> list[dict[str, str]]:
     return [{"approver_id": a.approver_id, "approver_role": a.approver_role,
-             "approved_at": a.approved_at.isoformat(), "comment": a.comment}
+             "approved_at": a.approved_at.isoformat(), "comment": a.comment,
+             "approver_identity": a.approver_identity}
             for a in esc.approvals]
 
 

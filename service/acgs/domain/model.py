@@ -51,6 +51,13 @@ class Caller:
 
     id: str
     role: str
+    identity: str = ""
+    """The person or service behind the credential ("" when the token names none)."""
+
+    @property
+    def who(self) -> str:
+        """Whom separation of powers compares: the identity, else the credential's id."""
+        return self.identity or self.id
 
     @classmethod
     def anonymous(cls) -> Caller:
@@ -95,6 +102,7 @@ class Decision:
     escalation_id: str = ""
     fail_safe: bool = field(default=False)
     required_approvals: int = 0  # from the EngineResult; 0: the configured default
+    replayed: bool = False  # answered again for a repeated request_id (not decided anew)
 
 
 # The random bits of decision ids come from a generator seeded once per process (and

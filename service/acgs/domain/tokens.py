@@ -39,6 +39,7 @@ class TokenRecord:
     created_at: dt.datetime | None = None
     revoked_at: dt.datetime | None = None
     expires_at: dt.datetime | None = None  # None: never
+    identity: str | None = None  # the person or service it stands for (alice@corp)
 
     @property
     def revoked(self) -> bool:
@@ -58,11 +59,15 @@ class IssuedToken:
 
 
 def issue(*, role: str, name: str, created_by: str,
-          expires_at: dt.datetime | None = None) -> IssuedToken:
-    """A new random token for ``role``, valid until ``expires_at`` (None: until revoked).
+          expires_at: dt.datetime | None = None, identity: str | None = None) -> IssuedToken:
+    """A new random token for ``role``, valid until ``expires_at`` (None: until revoked),
+    standing for ``identity`` (a person or service, e.g. ``alice@corp``; None: nobody named).
 
-    ValueError for an unknown role, an empty name, or an expiry that is naive or past.
+    ValueError for an unknown role, an empty name, an expiry that is naive or past, or an
+    identity that is blank, longer than 256 characters or holds control characters.
     """
+    if identity is not None:
+        identity = check_identity(identity)
     if expires_at is not None and (expires_at.tzinfo is None
                                    or expires_at <= dt.datetime.now(dt.UTC)):
         raise ValueError("a token's expiry must be a timezone-aware time in the future")
@@ -74,8 +79,16 @@ def issue(*, role: str, name: str, created_by: str,
     token = f"{token_id}.{secrets.token_urlsafe(32)}"
     record = TokenRecord(id=token_id, name=name.strip(), role=role,
                          secret_hash=hash_token(token), created_by=created_by,
-                         expires_at=expires_at)
+                         expires_at=expires_at, identity=identity)
     return IssuedToken(token=token, record=record)
+
+
+def check_identity(identity: str) -> str:
+    """``identity`` stripped; ValueError when it is empty, over 256 characters or has controls."""
+    value = identity.strip()
+    if not value or len(value) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("an identity is 1 to 256 printable characters, like alice@corp")
+    return value
 
 
 def hash_token(token: str) -> str:

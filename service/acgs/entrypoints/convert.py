@@ -170,4 +170,5 @@ def decision_to_proto(d: Decision) -> pb.Decision:
         server_latency_us=d.latency_us,
         request_id=d.request_id,
         decided_at=ts,
+        replayed=d.replayed,
     )

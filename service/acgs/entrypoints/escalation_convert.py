@@ -46,14 +46,17 @@ def escalation_to_proto(e: Escalation) -> pb.Escalation:
                                   message=v.message) for v in e.violations],
         policy_revision=e.policy_revision, required_approvals=e.required_approvals,
         approvals=[pb.Approval(approver_id=a.approver_id, approver_role=a.approver_role,
-                               approved_at=_ts(a.approved_at), comment=a.comment)
+                               approved_at=_ts(a.approved_at), comment=a.comment,
+                               approver_identity=a.approver_identity)
                    for a in e.approvals],
         created_at=_ts(e.created_at), expires_at=_ts(e.expires_at),
         acknowledged_by=e.acknowledged_by, acknowledged_at=_ts(e.acknowledged_at),
         resolved_by=e.resolved_by, resolved_at=_ts(e.resolved_at),
         resolution_comment=e.resolution_comment, approval_decision_id=e.approval_decision_id,
         instance_id=e.instance_id, constitutional_hash=e.constitutional_hash,
-        last_event_seq=e.last_event_seq,
+        last_event_seq=e.last_event_seq, count=e.count,
+        last_seen_at=_ts(e.last_seen_at or e.created_at),
+        requester_identity=e.requester_identity,
     )
     if e.approval_decision_id:
         out.approval.CopyFrom(gpb.Decision(

@@ -34,8 +34,8 @@ def _line(e: pb.Escalation) -> str:
     return (f"{e.escalation_id} {pb.EscalationState.Name(e.state):12} "
             f"{gov_pb.Severity.Name(e.severity):8} {e.reason:22} tenant={e.tenant_id or '-'} "
             f"principal={e.principal_id or '-'} requester={e.requester_id} "
-            f"approvals={len(e.approvals)}/{e.required_approvals} created={created} "
-            f"expires={expires}")
+            f"approvals={len(e.approvals)}/{e.required_approvals} count={e.count or 1} "
+            f"created={created} expires={expires}")
 
 
 def _print(message: Any, args: argparse.Namespace, line: str) -> None:

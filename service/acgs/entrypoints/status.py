@@ -30,6 +30,7 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.AuditUnavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.EngineError, grpc.StatusCode.UNAVAILABLE),
     (errors.InvalidTransition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.IdempotencyConflict, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
 

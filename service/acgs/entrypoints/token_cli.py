@@ -35,11 +35,12 @@ def _quiet() -> None:
     logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 
-async def _create(settings: Settings, role: str, name: str,
-                  expires_at: dt.datetime | None) -> tokens.IssuedToken:
+async def _create(settings: Settings, role: str, name: str, expires_at: dt.datetime | None,
+                  identity: str | None) -> tokens.IssuedToken:
     from acgs.bootstrap_auth import token_store
 
-    issued = tokens.issue(role=role, name=name, created_by=_who(), expires_at=expires_at)
+    issued = tokens.issue(role=role, name=name, created_by=_who(), expires_at=expires_at,
+                          identity=identity)
     async with token_store(settings) as store:
         await store.insert(issued.record)
     return issued
@@ -51,13 +52,16 @@ def cmd_create(args: argparse.Namespace) -> int:
     try:
         expires_at = (dt.datetime.now(dt.UTC) + tokens.parse_duration(args.expires_in)
                       if args.expires_in else None)
-        issued = asyncio.run(_create(Settings.from_env(), args.role, args.name, expires_at))
+        issued = asyncio.run(_create(Settings.from_env(), args.role, args.name, expires_at,
+                                     args.identity))
     except ValueError as err:
         print(f"acgs: error: {err}", file=sys.stderr)
         return 2
     r = issued.record
     until = f", expires {_when(r.expires_at)}" if r.expires_at else ""
-    print(f"acgs: token {r.id} for {r.name!r}, role {r.role}{until}; it is shown only this once",
+    who = f", identity {r.identity}" if r.identity else ""
+    print(f"acgs: token {r.id} for {r.name!r}, role {r.role}{who}{until}; "
+          "it is shown only this once",
           file=sys.stderr)
     print(issued.token)
     return 0
@@ -71,19 +75,20 @@ async def _list(settings: Settings) -> list[tokens.TokenRecord]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """One line per token (never the token itself): id, role, state, created, expires, by,
-    name; revoked and expired tokens only with ``--all``."""
+    """One line per token (never the token itself): id, role, state, created, expires,
+    identity ("-": none), name, by; revoked and expired tokens only with ``--all``."""
     _quiet()
     records = asyncio.run(_list(Settings.from_env()))
     now = dt.datetime.now(dt.UTC)
     if not args.all:
         records = [r for r in records if not r.revoked and not r.expired(now)]
-    print(f"{'ID':22} {'ROLE':8} {'STATE':8} {'CREATED':20} {'EXPIRES':20} {'NAME'}")
+    print(f"{'ID':22} {'ROLE':8} {'STATE':8} {'CREATED':20} {'EXPIRES':20} {'IDENTITY':24} "
+          "NAME")
     for r in records:
         state = "revoked" if r.revoked else "expired" if r.expired(now) else "active"
         print(f"{r.id:22} {r.role:8} {state:8} {_when(r.created_at):20} "
-              f"{_when(r.expires_at) if r.expires_at else 'never':20} {r.name} "
-              f"(by {r.created_by})")
+              f"{_when(r.expires_at) if r.expires_at else 'never':20} {r.identity or '-':24} "
+              f"{r.name} (by {r.created_by})")
     return 0
 
 
@@ -119,6 +124,9 @@ def register(sub: Any) -> None:
     create.add_argument("--expires-in", metavar="DURATION",
                         help="refuse the token after this long: 90d, 12h, 30m, 45s "
                              "(default: valid until revoked)")
+    create.add_argument("--identity", metavar="WHO",
+                        help="the person or service the token stands for (alice@corp): "
+                             "nobody resolves an escalation of their own identity's requests")
     create.set_defaults(func=cmd_create)
     listing = group.add_parser("list", help="list tokens (ids, roles, names; never secrets)")
     listing.add_argument("--all", action="store_true", help="include revoked and expired tokens")

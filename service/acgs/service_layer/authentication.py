@@ -107,7 +107,7 @@ class TokenAuthenticator:
             raise Unauthenticated(INVALID)
         if record.expires_at is not None and record.expired(self._now()):
             raise Unauthenticated(EXPIRED)
-        return Caller(id=record.id, role=record.role)
+        return Caller(id=record.id, role=record.role, identity=record.identity or "")
 
     async def _reload_for(self, token_id: str) -> TokenRecord | None:
         if self._reload is None or self._reload.done():

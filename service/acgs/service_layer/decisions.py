@@ -41,6 +41,7 @@ from acgs.errors import (
     EngineError,
     EngineTimeout,
 )
+from acgs.service_layer.idempotency import BatchPlan, IdempotencyMap, digest_of
 from acgs.service_layer.policy_ports import DecisionObserver
 from acgs.service_layer.ports import (
     AuditEntry,
@@ -73,7 +74,9 @@ class DecisionService:
         telemetry: Telemetry,
         constitutional_hash: str,
         eval_timeout_s: float,
+        idempotency: IdempotencyMap | None = None,
     ) -> None:
+        self._idempotency = idempotency
         self._engine = engine
         self._cache = cache
         self._audit = audit
@@ -115,14 +118,38 @@ class DecisionService:
     async def decide(
         self, request: DecisionRequest, caller: Caller, *, deadline_s: float | None = None
     ) -> Decision:
-        """Decide one request; the decision is durable in the audit trail when this returns."""
+        """Decide one request; the decision is durable in the audit trail when this returns.
+
+        A repeated ``request_id`` gets its original decision (see
+        :mod:`acgs.service_layer.idempotency`); IdempotencyConflict for another body."""
         start = time.perf_counter_ns()
         await self._check_hash(request.constitutional_hash, caller, request.policy_input)
+        idem = self._idempotency if request.request_id else None
+        # One canonical encoding of the input serves the cache key, the audit record and
+        # the idempotency digest.
+        input_json = (canonical_input(request.policy_input)
+                      if self._cache is not None or self._audit is not None
+                      or idem is not None else None)
+        if idem is None or input_json is None:
+            return await self._decide_new(request, caller, deadline_s, input_json, start)
+        got = await idem.claim((caller.id, request.request_id), digest_of(input_json))
+        if isinstance(got, Decision):
+            return got
+        try:
+            decision = await self._decide_new(request, caller, deadline_s, input_json, start)
+        except BaseException:
+            if got is not None:
+                got.drop()
+            raise
+        if got is not None:
+            got.keep(decision)
+        return decision
+
+    async def _decide_new(self, request: DecisionRequest, caller: Caller,
+                          deadline_s: float | None, input_json: str | None,
+                          start: int) -> Decision:
         policy = self._engine.policy
         cache = self._cache
-        # One canonical encoding of the input serves the cache key and the audit record.
-        input_json = (canonical_input(request.policy_input)
-                      if cache is not None or self._audit is not None else None)
         key = cache_key_of_json(policy, input_json) if cache is not None and input_json else ""
         cached = await cache.get(key) if cache is not None else None
         engine_us: float | None = None
@@ -148,14 +175,34 @@ class DecisionService:
         """Decide every request, in order; the batch is audited with one durable write.
 
         Items the cache holds are answered from it (``cached``), as single decisions are;
-        the rest are evaluated together and fill the cache."""
+        the rest are evaluated together and fill the cache. Items repeating a recent
+        ``request_id`` get their original decision, as Decide does."""
         start = time.perf_counter_ns()
         for request in requests:
             await self._check_hash(request.constitutional_hash, caller, request.policy_input)
+        idem = (self._idempotency if any(r.request_id for r in requests) else None)
+        input_jsons = ([canonical_input(r.policy_input) for r in requests]
+                       if self._cache is not None or self._audit is not None
+                       or idem is not None else None)
+        if idem is None or input_jsons is None:
+            return await self._decide_batch_new(requests, caller, deadline_s, input_jsons, start)
+        plan = await BatchPlan.make(idem, requests, input_jsons, caller.id)
+        try:
+            fresh = plan.fresh
+            decided = await self._decide_batch_new(
+                [requests[i] for i in fresh], caller, deadline_s,
+                [input_jsons[i] for i in fresh], start) if fresh else []
+        except BaseException:
+            plan.drop()
+            raise
+        return plan.complete(decided)
+
+    async def _decide_batch_new(
+        self, requests: Sequence[DecisionRequest], caller: Caller, deadline_s: float | None,
+        input_jsons: list[str] | None, start: int,
+    ) -> list[Decision]:
         policy = self._engine.policy
         cache = self._cache
-        input_jsons = ([canonical_input(r.policy_input) for r in requests]
-                       if cache is not None or self._audit is not None else None)
         keys = ([cache_key_of_json(policy, j) for j in input_jsons]
                 if cache is not None and input_jsons is not None else [])
         hits: list[EngineResult | None] = (
@@ -286,18 +333,22 @@ class DecisionService:
         encoded = input_jsons if input_jsons is not None else [None] * len(requests)
         for i, (decision, request, input_json) in enumerate(
                 zip(decisions, requests, encoded, strict=True)):
-            opening = self._opening(decision, request, caller)
-            if opening is not None:
-                decision = replace(decision, escalation_id=opening.decision.escalation_id)
+            escalation_id, opening = self._opening(decision, request, caller)
+            if escalation_id:
+                decision = replace(decision, escalation_id=escalation_id)
                 decisions[i] = decision
+            if opening is not None:
+                # Before the decision: PostgreSQL counts decisions into escalations it holds.
                 openings.append(opening)
+                entries.append(opening)
             doc = {"request_id": request.request_id, "input": request.policy_input}
             entries.append(AuditEntry("decide", decision, caller,
                                       _request_json(doc, input_json), request_doc=doc))
-            entries.extend([opening] if opening is not None else [])
         try:
             await self._audit.append(entries)
         except AuditUnavailable as err:
+            if self._escalator is not None:
+                self._escalator.abandoned(openings)
             self._telemetry.audit_refused()
             logger.error("audit trail refused %d records: %s", len(entries), err)
             return await self._refuse_all(decisions, str(err), caller)
@@ -306,10 +357,10 @@ class DecisionService:
         return decisions
 
     def _opening(self, decision: Decision, request: DecisionRequest,
-                 caller: Caller) -> AuditEntry | None:
+                 caller: Caller) -> tuple[str, AuditEntry | None]:
         reason = esc.reason_for(decision) if self._escalator is not None else ""
         if self._escalator is None or not reason:
-            return None
+            return "", None
         return self._escalator.opening(decision, reason=reason, caller=caller,
                                        policy_input=request.policy_input)
 

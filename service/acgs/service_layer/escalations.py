@@ -52,12 +52,14 @@ class EscalationService:
 
     ``poll_s``: how long a watcher waits for a notification before looking
     anyway; ``page``: events read per query; ``sweep_batch``: escalations
-    expired per transaction.
+    expired per transaction; ``on_closed(id)``: told of each escalation this
+    server resolved or expired.
     """
 
     def __init__(self, *, store: EscalationStore, audit: AuditSink, bell: Bell,
                  telemetry: EscalationTelemetry, instance_id: str, constitutional_hash: str,
-                 poll_s: float = 1.0, page: int = 500, sweep_batch: int = 100) -> None:
+                 poll_s: float = 1.0, page: int = 500, sweep_batch: int = 100,
+                 on_closed: Callable[[str], None] | None = None) -> None:
         self._store = store
         self._audit = audit
         self._bell = bell
@@ -66,6 +68,7 @@ class EscalationService:
         self._poll_s = poll_s
         self._page = page
         self._sweep_batch = sweep_batch
+        self._on_closed = on_closed  # a resolved escalation's group takes no more decisions
         self.system = Caller(id=f"acgs-server:{instance_id}", role=SYSTEM_ROLE)
 
     async def get(self, escalation_id: str, caller: Caller) -> Escalation:
@@ -118,6 +121,13 @@ class EscalationService:
             return esc.resolve(e, by=caller, verdict=verdict, now=now, comment=comment)
 
         return await self._change(escalation_id, caller, step, comment)
+
+    async def closed_since(self, seq: int | None) -> tuple[set[str], int]:
+        """Escalation ids (aliases too) resolved or expired by any server since event ``seq``
+        (None: from now on), and the seq to ask from next."""
+        if seq is None:
+            return set(), await self._store.last_seq()
+        return await self._store.closed_after(seq)
 
     async def sweep(self) -> int:
         """Expire every due escalation this server can lock; refresh the open gauge.
@@ -194,6 +204,8 @@ class EscalationService:
     def _resolved(self, escalations: list[Escalation]) -> None:
         for e in escalations:
             if not e.pending and e.resolved_at is not None:
+                if self._on_closed is not None:
+                    self._on_closed(e.id)
                 self._telemetry.escalation_resolved(
                     reason=e.reason, outcome=e.state.value,
                     duration_s=max(0.0, (e.resolved_at - e.created_at).total_seconds()))

@@ -12,6 +12,13 @@ in the same transaction as the audit rows (:data:`acgs.adapters.pg_escalations.P
 exactly once; a journal left by a dead server is shipped, and its escalations
 opened, by the next server on the host.
 
+Grouping (:mod:`acgs.domain.escalation_group`). A decision whose group has an
+escalation this server opened within ``group_window_s`` joins it: it carries
+that escalation's id and journals no opening (its own audit record is what
+PostgreSQL counts). Across servers, PostgreSQL merges an opening into the
+pending escalation of the same group (``acgs_open_escalation``, migration
+0008): the later id becomes an alias that reads as the earlier escalation.
+
 Incidents (a request naming another constitution, the audit trail refusing
 decisions) answer no durable decision. They are opened once per key at a
 time (``incident_window_s``), in the journal past its backlog bound (a full
@@ -34,6 +41,7 @@ from typing import Any
 from acgs.domain import canonical
 from acgs.domain import escalation as esc
 from acgs.domain.escalation import Escalation, State
+from acgs.domain.escalation_group import OpenGroups, group_key
 from acgs.domain.model import Caller, Decision, Effect, Violation, new_decision_id
 from acgs.errors import AuditUnavailable, Unavailable
 from acgs.service_layer.escalation_ports import (
@@ -78,13 +86,16 @@ class JournalEscalator:
 
     ``ttl_s``: lifetime of an escalation (``ACGS_ESCALATION_TTL_S``);
     ``required_approvals``: approvals needed when the policy names none;
-    ``direct_timeout_s``: budget of the direct insert of an incident.
+    ``direct_timeout_s``: budget of the direct insert of an incident;
+    ``group_window_s``: how long after its opening an escalation takes in the later
+    decisions of its group (``ACGS_ESCALATION_GROUP_S``; 0: never).
     """
 
     def __init__(self, *, journal: ReservingSink, store: EscalationStore,
                  telemetry: EscalationTelemetry, instance_id: str, constitutional_hash: str,
                  ttl_s: float = 3600.0, required_approvals: int = 1,
                  incident_window_s: float = 300.0, direct_timeout_s: float = 1.0,
+                 group_window_s: float = 0.0, max_groups: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._journal = journal
         self._store = store
@@ -97,22 +108,45 @@ class JournalEscalator:
         self._direct_timeout_s = direct_timeout_s
         self._clock = clock
         self._incidents: dict[str, tuple[str, float, asyncio.Future[None]]] = {}
+        self._groups = OpenGroups(window_s=min(group_window_s, ttl_s), max_entries=max_groups,
+                                  clock=clock)
         self.outbox: list[Escalation] = []
 
     def opening(self, decision: Decision, *, reason: str, caller: Caller,
-                policy_input: Mapping[str, Any]) -> AuditEntry:
-        """The record opening an escalation of ``decision`` (no I/O)."""
+                policy_input: Mapping[str, Any]) -> tuple[str, AuditEntry | None]:
+        """The escalation ``decision`` belongs to, and the record opening it (None when it
+        joins one this server opened for its group). No I/O."""
+        key = group_key(reason=reason, caller=caller, policy_input=policy_input,
+                        violations=decision.violations) if self._groups.enabled else ""
+        joined = self._groups.get(key) if key else None
+        if joined is not None:
+            return joined, None
         e = self._new(reason=reason, caller=caller, violations=decision.violations,
-                      policy_input=policy_input, decision=decision)
-        return escalation_entry(e, event=esc.OPENED, caller=caller,
-                                constitutional_hash=self._hash,
-                                decided_at_ns=decision.decided_at_ns)
+                      policy_input=policy_input, decision=decision, group=key)
+        if key:
+            self._groups.put(key, e.id)
+        return e.id, escalation_entry(e, event=esc.OPENED, caller=caller,
+                                      constitutional_hash=self._hash,
+                                      decided_at_ns=decision.decided_at_ns)
 
     def opened(self, entries: Sequence[AuditEntry]) -> None:
         """Count escalations whose opening records are durable."""
         for entry in entries:
             reason = json.loads(entry.request_json)["escalation"]["reason"]
             self._telemetry.escalation_created(reason=str(reason))
+
+    def abandoned(self, entries: Sequence[AuditEntry]) -> None:
+        """Openings the journal refused: their groups open anew next time."""
+        self._groups.forget({entry.decision.escalation_id for entry in entries})
+
+    def closed(self, escalation_id: str) -> None:
+        """An escalation was resolved here: later decisions of its group open a new one."""
+        self._groups.forget({escalation_id})
+
+    def closed_elsewhere(self, escalation_ids: set[str]) -> None:
+        """Escalations resolved by any server (the sweeper reads them from PostgreSQL)."""
+        if escalation_ids and len(self._groups):
+            self._groups.forget(escalation_ids)
 
     async def incident(self, *, reason: str, key: str, caller: Caller, violation: Violation,
                        policy_input: Mapping[str, Any] | None = None) -> str:
@@ -139,7 +173,7 @@ class JournalEscalator:
 
     def _new(self, *, reason: str, caller: Caller, violations: Sequence[Violation],
              policy_input: Mapping[str, Any] | None, decision: Decision | None = None,
-             dedup_key: str = "") -> Escalation:
+             dedup_key: str = "", group: str = "") -> Escalation:
         principal_id, tenant_id = esc.subject_of(policy_input)
         ns = decision.decided_at_ns if decision is not None else time.time_ns()
         created = _EPOCH + dt.timedelta(microseconds=ns // 1000)
@@ -154,11 +188,12 @@ class JournalEscalator:
             policy_revision=decision.policy_revision if decision else "",
             instance_id=self._instance, constitutional_hash=self._hash,
             required_approvals=required or self._approvals, created_at=created,
-            expires_at=created + self._ttl, dedup_key=dedup_key)
+            expires_at=created + self._ttl, dedup_key=dedup_key,
+            requester_identity=caller.identity, group_key=group, last_seen_at=created)
 
     async def _make_durable(self, e: Escalation) -> None:
         """Journal ``e`` (past the bound), else insert it directly, else keep it in the outbox."""
-        caller = Caller(id=e.requester_id, role=e.requester_role)
+        caller = Caller(id=e.requester_id, role=e.requester_role, identity=e.requester_identity)
         entry = escalation_entry(e, event=esc.OPENED, caller=caller,
                                  constitutional_hash=self._hash)
         try:
