@@ -38,7 +38,9 @@ ShipOne = Callable[[psycopg.Cursor[TupleRow], int], int]
 
 def refused_for_content(err: BaseException) -> bool:
     """True when PostgreSQL (or the encoding on the way) refused data, not the connection."""
-    if isinstance(err, UnicodeError):  # a string no database encoding can carry
+    # UnicodeError: a string no encoding can carry; psycopg's own DataError (no SQLSTATE):
+    # a value it will not send, such as NUL in text.
+    if isinstance(err, (UnicodeError, psycopg.DataError, psycopg.IntegrityError)):
         return True
     sqlstate = getattr(err, "sqlstate", None) if isinstance(err, psycopg.Error) else None
     return isinstance(sqlstate, str) and sqlstate[:2] in _CONTENT_CLASSES
