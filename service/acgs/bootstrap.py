@@ -239,6 +239,7 @@ async def _audit_trail(
         shipper = trail.shipper
         metrics.watch_audit_journal(backlog_records=lambda: shipper.backlog_records,
                                     ship_lag_s=lambda: shipper.lag_s)
+        metrics.watch_audit_shipper(shipper)
     return trail
 
 

@@ -69,7 +69,8 @@ async def build_audit(
     root = settings.data_dir / "journal"
     orphans = await asyncio.to_thread(adopt_orphans, root, exclude=settings.instance_id)
     shipper = Shipper(journal=journal, conninfo=conninfo, batch=settings.audit_ship_batch,
-                      orphans=orphans, on_shipped=on_shipped, projections=(ESCALATIONS,))
+                      orphans=orphans, on_shipped=on_shipped, projections=(ESCALATIONS,),
+                      stall_s=settings.audit_ship_stall_s)
     shipper.start()
     closers.append(lambda: asyncio.to_thread(journal.close))
     closers.append(lambda: asyncio.to_thread(shipper.stop))

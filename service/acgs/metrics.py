@@ -92,6 +92,21 @@ class CacheCounters(Protocol):
     def misses(self) -> int: ...
 
 
+class ShipperHealth(Protocol):
+    """What the audit shipper tells about itself (read at each scrape and ``/ready`` probe)."""
+
+    @property
+    def quarantined_records(self) -> int: ...
+
+    @property
+    def restarts(self) -> int: ...
+
+    @property
+    def stalled_for_s(self) -> float: ...
+
+    def stall_note(self) -> str | None: ...
+
+
 class _Buckets:
     """A cumulative fixed-bound histogram: one list index bump and one float add per value."""
 
@@ -177,6 +192,7 @@ class Metrics:
         self._resolution = {o: _Buckets(RESOLUTION_BUCKETS_S) for o in _OUTCOMES}
         self._caches: dict[str, CacheCounters] = {}
         self._audit_sources: tuple[Callable[[], int], Callable[[], float]] | None = None
+        self._shipper: ShipperHealth | None = None
         self._policy_revision: Callable[[], str] | None = None
         self._ready: Callable[[], bool] = lambda: False
         self._registry = CollectorRegistry(auto_describe=True)
@@ -239,13 +255,22 @@ class Metrics:
             except Exception:  # a broken callback must not read as ready
                 logger.exception("readiness callback failed")
                 ready = False
-            body = b"SERVING\n" if ready else b"NOT_SERVING\n"
+            body = (b"SERVING\n" if ready else b"NOT_SERVING\n") + self._ready_notes()
             start_response("200 OK" if ready else "503 Service Unavailable", [
                 ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
                 ("Cache-Control", "no-store")])
             return [body]
 
         return app
+
+    def _ready_notes(self) -> bytes:
+        """What ``/ready``'s body adds without changing its status: decisions go on."""
+        try:
+            note = self._shipper.stall_note() if self._shipper is not None else None
+        except Exception:
+            logger.exception("shipper health callback failed")
+            note = "audit shipper: health unknown"
+        return b"" if note is None else f"{note}\n".encode()
 
     def render(self) -> bytes:
         """The current exposition, exactly as ``/metrics`` would serve it (text format)."""
@@ -306,6 +331,10 @@ class Metrics:
         """
         self._audit_sources = (backlog_records, ship_lag_s)
 
+    def watch_audit_shipper(self, shipper: ShipperHealth) -> None:
+        """Export the shipper's quarantined records, restarts and stall; its note on ``/ready``."""
+        self._shipper = shipper
+
     def watch_cache(self, *, tier: str, stats: CacheCounters) -> None:
         """Export ``stats.hits``/``.misses`` (and ``.errors`` if present) under ``tier``."""
         self._caches[tier] = stats
@@ -341,6 +370,10 @@ class Metrics:
             ("acgs_escalations_created", "Escalations opened, by reason", self._obs_escalated),
             ("acgs_escalations_resolved", "Escalations approved, denied or expired, by reason "
              "and outcome", self._obs_resolved),
+            ("acgs_audit_quarantined_records", "Audit records moved to quarantine (damaged "
+             "journal lines, records PostgreSQL refused)", self._shipper_obs("quarantined")),
+            ("acgs_audit_shipper_restarts", "Audit shipper rounds that failed and were retried",
+             self._shipper_obs("restarts")),
         ):
             counter(name, [callback], unit="1", description=doc)
         for name, unit, doc, callback in (
@@ -348,6 +381,11 @@ class Metrics:
              "PostgreSQL", self._audit_obs(0)),
             ("acgs_audit_ship_lag_seconds", "s", "Age of the oldest unshipped audit record",
              self._audit_obs(1)),
+            ("acgs_audit_shipper_stalled", "1", "1 while audit records wait longer than "
+             "ACGS_AUDIT_SHIP_STALL_S without the shipper making progress",
+             self._shipper_obs("stalled")),
+            ("acgs_audit_shipper_stalled_seconds", "s", "Time audit records have waited without "
+             "the shipper making progress (0 while it ships)", self._shipper_obs("stalled_s")),
             ("acgs_escalations_open", "1", "Open escalations, by reason and severity",
              self._obs_escalations_open),
             ("acgs_policy_info", "1", "Active policy revision (value 1)", self._obs_policy),
@@ -420,6 +458,23 @@ class Metrics:
             return [] if sources is None else [Observation(sources[index]())]
         return observe
 
+    def _shipper_obs(self, what: str) -> Callable[[CallbackOptions], Observations]:
+        def observe(_: CallbackOptions) -> Observations:
+            s = self._shipper
+            if s is None:  # no audit trail: nothing quarantined, nothing stalled
+                return [Observation(0)]
+            value: float
+            if what == "quarantined":
+                value = s.quarantined_records
+            elif what == "restarts":
+                value = s.restarts
+            elif what == "stalled":
+                value = int(s.stall_note() is not None)
+            else:
+                value = s.stalled_for_s
+            return [Observation(value)]
+        return observe
+
     def _obs_policy(self, _: CallbackOptions) -> Observations:
         if self._policy_revision is None:
             return []
@@ -456,6 +511,9 @@ class NullTelemetry:
 
     def watch_audit_journal(self, *, backlog_records: Callable[[], int],
                             ship_lag_s: Callable[[], float]) -> None:
+        pass
+
+    def watch_audit_shipper(self, shipper: ShipperHealth) -> None:
         pass
 
     def watch_cache(self, *, tier: str, stats: CacheCounters) -> None:

@@ -22,7 +22,8 @@ from tests.audit_support import append_all, entry, open_journal
 def records_on_disk(directory: Path) -> list[AuditRecord]:
     out = []
     for first in list_segments(directory):
-        out += [parse_line(line) for line in segment_path(directory, first).read_bytes().splitlines()]
+        data = segment_path(directory, first).read_bytes()
+        out += [parse_line(line) for line in data.splitlines()]
     return out
 
 

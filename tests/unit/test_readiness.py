@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from acgs.metrics import Metrics
@@ -50,3 +51,23 @@ def test_a_failing_callback_is_not_ready(metrics: Metrics) -> None:
 def test_metrics_still_served(metrics: Metrics) -> None:
     status, body = get(metrics, "/metrics")
     assert status == 200 and "acgs_instance_info" in body
+
+
+@dataclass
+class Shipper:
+    note: str | None = None
+    quarantined_records: int = 0
+    restarts: int = 0
+    stalled_for_s: float = 0.0
+
+    def stall_note(self) -> str | None:
+        return self.note
+
+
+def test_a_stalled_shipper_shows_in_the_body_not_the_status(metrics: Metrics) -> None:
+    shipper = Shipper()
+    metrics.watch_readiness(lambda: True)
+    metrics.watch_audit_shipper(shipper)
+    assert get(metrics, "/ready") == (200, "SERVING\n")
+    shipper.note = "audit shipper: no progress for 31 s with 7 records waiting"
+    assert get(metrics, "/ready") == (200, f"SERVING\n{shipper.note}\n")
