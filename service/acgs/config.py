@@ -109,6 +109,11 @@ class Settings:
     max_message_bytes: int = 1024 * 1024
     max_batch: int = 1000
     max_input_depth: int = 32
+    # Request strings, in characters: identifiers (several are indexed in PostgreSQL, whose
+    # btree entries hold at most 2704 bytes: 600 four-byte characters and the rest of the
+    # key fit) and free text (Struct string values, comments).
+    max_id_chars: int = 256
+    max_text_chars: int = 65536
     grace_period_s: float = 10.0
     drain_delay_s: float = 0.0
     # Audit trail
@@ -173,6 +178,9 @@ class Settings:
             max_message_bytes=_int(e, "ACGS_MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=1024),
             max_batch=_int(e, "ACGS_MAX_BATCH", d.max_batch, minimum=1),
             max_input_depth=_int(e, "ACGS_MAX_INPUT_DEPTH", d.max_input_depth, minimum=2),
+            max_id_chars=_at_most(_int(e, "ACGS_MAX_ID_CHARS", d.max_id_chars, minimum=16),
+                                  "ACGS_MAX_ID_CHARS", MAX_INDEXED_CHARS),
+            max_text_chars=_int(e, "ACGS_MAX_TEXT_CHARS", d.max_text_chars, minimum=256),
             grace_period_s=_float(e, "ACGS_GRACE_PERIOD_S", d.grace_period_s),
             drain_delay_s=_float(e, "ACGS_DRAIN_DELAY_S", d.drain_delay_s),
             audit_enabled=_bool(e, "ACGS_AUDIT_ENABLED", d.audit_enabled),
@@ -208,6 +216,19 @@ class Settings:
             token_refresh_s=_float(e, "ACGS_TOKEN_REFRESH_S", d.token_refresh_s),
             rate_limits=_rates(e, d.rate_limits),
         )
+
+
+MAX_INDEXED_CHARS = 600
+"""The most characters an indexed request string may be allowed: 4 bytes each in UTF-8,
+plus the rest of an audit index key, stay under PostgreSQL's btree entry bound (2704 B)."""
+
+
+def _at_most(value: int, name: str, maximum: int) -> int:
+    if value > maximum:
+        raise ConfigurationError(f"{name}={value} is above its maximum {maximum}: PostgreSQL "
+                                 "could not index such a string, so no record holding one "
+                                 "could be shipped")
+    return value
 
 
 def _auth(value: str) -> str:
