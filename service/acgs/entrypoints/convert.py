@@ -70,17 +70,23 @@ def struct_to_dict(struct: struct_pb2.Struct, *, max_depth: int, depth: int = 1,
     a key or string holds a NUL character or is too long (``where`` names the field)."""
     if depth > max_depth:
         raise InvalidRequest(f"a Struct nests deeper than {max_depth} levels")
-    keys = limits.id_chars
-    return {checked_text(k, f"{where}: a Struct key", keys): _value(v, max_depth, depth + 1,
-                                                                      limits, where)
-            for k, v in struct.fields.items()}
+    out = {}
+    key_limit = limits.id_chars
+    for k, v in struct.fields.items():
+        if len(k) > key_limit or "\0" in k:  # the error's name is built only when it is needed
+            checked_text(k, f"{where}: a Struct key", key_limit)
+        out[k] = _value(v, max_depth, depth + 1, limits, where)
+    return out
 
 
 def _value(v: struct_pb2.Value, max_depth: int, depth: int,
            limits: StringLimits = DEFAULT_LIMITS, where: str = "a Struct") -> Any:
     kind = v.WhichOneof("kind")
     if kind == "string_value":
-        return checked_text(v.string_value, f"{where}: a Struct string", limits.text_chars)
+        s = v.string_value
+        if len(s) > limits.text_chars or "\0" in s:
+            checked_text(s, f"{where}: a Struct string", limits.text_chars)
+        return s
     if kind == "number_value":
         n = v.number_value
         if math.isnan(n) or math.isinf(n):
