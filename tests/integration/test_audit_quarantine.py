@@ -86,6 +86,19 @@ def test_a_record_the_database_refuses_is_quarantined_and_the_rest_ship(
     j.close()
 
 
+def test_several_refused_records_in_a_large_batch_are_found(tmp_path: Path, pg_url: str) -> None:
+    j = open_journal(tmp_path)
+    bad = {2, 17, 18, 40}
+    append_all(j, [[entry(i, principal="x\x00" if i in bad else "p1")] for i in range(1, 41)])
+    shipper = Shipper(journal=j, conninfo=pg_url, batch=1000)
+    assert shipper.ship_once() == 40
+    shipper.close()
+    j.close()
+    assert shipped(pg_url) == [s for s in range(1, 41) if s not in bad]
+    assert [q[0] for q in quarantine(pg_url)] == sorted(bad)
+    assert verify(pg_url).ok
+
+
 def test_a_damaged_line_is_quarantined_by_a_running_shipper(tmp_path: Path, pg_url: str) -> None:
     j = open_journal(tmp_path)
     append_all(j, [[entry(i)] for i in range(1, 6)])

@@ -11,7 +11,11 @@ journal was wiped and the id reused); that batch is never shipped and the
 shipper reports it, loudly, rather than lose either record.
 
 While PostgreSQL is unreachable the shipper retries with exponential backoff;
-decisions go on and the journal's backlog grows (up to its bound).
+decisions go on and the journal's backlog grows (up to its bound). No record
+can stop it: a damaged journal line, or a record PostgreSQL refuses for its
+content, is quarantined in the batch's transaction (:mod:`acgs.adapters.pg_quarantine`),
+and any other error is retried: the thread never dies. ``stall_note`` says when
+records have waited over ``stall_s`` without a successful round.
 
 ``projections`` are SQL statements run in each batch's transaction after the
 insert, reading the batch from the ``acgs_audit_stage`` temporary table: the
@@ -36,7 +40,7 @@ from acgs.adapters.pg_quarantine import (
     describe,
     insert_quarantine,
     refused_for_content,
-    ship_one_by_one,
+    ship_bisecting,
 )
 from acgs.domain import canonical
 from acgs.domain.audit import AuditRecord
@@ -84,9 +88,10 @@ class Shipper:
     ``start`` launches the thread; ``stop`` makes a final attempt to ship what
     is left, joins it and closes the connection. ``ship_once`` ships what is
     available now, in the caller's thread, raising psycopg.Error or
-    ChainConflict (then ``close``). The attributes
-    ``shipped_records``, ``last_error`` and the properties ``backlog_records``,
-    ``backlog_bytes``, ``lag_s`` are for metrics and health; ``on_shipped(rows,
+    ChainConflict (then ``close``). The attributes ``shipped_records``,
+    ``quarantined_records``, ``restarts``, ``last_error`` and the properties
+    ``backlog_records``, ``backlog_bytes``, ``lag_s``, ``stalled_for_s`` are for
+    metrics and health; ``on_shipped(rows,
     seconds)`` is called from the shipper's thread after each committed batch.
     After a batch the thread waits ``gather_s`` before the next, so a steady
     load is shipped in transactions of ``gather_s`` worth of records.
@@ -253,11 +258,11 @@ class Shipper:
         except Exception as err:
             if not refused_for_content(err):
                 raise
-            logger.warning("PostgreSQL refused a batch of %d records (%s); shipping it record by "
-                           "record", len(batch.records), describe(err))
-            inserted, quarantined = ship_one_by_one(
+            logger.warning("PostgreSQL refused a batch of %d records (%s); finding the refused "
+                           "ones", len(batch.records), describe(err))
+            inserted, quarantined = ship_bisecting(
                 conn, journal.instance_id, batch,
-                lambda cur, i: self._insert(cur, batch.records[i:i + 1], fresh=True))
+                lambda cur, lo, hi: self._insert(cur, batch.records[lo:hi], fresh=True))
         journal.mark_shipped(batch)  # only after the commit: a crash before it re-sends
         self.shipped_records += inserted
         self.quarantined_records += quarantined
@@ -270,7 +275,7 @@ class Shipper:
                 fresh: bool = False) -> int:
         """Stage ``records``, insert them, run the projections; rows inserted.
 
-        ``fresh``: empty the stage first (one record at a time, within one transaction).
+        ``fresh``: empty the stage first (slices of a batch, within one transaction).
         """
         if fresh:
             cur.execute("DELETE FROM acgs_audit_stage")

@@ -3,10 +3,11 @@
 A record can be refused for what it holds (an index row too large, a value
 PostgreSQL cannot store, a CHECK): such a refusal repeats on every retry, so
 retrying alone would wedge the trail behind one record. The batch is then
-shipped again record by record, each under a savepoint, in one transaction; a
-record refused again is moved, verbatim (its journal line) with the database's
-error text, to ``audit_quarantine``, along with the batch's damaged lines
-(:mod:`acgs.adapters.journal_lines`), in the transaction that ships the others.
+shipped again in one transaction, each refused slice halved under a savepoint
+until the refused records stand alone; each is moved, verbatim (its journal
+line) with the database's error text, to ``audit_quarantine``, along with the
+batch's damaged lines (:mod:`acgs.adapters.journal_lines`), in the transaction
+that ships the others.
 Errors of other kinds (connection lost, a bug in our SQL) are not content: they
 propagate and the shipper retries the whole batch later.
 """
@@ -32,8 +33,8 @@ _INSERT = ("INSERT INTO audit_quarantine (instance_id, seq, source, line, reason
            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (instance_id, seq) DO NOTHING")
 _MAX_REASON = 2000
 
-ShipOne = Callable[[psycopg.Cursor[TupleRow], int], int]
-"""Ships the batch's record at an index in the open transaction; rows inserted."""
+ShipSlice = Callable[[psycopg.Cursor[TupleRow], int, int], int]
+"""Ships the batch's records ``[lo:hi]`` in the open transaction; rows inserted."""
 
 
 def refused_for_content(err: BaseException) -> bool:
@@ -46,28 +47,43 @@ def refused_for_content(err: BaseException) -> bool:
     return isinstance(sqlstate, str) and sqlstate[:2] in _CONTENT_CLASSES
 
 
-def ship_one_by_one(conn: psycopg.Connection[TupleRow], instance_id: str, batch: ShipBatch,
-                    ship: ShipOne) -> tuple[int, int]:
-    """Ship ``batch`` record by record in one transaction; quarantine what is refused.
+def ship_bisecting(conn: psycopg.Connection[TupleRow], instance_id: str, batch: ShipBatch,
+                   ship: ShipSlice) -> tuple[int, int]:
+    """Ship ``batch`` (known to hold a refused record) in one transaction, halving each
+    refused slice under a savepoint down to the records refused alone; quarantine those.
 
-    Returns (rows inserted, records quarantined). Raises what is not a content error.
+    One bad record among n costs about 2 log2(n) attempts. Slices are shipped in seq
+    order. Returns (rows inserted, records quarantined); raises what is not a content error.
     """
+    n = len(batch.records)
     inserted, refused = 0, []
+    pending = [(0, n // 2), (n // 2, n)] if n > 1 else [(0, n)]
     with conn.transaction(), conn.cursor() as cur:
-        for i, record in enumerate(batch.records):
+        while pending:
+            lo, hi = pending.pop(0)
+            if lo == hi:
+                continue
             try:
-                with conn.transaction():  # a savepoint: a refusal undoes this record only
-                    inserted += ship(cur, i)
+                with conn.transaction():  # a savepoint: a refusal undoes this slice only
+                    inserted += ship(cur, lo, hi)
             except Exception as err:
                 if not refused_for_content(err):
                     raise
-                line, source = batch.lines[i]
-                reason = f"refused by PostgreSQL: {describe(err)}"
-                refused.append(Damaged(record.seq, source, line, reason))
-                logger.critical("audit record %s seq %d quarantined: %s", instance_id,
-                                record.seq, reason)
+                if hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    pending[0:0] = [(lo, mid), (mid, hi)]
+                    continue
+                refused.append(_refused(instance_id, batch, lo, err))
         quarantined = insert_quarantine(cur, instance_id, refused + batch.damaged)
     return inserted, quarantined
+
+
+def _refused(instance_id: str, batch: ShipBatch, i: int, err: BaseException) -> Damaged:
+    line, source = batch.lines[i]
+    seq = batch.records[i].seq
+    reason = f"refused by PostgreSQL: {describe(err)}"
+    logger.critical("audit record %s seq %d quarantined: %s", instance_id, seq, reason)
+    return Damaged(seq, source, line, reason)
 
 
 def insert_quarantine(cur: psycopg.Cursor[TupleRow], instance_id: str,
