@@ -237,6 +237,7 @@ def test_a_damaged_middle_line_loses_no_intact_decision_and_reuses_no_seq(
         _wait("/ready to tell the shipper is stuck",
               lambda: "audit shipper: no progress" in _ready(server)[1])
         assert _ready(server)[0] == 200  # decisions go on
+        assert _metric(server, "acgs_audit_shipper_stalled") == 1
         journal = Path(server.env["ACGS_DATA_DIR"]) / "journal" / instance
         [segment] = sorted(journal.glob("*.jsonl"))
         data = bytearray(segment.read_bytes())
