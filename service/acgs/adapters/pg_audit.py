@@ -267,6 +267,7 @@ class Shipper:
         self.shipped_records += inserted
         self.quarantined_records += quarantined
         self._oldest_pending_us = None
+        self._progress_at = time.monotonic()  # each batch is progress: a long drain is no stall
         if self._on_shipped is not None:
             self._on_shipped(inserted, time.perf_counter() - start)
         return inserted + quarantined
