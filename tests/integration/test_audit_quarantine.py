@@ -204,3 +204,18 @@ def test_a_shipper_without_progress_says_so(tmp_path: Path) -> None:
     finally:
         shipper.stop(timeout_s=5)
     j.close()
+
+
+def test_a_long_drain_is_progress_not_a_stall(tmp_path: Path, pg_url: str) -> None:
+    j = open_journal(tmp_path)
+    append_all(j, [[entry(i)] for i in range(1, 11)])
+    seen: list[float] = []
+    shipper = Shipper(journal=j, conninfo=pg_url, batch=2, stall_s=0.5,
+                      on_shipped=lambda n, s: seen.append(shipper.stalled_for_s))
+    shipper._progress_at -= 60  # the last round was a minute ago: a stall, until a batch ships
+    assert shipper.stall_note() is not None
+    shipper.ship_once()  # five batches in one round
+    shipper.close()
+    j.close()
+    assert len(seen) == 5 and all(s < 0.5 for s in seen[:-1])
+    assert shipper.stall_note() is None
