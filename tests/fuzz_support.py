@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 import grpc
+from acgs.entrypoints.convert import DEFAULT_LIMITS
 from acgs.v1 import governance_pb2 as pb
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -142,14 +143,37 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+IDS = ("tenant_id", "principal.id", "principal.tenant_id", "action.type", "resource.type",
+       "resource.id", "resource.tenant_id")
+
+
+def _too_long(value: Any) -> bool:
+    """A Struct key over the id bound or a Struct string over the text bound."""
+    if isinstance(value, str):
+        return len(value) > DEFAULT_LIMITS.text_chars
+    if isinstance(value, dict):
+        return any(len(k) > DEFAULT_LIMITS.id_chars or _too_long(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_too_long(v) for v in value)
+    return False
+
+
+def _over_bounds(doc: dict[str, Any], structs: list[Any], constitutional_hash: str) -> bool:
+    ids = [_field(doc, p) for p in IDS] + list(doc["principal"]["roles"]) + [constitutional_hash]
+    return (any(isinstance(v, str) and len(v) > DEFAULT_LIMITS.id_chars for v in ids)
+            or any(_too_long(s) for s in structs))
+
+
 def malformed(doc: dict[str, Any], constitutional_hash: str = "") -> bool:
     """True when the server must refuse ``doc`` with INVALID_ARGUMENT (a required field
-    missing, NaN or infinity, too deep, or a NUL character in any string)."""
+    missing, NaN or infinity, too deep, a NUL character in any string, or a string over
+    its length bound)."""
     structs = [doc["principal"]["attributes"], doc["action"]["attributes"],
                doc["resource"]["attributes"], doc["context"]]
     return (any(not _field(doc, p) for p in REQUIRED)
             or any(_bad_value(s, 1) for s in structs)
-            or _has_nul(doc) or "\0" in constitutional_hash)
+            or _has_nul(doc) or "\0" in constitutional_hash
+            or _over_bounds(doc, structs, constitutional_hash))
 
 
 def expected_code(doc: dict[str, Any], constitutional_hash: str) -> grpc.StatusCode:

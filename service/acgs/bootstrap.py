@@ -29,6 +29,7 @@ from acgs.bootstrap_policy import PolicyLifecycle, build_policy_lifecycle
 from acgs.config import Settings
 from acgs.entrypoints.audit_servicer import AuditServicer
 from acgs.entrypoints.callers import CallerResolver
+from acgs.entrypoints.convert import StringLimits
 from acgs.entrypoints.governance_servicer import GovernanceServicer
 from acgs.entrypoints.grpc_server import GrpcServer
 from acgs.metrics import Metrics, NullTelemetry
@@ -174,6 +175,7 @@ async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Ap
         callers=callers,
         max_batch=settings.max_batch,
         max_input_depth=settings.max_input_depth,
+        limits=string_limits(settings),
     )
     server = GrpcServer(
         address=settings.grpc_addr,
@@ -184,6 +186,7 @@ async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Ap
         max_message_bytes=settings.max_message_bytes,
         credentials=server_credentials(settings),
         guard=callers.resolve,
+        limits=string_limits(settings),
     )
     app = Application(
         settings=settings,
@@ -272,6 +275,7 @@ async def _audit_trail(
         shipper = trail.shipper
         metrics.watch_audit_journal(backlog_records=lambda: shipper.backlog_records,
                                     ship_lag_s=lambda: shipper.lag_s)
+        metrics.watch_audit_shipper(shipper)
     return trail
 
 
@@ -303,6 +307,11 @@ async def _policy(settings: Settings, trail: AuditTrail | None, engine: RegopyEn
     trail.database.start_with(starters, policy.starters)
     closers.extend(policy.closers)
     return policy
+
+
+def string_limits(settings: Settings) -> StringLimits:
+    """The request string bounds (ACGS_MAX_ID_CHARS, ACGS_MAX_TEXT_CHARS)."""
+    return StringLimits(id_chars=settings.max_id_chars, text_chars=settings.max_text_chars)
 
 
 def _audit_services(trail: AuditTrail | None, callers: CallerResolver) -> list[tuple[Any, object]]:

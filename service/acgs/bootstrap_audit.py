@@ -88,7 +88,8 @@ async def build_audit(
                       orphans=orphans, on_shipped=on_shipped,
                       projections=(projection(
                           idempotency_window_s=settings.idempotency_window_s,
-                          group_s=settings.escalation_group_s),))
+                          group_s=settings.escalation_group_s),),
+                      stall_s=settings.audit_ship_stall_s)
     database = database_watch(settings, conninfo=conninfo, pool=pool, prepared=prepared)
     pool.gate = lambda: database.ready  # audit readers wait for the migration and its check
     if prepared:

@@ -109,6 +109,11 @@ class Settings:
     max_message_bytes: int = 1024 * 1024
     max_batch: int = 1000
     max_input_depth: int = 32
+    # Request strings, in characters: identifiers (several are indexed in PostgreSQL, whose
+    # btree entries hold at most 2704 bytes: 600 four-byte characters and the rest of the
+    # key fit) and free text (Struct string values, comments).
+    max_id_chars: int = 256
+    max_text_chars: int = 65536
     grace_period_s: float = 10.0
     drain_delay_s: float = 0.0
     # Audit trail
@@ -117,6 +122,7 @@ class Settings:
     audit_journal_max_bytes: int = 1024 * 1024 * 1024
     audit_mask_fields: tuple[str, ...] = ()
     audit_ship_batch: int = 1000
+    audit_ship_stall_s: float = 30.0
     # Cache
     cache_local_size: int = 100_000
     # Keys carry the revisions, so a TTL only retires idle entries; 60 s cost ~10 points of
@@ -184,6 +190,9 @@ class Settings:
             max_message_bytes=_int(e, "ACGS_MAX_MESSAGE_BYTES", d.max_message_bytes, minimum=1024),
             max_batch=_int(e, "ACGS_MAX_BATCH", d.max_batch, minimum=1),
             max_input_depth=_int(e, "ACGS_MAX_INPUT_DEPTH", d.max_input_depth, minimum=2),
+            max_id_chars=_at_most(_int(e, "ACGS_MAX_ID_CHARS", d.max_id_chars, minimum=16),
+                                  "ACGS_MAX_ID_CHARS", MAX_INDEXED_CHARS),
+            max_text_chars=_int(e, "ACGS_MAX_TEXT_CHARS", d.max_text_chars, minimum=256),
             grace_period_s=_float(e, "ACGS_GRACE_PERIOD_S", d.grace_period_s),
             drain_delay_s=_float(e, "ACGS_DRAIN_DELAY_S", d.drain_delay_s),
             audit_enabled=_bool(e, "ACGS_AUDIT_ENABLED", d.audit_enabled),
@@ -195,6 +204,7 @@ class Settings:
             ),
             audit_mask_fields=_list(e, "ACGS_AUDIT_MASK_FIELDS", d.audit_mask_fields),
             audit_ship_batch=_int(e, "ACGS_AUDIT_SHIP_BATCH", d.audit_ship_batch, minimum=1),
+            audit_ship_stall_s=_float(e, "ACGS_AUDIT_SHIP_STALL_S", d.audit_ship_stall_s),
             cache_local_size=_int(e, "ACGS_CACHE_LOCAL_SIZE", d.cache_local_size),
             cache_local_ttl_s=_float(e, "ACGS_CACHE_LOCAL_TTL_S", d.cache_local_ttl_s),
             cache_redis_ttl_s=_float(e, "ACGS_CACHE_REDIS_TTL_S", d.cache_redis_ttl_s),
@@ -237,6 +247,19 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
     value = _float(env, name, default)
     if value >= 1:
         raise ConfigurationError(f"{name}={value} must be below 1 (0 turns it off)")
+    return value
+
+
+MAX_INDEXED_CHARS = 600
+"""The most characters an indexed request string may be allowed: 4 bytes each in UTF-8,
+plus the rest of an audit index key, stay under PostgreSQL's btree entry bound (2704 B)."""
+
+
+def _at_most(value: int, name: str, maximum: int) -> int:
+    if value > maximum:
+        raise ConfigurationError(f"{name}={value} is above its maximum {maximum}: PostgreSQL "
+                                 "could not index such a string, so no record holding one "
+                                 "could be shipped")
     return value
 
 

@@ -92,6 +92,21 @@ class CacheCounters(Protocol):
     def misses(self) -> int: ...
 
 
+class ShipperHealth(Protocol):
+    """What the audit shipper tells about itself (read at each scrape and ``/ready`` probe)."""
+
+    @property
+    def quarantined_records(self) -> int: ...
+
+    @property
+    def restarts(self) -> int: ...
+
+    @property
+    def stalled_for_s(self) -> float: ...
+
+    def stall_note(self) -> str | None: ...
+
+
 class _Buckets:
     """A cumulative fixed-bound histogram: one list index bump and one float add per value."""
 
@@ -179,6 +194,7 @@ class Metrics:
         self._resolution = {o: _Buckets(RESOLUTION_BUCKETS_S) for o in _OUTCOMES}
         self._caches: dict[str, CacheCounters] = {}
         self._audit_sources: tuple[Callable[[], int], Callable[[], float]] | None = None
+        self._shipper: ShipperHealth | None = None
         self._policy_revision: Callable[[], str] | None = None
         self._ready: Callable[[], bool] = lambda: False
         self._database: tuple[Callable[[], bool], Callable[[], str]] | None = None
@@ -251,13 +267,25 @@ class Metrics:
         return app
 
     def _ready_notes(self) -> bytes:
-        """Lines after the status in ``/ready``'s body: what is degraded but not fatal."""
+        """Lines after the status in ``/ready``'s body: what is degraded but not fatal
+        (decisions go on, so the status stays)."""
+        return self._database_note() + self._shipper_note()
+
+    def _database_note(self) -> bytes:
         try:
             note = self._database[1]() if self._database is not None else ""
         except Exception:
             logger.exception("database note callback failed")
             note = "database state unknown"
         return f"{note}\n".encode() if note else b""
+
+    def _shipper_note(self) -> bytes:
+        try:
+            note = self._shipper.stall_note() if self._shipper is not None else None
+        except Exception:
+            logger.exception("shipper health callback failed")
+            note = "audit shipper: health unknown"
+        return b"" if note is None else f"{note}\n".encode()
 
     def render(self) -> bytes:
         """The current exposition, exactly as ``/metrics`` would serve it (text format)."""
@@ -334,6 +362,10 @@ class Metrics:
         """
         self._audit_sources = (backlog_records, ship_lag_s)
 
+    def watch_audit_shipper(self, shipper: ShipperHealth) -> None:
+        """Export the shipper's quarantined records, restarts and stall; its note on ``/ready``."""
+        self._shipper = shipper
+
     def watch_cache(self, *, tier: str, stats: CacheCounters) -> None:
         """Export ``stats.hits``/``.misses`` (and ``.errors`` if present) under ``tier``."""
         self._caches[tier] = stats
@@ -385,6 +417,10 @@ class Metrics:
              "fail-safe decisions)", self._event("policy_auto_rollbacks")),
             ("acgs_escalations_resolved", "Escalations approved, denied or expired, by reason "
              "and outcome", self._obs_resolved),
+            ("acgs_audit_quarantined_records", "Audit records moved to quarantine (damaged "
+             "journal lines, records PostgreSQL refused)", self._shipper_obs("quarantined")),
+            ("acgs_audit_shipper_restarts", "Audit shipper rounds that failed and were retried",
+             self._shipper_obs("restarts")),
         ):
             counter(name, [callback], unit="1", description=doc)
         for name, unit, doc, callback in (
@@ -392,6 +428,11 @@ class Metrics:
              "PostgreSQL", self._audit_obs(0)),
             ("acgs_audit_ship_lag_seconds", "s", "Age of the oldest unshipped audit record",
              self._audit_obs(1)),
+            ("acgs_audit_shipper_stalled", "1", "1 while audit records wait longer than "
+             "ACGS_AUDIT_SHIP_STALL_S without the shipper making progress",
+             self._shipper_obs("stalled")),
+            ("acgs_audit_shipper_stalled_seconds", "s", "Time audit records have waited without "
+             "the shipper making progress (0 while it ships)", self._shipper_obs("stalled_s")),
             ("acgs_escalations_open", "1", "Open escalations, by reason and severity",
              self._obs_escalations_open),
             ("acgs_policy_info", "1", "Active policy revision (value 1)", self._obs_policy),
@@ -470,6 +511,23 @@ class Metrics:
             return [] if sources is None else [Observation(sources[index]())]
         return observe
 
+    def _shipper_obs(self, what: str) -> Callable[[CallbackOptions], Observations]:
+        def observe(_: CallbackOptions) -> Observations:
+            s = self._shipper
+            if s is None:  # no audit trail: nothing quarantined, nothing stalled
+                return [Observation(0)]
+            value: float
+            if what == "quarantined":
+                value = s.quarantined_records
+            elif what == "restarts":
+                value = s.restarts
+            elif what == "stalled":
+                value = int(s.stall_note() is not None)
+            else:
+                value = s.stalled_for_s
+            return [Observation(value)]
+        return observe
+
     def _obs_policy(self, _: CallbackOptions) -> Observations:
         if self._policy_revision is None:
             return []
@@ -520,6 +578,9 @@ class NullTelemetry:
 
     def watch_audit_journal(self, *, backlog_records: Callable[[], int],
                             ship_lag_s: Callable[[], float]) -> None:
+        pass
+
+    def watch_audit_shipper(self, shipper: ShipperHealth) -> None:
         pass
 
     def watch_cache(self, *, tier: str, stats: CacheCounters) -> None:

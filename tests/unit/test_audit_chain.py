@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
 from acgs.domain.audit import (
     ALTERED,
     GENESIS_HASH,
@@ -94,3 +95,37 @@ def test_describe_request_masks_the_input_and_finds_tenant_and_principal() -> No
         "ssn": "***"}
     assert (tenant, principal) == ("t1", "p1")
     assert describe_request('{"path":"x","input":5}', ["a"])[1:] == ("", "")
+
+
+def test_a_gap_of_quarantined_seqs_is_present_not_missing() -> None:
+    records = chain(6)
+    kept = [r for r in records if r.seq not in (3, 4)]
+    checker = ChainChecker(quarantined=frozenset({3, 4}))
+    assert all(checker.feed(r) is None for r in kept)
+    assert checker.passed_quarantined == [3, 4] and checker.checked == 4
+    partly = ChainChecker(quarantined=frozenset({3}))  # seq 4 is gone, not quarantined
+    broken = next(b for r in kept if (b := partly.feed(r)) is not None)
+    assert (broken.seq, broken.reason, broken.missing_seq) == (5, MISSING, 4)
+    assert broken.detail == "seq 4 missing before seq 5" and partly.passed_quarantined == [3]
+
+
+def test_the_record_after_a_quarantined_seq_must_still_hash_right() -> None:
+    records = chain(4)
+    altered = replace(records[3], latency_us=999)  # its hash no longer matches
+    checker = ChainChecker(quarantined=frozenset({3}))
+    assert checker.feed(records[0]) is None and checker.feed(records[1]) is None
+    broken = checker.feed(altered)
+    assert broken is not None and (broken.seq, broken.reason) == (4, ALTERED)
+
+
+def test_acgs_audit_verify_prints_quarantined_seqs(capsys: pytest.CaptureFixture[str]) -> None:
+    from acgs.entrypoints.admin_cli import _print_report
+    from acgs.v1 import audit_pb2
+
+    report = audit_pb2.VerifyChainResponse(ok=True, records_checked=5, last_seq=6, quarantined=[
+        audit_pb2.QuarantinedRecord(seq=3, source="00000000000000000001.jsonl@880",
+                                    reason="line checksum mismatch")])
+    assert _print_report("inst-a", report) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "inst-a: seq 3 QUARANTINED (00000000000000000001.jsonl@880): line checksum mismatch",
+        "inst-a: ok (5 records, last seq 6)"]

@@ -1,9 +1,10 @@
-"""The local journal: durable group commit, recovery of a torn tail, the backlog bound."""
+"""The local journal: durable group commit, line checks and recovery, the backlog bound."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from acgs.adapters import journal as journal_module
 from acgs.adapters.journal import Journal, adopt_orphans
 from acgs.adapters.journal_files import list_segments, segment_path, verify_directory
+from acgs.adapters.journal_lines import DamagedLine, checksummed, parse_line
 from acgs.domain.audit import GENESIS_HASH, AuditRecord, ChainChecker
 from acgs.errors import AuditUnavailable, ConfigurationError
 
@@ -20,8 +22,8 @@ from tests.audit_support import append_all, entry, open_journal
 def records_on_disk(directory: Path) -> list[AuditRecord]:
     out = []
     for first in list_segments(directory):
-        text = segment_path(directory, first).read_text("utf-8")
-        out += [AuditRecord.from_json(line) for line in text.splitlines()]
+        data = segment_path(directory, first).read_bytes()
+        out += [parse_line(line) for line in data.splitlines()]
     return out
 
 
@@ -66,7 +68,7 @@ def test_reopening_continues_the_chain(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["torn", "garbage", "altered"])
-def test_a_damaged_tail_is_cut_and_kept_aside(tmp_path: Path, damage: str) -> None:
+def test_a_damaged_tail_keeps_its_seq_and_is_never_reused(tmp_path: Path, damage: str) -> None:
     j = open_journal(tmp_path)
     append_all(j, [[entry(i)] for i in range(5)])
     j.close()
@@ -77,17 +79,89 @@ def test_a_damaged_tail_is_cut_and_kept_aside(tmp_path: Path, damage: str) -> No
         path.write_bytes(data[: len(data) - len(lines[-2]) // 2 - 1])
     elif damage == "garbage":  # zeros where a crash left unwritten pages
         path.write_bytes(data + b"\0" * 4096)
-    else:  # a complete line whose content no longer matches its hash
+    else:  # a complete line whose content no longer matches its checksum
         path.write_bytes(data.replace(b'"latency_us":124', b'"latency_us":999'))
     j = open_journal(tmp_path)
-    expected = 5 if damage == "garbage" else 4
-    assert j.last_seq == expected
+    damaged_seq = 6 if damage == "garbage" else 5  # the damaged line holds its seq
+    assert j.last_seq == damaged_seq
     append_all(j, [[entry(9)]])
+    batch = j.read_unshipped(100)
     j.close()
-    records = records_on_disk(j.directory)
-    assert [r.seq for r in records] == list(range(1, expected + 2))
-    assert_chain(records)
-    assert list(j.directory.glob("*.torn-*"))
+    assert [d.seq for d in batch.damaged] == [damaged_seq]
+    assert [r.seq for r in batch.records] == [s for s in range(1, damaged_seq + 2)
+                                              if s != damaged_seq]
+    assert batch.damaged[0].source.startswith(path.name + "@")
+    checker = ChainChecker(quarantined=frozenset({damaged_seq}))
+    assert all(checker.feed(r) is None for r in batch.records)
+    assert checker.passed_quarantined == [damaged_seq]
+
+
+def damage_byte(path: Path, line_no: int) -> bytes:
+    """Overwrite one byte in the middle of line ``line_no`` (0-based); that line's bytes."""
+    data = bytearray(path.read_bytes())
+    start = sum(len(x) + 1 for x in bytes(data).split(b"\n")[:line_no])
+    data[start + 40] = ord("#") if data[start + 40] != ord("#") else ord("%")
+    path.write_bytes(bytes(data))
+    return bytes(data).split(b"\n")[line_no]
+
+
+def test_a_damaged_middle_line_is_named_and_the_intact_lines_after_it_are_kept(
+        tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    append_all(j, [[entry(i)] for i in range(6)])
+    j.close()
+    path = segment_path(j.directory, 1)
+    bad = damage_byte(path, 2)  # seq 3
+    j = open_journal(tmp_path)
+    assert j.last_seq == 6  # nothing cut
+    append_all(j, [[entry(7)]])
+    batch = j.read_unshipped(100)
+    assert [r.seq for r in batch.records] == [1, 2, 4, 5, 6, 7]
+    assert [(d.seq, d.line) for d in batch.damaged] == [(3, bad)]
+    j.mark_shipped(batch)
+    j.close()
+    j = open_journal(tmp_path)  # after the marker passed a damaged line: no seq reused
+    append_all(j, [[entry(8)]])
+    assert [r.seq for r in j.read_unshipped(100).records] == [8]
+    j.close()
+
+
+def test_a_line_damaged_under_a_running_reader_is_reported_not_raised(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    append_all(j, [[entry(i)] for i in range(4)])
+    damage_byte(segment_path(j.directory, 1), 1)
+    batch = j.read_unshipped(100)
+    assert [r.seq for r in batch.records] == [1, 3, 4] and [d.seq for d in batch.damaged] == [2]
+    assert "checksum" in batch.damaged[0].reason
+    j.close()
+
+
+def test_lines_written_before_checksums_are_checked_by_their_hash(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    append_all(j, [[entry(i)] for i in range(3)])
+    j.close()
+    path = segment_path(j.directory, 1)
+    legacy = [AuditRecord.from_json(x).to_json().encode() for x in path.read_bytes().splitlines()]
+    assert all(b"line_crc" not in x for x in legacy)
+    legacy[1] = legacy[1].replace(b'"latency_us":121', b'"latency_us":999')
+    path.write_bytes(b"\n".join(legacy) + b"\n")
+    assert parse_line(legacy[0]).seq == 1
+    with pytest.raises(DamagedLine, match="record_hash"):
+        parse_line(legacy[1])
+    j = open_journal(tmp_path)
+    batch = j.read_unshipped(100)
+    assert [r.seq for r in batch.records] == [1, 3] and [d.seq for d in batch.damaged] == [2]
+    j.close()
+
+
+def test_a_checksummed_line_is_plain_json(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    append_all(j, [[entry(1)]])
+    j.close()
+    line = segment_path(j.directory, 1).read_bytes().rstrip(b"\n")
+    assert len(json.loads(line)["line_crc"]) == 8
+    assert parse_line(line) == AuditRecord.from_json(line)
+    assert checksummed(AuditRecord.from_json(line).to_json().encode()) == line
 
 
 def test_the_backlog_bound_refuses_then_recovers(tmp_path: Path) -> None:

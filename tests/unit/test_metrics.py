@@ -31,6 +31,10 @@ EXPECTED_FAMILIES = {
     "acgs_audit_ship_lag_seconds": ("gauge", set()),
     "acgs_audit_ship_duration_seconds": ("histogram", set()),
     "acgs_audit_refusals": ("counter", set()),
+    "acgs_audit_quarantined_records": ("counter", set()),
+    "acgs_audit_shipper_restarts": ("counter", set()),
+    "acgs_audit_shipper_stalled": ("gauge", set()),
+    "acgs_audit_shipper_stalled_seconds": ("gauge", set()),
     "acgs_escalations_open": ("gauge", {"reason", "severity"}),
     "acgs_escalations_created": ("counter", {"reason"}),
     "acgs_escalations_resolved": ("counter", {"reason", "outcome"}),
@@ -56,6 +60,17 @@ def decision(effect: Effect, *, cached: bool = False, latency_us: int = 100,
         policy_revision="rev-1", constitutional_hash=CONSTITUTIONAL_HASH, cached=cached,
         latency_us=latency_us, decided_at_ns=0, fail_safe=fail_safe,
     )
+
+
+@dataclass
+class FakeShipper:
+    quarantined_records: int = 2
+    restarts: int = 3
+    stalled_for_s: float = 45.0
+    note: str | None = "audit shipper: no progress for 45 s"
+
+    def stall_note(self) -> str | None:
+        return self.note
 
 
 @dataclass
@@ -108,6 +123,7 @@ def feed(m: Metrics) -> None:
     m.escalation_resolved(reason="high_impact_action", outcome="approved", duration_s=42.0)
     m.audit_shipped(records=10, duration_s=0.004)
     m.watch_audit_journal(backlog_records=lambda: 42, ship_lag_s=lambda: 1.5)
+    m.watch_audit_shipper(FakeShipper())
     m.watch_cache(tier="local", stats=Counters(hits=7, misses=3))
     m.watch_cache(tier="redis", stats=RedisCounters(hits=2, misses=1, errors=4))
     m.watch_policy(revision=lambda: "rev-1")
@@ -205,6 +221,10 @@ def test_watched_sources_are_read_at_each_scrape(metrics: Metrics) -> None:
     assert value(text, "acgs_audit_journal_backlog_records") == 42
     assert value(text, "acgs_audit_ship_lag_seconds") == 1.5
     assert value(text, "acgs_audit_shipped_records_total") == 10
+    assert value(text, "acgs_audit_quarantined_records_total") == 2
+    assert value(text, "acgs_audit_shipper_restarts_total") == 3
+    assert value(text, "acgs_audit_shipper_stalled") == 1
+    assert value(text, "acgs_audit_shipper_stalled_seconds") == 45
     assert value(text, "acgs_escalations_open", reason="high_impact_action", severity="high") == 3
     assert value(text, "acgs_escalations_created_total", reason="high_impact_action") == 1
     assert value(text, "acgs_escalations_resolved_total", reason="high_impact_action",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from acgs.metrics import Metrics
@@ -62,3 +63,21 @@ def test_an_unreachable_database_is_named_in_the_body_not_the_status(metrics: Me
     database["reachable"] = True
     assert get(metrics, "/ready") == (200, "SERVING\n")
     assert "acgs_database_reachable 1.0" in get(metrics, "/metrics")[1]
+@dataclass
+class Shipper:
+    note: str | None = None
+    quarantined_records: int = 0
+    restarts: int = 0
+    stalled_for_s: float = 0.0
+
+    def stall_note(self) -> str | None:
+        return self.note
+
+
+def test_a_stalled_shipper_shows_in_the_body_not_the_status(metrics: Metrics) -> None:
+    shipper = Shipper()
+    metrics.watch_readiness(lambda: True)
+    metrics.watch_audit_shipper(shipper)
+    assert get(metrics, "/ready") == (200, "SERVING\n")
+    shipper.note = "audit shipper: no progress for 31 s with 7 records waiting"
+    assert get(metrics, "/ready") == (200, f"SERVING\n{shipper.note}\n")

@@ -39,6 +39,7 @@ from acgs.adapters.journal_files import (
     recover,
     segment_path,
 )
+from acgs.adapters.journal_lines import checksummed
 from acgs.adapters.journal_writer import JournalWriter
 from acgs.domain.audit import GENESIS_HASH, AuditRecord, describe_request
 from acgs.errors import AuditUnavailable, ConfigurationError
@@ -181,7 +182,7 @@ class Journal(JournalWriter):
         for entry in entries:
             seq += 1
             prev, line = self._record(entry, seq=seq, prev_hash=prev).seal_line()
-            lines.append(line.encode("utf-8"))
+            lines.append(checksummed(line.encode("utf-8")))
         lines.append(b"")
         return b"\n".join(lines), seq, prev
 

@@ -13,11 +13,11 @@ import fcntl
 import json
 import logging
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from acgs.adapters.journal_lines import DamagedLine, parse_line
 from acgs.domain.audit import ALTERED, GENESIS_HASH, AuditRecord, ChainBreak, ChainChecker
 from acgs.errors import ConfigurationError
 
@@ -135,22 +135,14 @@ def iter_lines(path: Path, start: int, end: int) -> Iterator[tuple[bytes, int]]:
 
 
 def tail_record(path: Path) -> AuditRecord | None:
-    """The last complete, parseable record of a segment, read from its end."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        start = size
-        data = b""
-        while start > 0:
-            start = max(0, start - 64 * 1024)
-            f.seek(start)
-            data = f.read(size - start)
-            lines = data.rstrip(b"\n").split(b"\n")
-            if len(lines) > 1 or start == 0:
-                try:
-                    return AuditRecord.from_json(lines[-1])
-                except (ValueError, KeyError, TypeError):
-                    return None
-    return None
+    """The last complete, intact record of a segment (a full scan: recovery needs it rarely)."""
+    last = None
+    for line, _ in iter_lines(path, 0, path.stat().st_size):
+        try:
+            last = parse_line(line)
+        except DamagedLine:
+            continue
+    return last
 
 
 def verify_directory(directory: Path) -> tuple[int, ChainBreak | None]:
@@ -165,11 +157,11 @@ def verify_directory(directory: Path) -> tuple[int, ChainBreak | None]:
         path = segment_path(directory, first)
         for line, _ in iter_lines(path, 0, path.stat().st_size):
             try:
-                record = AuditRecord.from_json(line)
-            except (ValueError, KeyError, TypeError):
+                record = parse_line(line)
+            except DamagedLine as err:
                 seq = checker.expect_seq if checker else first
                 return (checker.checked if checker else 0), ChainBreak(
-                    seq, ALTERED, f"{path.name}: a line that is not a record where seq {seq} "
+                    seq, ALTERED, f"{path.name}: a damaged line ({err}) where seq {seq} "
                     "was expected")
             if checker is None:
                 checker = ChainChecker(expect_seq=record.seq, prev_hash=record.prev_hash)
@@ -180,21 +172,26 @@ def verify_directory(directory: Path) -> tuple[int, ChainBreak | None]:
 
 
 def recover(directory: Path, marker: Marker | None) -> Tail:
-    """Truncate a torn or corrupt tail of the newest segment; return the chain's end.
+    """Check the newest segment line by line; terminate a torn final write; the chain's end.
 
-    Only the newest segment can hold a torn record: older ones were synced before
-    the writer moved on. Bytes cut off are kept in ``<segment>.torn-<ns>`` for
-    forensics. An emptied newest segment is removed and the one before examined.
+    Every complete line is checked on its own (:mod:`acgs.adapters.journal_lines`):
+    a damaged one keeps its place and its seq (it is quarantined when shipped), and
+    the intact lines after it stay. Only the newest segment can end in a torn write
+    (older ones were synced before the writer moved on): its incomplete last line
+    gets the newline it lacks, so it too holds a seq (never reused) and is
+    quarantined, bytes intact, rather than cut away. An empty newest segment is
+    removed and the one before examined.
     """
     segments = list_segments(directory)
     while segments:
         first = segments[-1]
-        prev = tail_record(segment_path(directory, segments[-2])) if len(segments) > 1 else None
-        prev_hash = prev.record_hash if prev else (GENESIS_HASH if first == 1 else None)
-        last = _scan_newest(segment_path(directory, first), first, prev_hash)
-        if last is not None:
-            return Tail(last.seq, last.record_hash)
-        segment_path(directory, first).unlink()
+        path = segment_path(directory, first)
+        last_seq, last_hash = _scan_newest(path, first)
+        if last_seq >= first:
+            if last_hash is None:  # nothing intact in it: link to the segment before
+                last_hash = _hash_before(directory, segments[:-1], first, marker)
+            return Tail(last_seq, last_hash)
+        path.unlink()
         fsync_dir(directory)
         segments.pop()
     if marker is not None:
@@ -202,37 +199,50 @@ def recover(directory: Path, marker: Marker | None) -> Tail:
     return Tail(0, GENESIS_HASH)
 
 
-def _scan_newest(path: Path, first: int, prev_hash: str | None) -> AuditRecord | None:
-    checker: ChainChecker | None = None
-    good_end, last = 0, None
+def _hash_before(directory: Path, older: list[int], first: int, marker: Marker | None) -> str:
+    prev = tail_record(segment_path(directory, older[-1])) if older else None
+    if prev is not None:
+        return prev.record_hash
+    if marker is not None:
+        return marker.hash
+    return GENESIS_HASH
+
+
+def _scan_newest(path: Path, first: int) -> tuple[int, str | None]:
+    """The last seq held in segment ``path`` and the hash of its last intact record."""
+    seq, last_hash, end = first - 1, None, 0
     size = path.stat().st_size
-    for line, end in iter_lines(path, 0, size):
+    for line, after in iter_lines(path, 0, size):
         try:
-            record = AuditRecord.from_json(line)
-        except (ValueError, KeyError, TypeError):
-            break
-        if checker is None:
-            checker = ChainChecker(expect_seq=first, prev_hash=prev_hash or record.prev_hash)
-        if checker.feed(record) is not None:
-            break
-        good_end, last = end, record
-    if good_end < size:
-        _quarantine(path, good_end, size)
-    return last
+            record = parse_line(line)
+        except DamagedLine as err:
+            seq += 1
+            logger.error("audit journal %s: the line at byte %d (seq %d) is damaged (%s); it "
+                         "will be quarantined when shipped", path, end, seq, err)
+        else:
+            seq, last_hash = record.seq, record.record_hash
+        end = after
+    if end < size:
+        torn = _terminate(path, end, size)
+        try:  # the write may have stopped just short of its newline
+            record = parse_line(torn)
+            seq, last_hash = record.seq, record.record_hash
+        except DamagedLine:
+            seq += 1
+    return seq, last_hash
 
 
-def _quarantine(path: Path, keep: int, size: int) -> None:
-    """Move bytes past ``keep`` to a side file, then truncate the segment to ``keep``."""
-    side = path.with_name(f"{path.name}.torn-{time.time_ns()}")
-    with path.open("rb") as src:
-        src.seek(keep)
-        side.write_bytes(src.read())
-    fd = os.open(path, os.O_WRONLY)
+def _terminate(path: Path, start: int, size: int) -> bytes:
+    """Give a torn final write (``start``..``size``, no newline) its newline, durably; its bytes."""
+    with path.open("rb") as f:
+        f.seek(start)
+        torn = f.read(size - start)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
-        os.ftruncate(fd, keep)
+        os.write(fd, b"\n")
         os.fsync(fd)
     finally:
         os.close(fd)
-    fsync_dir(path.parent)
-    logger.error("audit journal %s: cut %d bytes of torn or corrupt tail (kept in %s)",
-                 path, size - keep, side.name)
+    logger.error("audit journal %s: torn final write of %d bytes at byte %d; kept as a damaged "
+                 "line, to be quarantined when shipped", path, size - start, start)
+    return torn

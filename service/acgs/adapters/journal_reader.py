@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from acgs.adapters.journal_files import (
@@ -15,18 +15,49 @@ from acgs.adapters.journal_files import (
     segment_path,
     write_marker,
 )
+from acgs.adapters.journal_lines import Damaged, DamagedLine, parse_line
 from acgs.domain.audit import GENESIS_HASH, AuditRecord
 
 logger = logging.getLogger("acgs.audit.journal")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ShipBatch:
-    """Records read for shipping; ``end`` is where reading resumes once they are shipped."""
+    """Lines read for shipping; ``end`` is where reading resumes once they are shipped.
+
+    ``records`` are the intact lines' records and ``lines`` their journal lines,
+    verbatim, with where each was read (so that a record PostgreSQL refuses can
+    be quarantined as written);
+    ``damaged`` are the lines that failed their check, each holding a seq.
+    ``last_seq``/``last_hash``: the newest seq read and the last intact record's hash.
+    """
 
     records: list[AuditRecord]
     end: Position
     nbytes: int
+    lines: list[tuple[bytes, str]] = field(default_factory=list)
+    damaged: list[Damaged] = field(default_factory=list)
+    last_seq: int = 0
+    last_hash: str = GENESIS_HASH
+
+    @property
+    def size(self) -> int:
+        """Lines read: records and damaged lines."""
+        return len(self.records) + len(self.damaged)
+
+    def add(self, line: bytes, source: str) -> None:
+        """One more line: its record, or (failing its check) a damaged line."""
+        try:
+            record = parse_line(line)
+        except DamagedLine as err:
+            self.last_seq += 1
+            self.damaged.append(Damaged(self.last_seq, source, line, str(err)))
+            logger.error("audit journal: damaged line at %s (seq %d): %s", source,
+                         self.last_seq, err)
+            return
+        self.records.append(record)
+        self.lines.append((line, source))
+        self.last_seq, self.last_hash = record.seq, record.record_hash
 
 
 class JournalReader:
@@ -38,6 +69,7 @@ class JournalReader:
 
     def __init__(self, *, directory: Path) -> None:
         self.directory = directory
+        self.instance_id = directory.name
         self._lock = threading.Lock()
         self._new_data = threading.Event()
         self._sizes: dict[int, int] = {}
@@ -81,35 +113,38 @@ class JournalReader:
         self._backlog_bytes = sum(self._sizes.values()) - marker.at.offset
 
     def read_unshipped(self, max_records: int) -> ShipBatch:
-        """Up to ``max_records`` synced records after the shipped marker, oldest first.
+        """Up to ``max_records`` synced lines after the shipped marker, oldest first.
 
-        Raises ValueError (or KeyError/TypeError) if a synced record does not parse,
-        which means the disk corrupted it after recovery.
+        A line that fails its check (:mod:`acgs.adapters.journal_lines`) is returned
+        among ``damaged``, holding the seq after the line before it: reading goes on.
         """
         self._new_data.clear()
         with self._lock:
-            cur, synced = self._marker.at, self._synced
-            sizes = {f: s for f, s in self._sizes.items() if cur.segment <= f <= synced.segment}
-        records: list[AuditRecord] = []
-        nbytes = 0
+            marker, synced = self._marker, self._synced
+            sizes = {f: s for f, s in self._sizes.items()
+                     if marker.at.segment <= f <= synced.segment}
+        out = ShipBatch([], marker.at, 0, last_seq=marker.seq, last_hash=marker.hash)
+        cur = marker.at
         for first in sorted(sizes):
             if first > cur.segment:
                 cur = Position(first, 0)
+            if cur.offset == 0:  # a segment is named by the seq of its first line
+                out.last_seq = first - 1
             end = synced.offset if first == synced.segment else sizes[first]
-            for line, after in iter_lines(segment_path(self.directory, first), cur.offset, end):
-                records.append(AuditRecord.from_json(line))
-                nbytes += after - cur.offset
-                cur = Position(first, after)
-                if len(records) >= max_records:
-                    return ShipBatch(records, cur, nbytes)
-        return ShipBatch(records, cur, nbytes)
+            path = segment_path(self.directory, first)
+            for line, after in iter_lines(path, cur.offset, end):
+                out.add(line, f"{path.name}@{cur.offset}")
+                out.nbytes += after - cur.offset
+                cur = out.end = Position(first, after)
+                if out.size >= max_records:
+                    return out
+        return out
 
     def mark_shipped(self, batch: ShipBatch) -> None:
         """Record durably that PostgreSQL holds ``batch``; delete segments it completes."""
-        if not batch.records:
+        if not batch.size:
             return
-        last = batch.records[-1]
-        marker = Marker(last.seq, last.record_hash, batch.end)
+        marker = Marker(batch.last_seq, batch.last_hash, batch.end)
         write_marker(self.directory, marker)
         with self._lock:
             self._marker = marker
@@ -127,3 +162,4 @@ class JournalReader:
             logger.debug("journal %s: deleted shipped segment %d", self.directory, first)
         if doomed:
             fsync_dir(self.directory)
+

@@ -11,7 +11,11 @@ journal was wiped and the id reused); that batch is never shipped and the
 shipper reports it, loudly, rather than lose either record.
 
 While PostgreSQL is unreachable the shipper retries with exponential backoff;
-decisions go on and the journal's backlog grows (up to its bound).
+decisions go on and the journal's backlog grows (up to its bound). No record
+can stop it: a damaged journal line, or a record PostgreSQL refuses for its
+content, is quarantined in the batch's transaction (:mod:`acgs.adapters.pg_quarantine`),
+and any other error is retried: the thread never dies. ``stall_note`` says when
+records have waited over ``stall_s`` without a successful round.
 
 ``projections`` are SQL statements run in each batch's transaction after the
 insert, reading the batch from the ``acgs_audit_stage`` temporary table: the
@@ -32,6 +36,12 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from acgs.adapters.journal_reader import JournalReader, ShipBatch
+from acgs.adapters.pg_quarantine import (
+    describe,
+    insert_quarantine,
+    refused_for_content,
+    ship_bisecting,
+)
 from acgs.domain import canonical
 from acgs.domain.audit import AuditRecord
 
@@ -78,9 +88,10 @@ class Shipper:
     ``start`` launches the thread; ``stop`` makes a final attempt to ship what
     is left, joins it and closes the connection. ``ship_once`` ships what is
     available now, in the caller's thread, raising psycopg.Error or
-    ChainConflict (then ``close``). The attributes
-    ``shipped_records``, ``last_error`` and the properties ``backlog_records``,
-    ``backlog_bytes``, ``lag_s`` are for metrics and health; ``on_shipped(rows,
+    ChainConflict (then ``close``). The attributes ``shipped_records``,
+    ``quarantined_records``, ``restarts``, ``last_error`` and the properties
+    ``backlog_records``, ``backlog_bytes``, ``lag_s``, ``stalled_for_s`` are for
+    metrics and health; ``on_shipped(rows,
     seconds)`` is called from the shipper's thread after each committed batch.
     After a batch the thread waits ``gather_s`` before the next, so a steady
     load is shipped in transactions of ``gather_s`` worth of records.
@@ -99,6 +110,7 @@ class Shipper:
         connect_timeout_s: int = 3,
         on_shipped: Callable[[int, float], None] | None = None,
         projections: Sequence[str] = (),
+        stall_s: float = 30.0,
     ) -> None:
         self._journals = [journal, *orphans]
         self._projections = tuple(projections)
@@ -113,7 +125,11 @@ class Shipper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._oldest_pending_us: int | None = None
+        self._stall_s = stall_s
+        self._progress_at = time.monotonic()
         self.shipped_records = 0
+        self.quarantined_records = 0
+        self.restarts = 0
         self.last_error: str | None = None
 
     @property
@@ -150,13 +166,19 @@ class Shipper:
         for journal in list(self._journals):
             while batch := self._read(journal):
                 inserted += self._ship(journal, batch)
-                if len(batch.records) < self._batch:
+                if batch.size < self._batch:
                     break  # drained what was there; what arrived since waits for the next round
             self._retire_if_drained(journal)
         self._oldest_pending_us = None
+        self._progress_at = time.monotonic()
         return inserted
 
     def _run(self) -> None:
+        """The thread: ship, wait, repeat; any failure is logged and retried with back-off.
+
+        Nothing escapes the loop (a bug, a damaged file, a full disk included): a
+        shipper that stopped shipping silently would let the journal fill up.
+        """
         delay = self._backoff_s[0]
         while not self._stop.is_set():
             try:
@@ -167,16 +189,34 @@ class Shipper:
                     # rather than one per fsync (each costs a commit and a marker write).
                     self._stop.wait(self._gather_s)
                 delay, self.last_error = self._backoff_s[0], None
-            except (psycopg.Error, OSError, ChainConflict) as err:
+            except Exception as err:
+                self.restarts += 1
                 self._failed(err, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self._backoff_s[1])
         self._final_attempt()
 
+    @property
+    def stalled_for_s(self) -> float:
+        """Seconds records have waited without a successful round; 0 while shipping works."""
+        if self.backlog_records == 0:
+            return 0.0
+        return max(0.0, time.monotonic() - self._progress_at)
+
+    def stall_note(self) -> str | None:
+        """Why this shipper is not keeping up, or None: for ``/ready``'s body and the logs."""
+        if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
+            return "audit shipper: its thread is not running"
+        stalled = self.stalled_for_s
+        if stalled <= self._stall_s:
+            return None
+        return (f"audit shipper: no progress for {stalled:.0f} s with {self.backlog_records} "
+                f"records waiting; last error: {self.last_error or 'none'}")
+
     def _final_attempt(self) -> None:
         try:
             self.ship_once()
-        except (psycopg.Error, OSError, ChainConflict) as err:
+        except Exception as err:
             logger.warning("final ship failed; %d records stay in the journal for the next "
                            "start: %s", self.backlog_records, err)
         finally:
@@ -194,15 +234,16 @@ class Shipper:
     def _failed(self, err: Exception, delay: float) -> None:
         self.close()
         self.last_error = f"{type(err).__name__}: {err}".strip()
-        log = logger.critical if isinstance(err, ChainConflict) else logger.warning
+        expected = isinstance(err, (psycopg.Error, OSError))
+        log = logger.warning if expected else logger.critical
         log("shipping failed (backlog %d records), retrying in %.1f s: %s",
-            self.backlog_records, delay, self.last_error)
+            self.backlog_records, delay, self.last_error, exc_info=not expected)
 
     def _read(self, journal: JournalReader) -> ShipBatch | None:
         batch = journal.read_unshipped(self._batch)
-        if not batch.records:
+        if not batch.size:
             return None
-        first = batch.records[0].decided_at_us
+        first = batch.records[0].decided_at_us if batch.records else time.time_ns() // 1000
         if self._oldest_pending_us is None or first < self._oldest_pending_us:
             self._oldest_pending_us = first
         return batch
@@ -210,25 +251,48 @@ class Shipper:
     def _ship(self, journal: JournalReader, batch: ShipBatch) -> int:
         start = time.perf_counter()
         conn = self._connection()
-        with conn.transaction(), conn.cursor() as cur:
-            with cur.copy(_COPY) as copy:
-                for record in batch.records:
-                    copy.write_row(row_of(record))
-            cur.execute(_INSERT)
-            inserted = max(0, cur.rowcount)
-            for projection in self._projections:
-                cur.execute(projection.encode("utf-8"))
-            forked = cur.execute(_FORKED).fetchone()
-            if forked is not None:
-                raise ChainConflict(
-                    f"PostgreSQL holds another record at instance {forked[0]!r} seq {forked[1]}; "
-                    "was this instance id reused after its journal was lost?"
-                )
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                inserted = self._insert(cur, batch.records)
+                quarantined = insert_quarantine(cur, journal.instance_id, batch.damaged)
+        except Exception as err:
+            if not refused_for_content(err):
+                raise
+            logger.warning("PostgreSQL refused a batch of %d records (%s); finding the refused "
+                           "ones", len(batch.records), describe(err))
+            inserted, quarantined = ship_bisecting(
+                conn, journal.instance_id, batch,
+                lambda cur, lo, hi: self._insert(cur, batch.records[lo:hi], fresh=True))
         journal.mark_shipped(batch)  # only after the commit: a crash before it re-sends
         self.shipped_records += inserted
+        self.quarantined_records += quarantined
         self._oldest_pending_us = None
+        self._progress_at = time.monotonic()  # each batch is progress: a long drain is no stall
         if self._on_shipped is not None:
             self._on_shipped(inserted, time.perf_counter() - start)
+        return inserted + quarantined
+
+    def _insert(self, cur: psycopg.Cursor[TupleRow], records: Sequence[AuditRecord], *,
+                fresh: bool = False) -> int:
+        """Stage ``records``, insert them, run the projections; rows inserted.
+
+        ``fresh``: empty the stage first (slices of a batch, within one transaction).
+        """
+        if fresh:
+            cur.execute("DELETE FROM acgs_audit_stage")
+        with cur.copy(_COPY) as copy:
+            for record in records:
+                copy.write_row(row_of(record))
+        cur.execute(_INSERT)
+        inserted = max(0, cur.rowcount)
+        for projection in self._projections:
+            cur.execute(projection.encode("utf-8"))
+        forked = cur.execute(_FORKED).fetchone()
+        if forked is not None:
+            raise ChainConflict(
+                f"PostgreSQL holds another record at instance {forked[0]!r} seq {forked[1]}; "
+                "was this instance id reused after its journal was lost?"
+            )
         return inserted
 
     def _retire_if_drained(self, journal: JournalReader) -> None:

@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from acgs.adapters.pg_audit import COLUMNS, EPOCH
 from acgs.domain.audit import GENESIS_HASH, MISSING, AuditRecord, ChainBreak, ChainChecker
-from acgs.domain.audit_query import ChainInfo, ChainReport, DecisionFilter, Page
+from acgs.domain.audit_query import ChainInfo, ChainReport, DecisionFilter, Page, Quarantined
 from acgs.domain.model import Effect, Severity, Violation
 from acgs.errors import AuditUnavailable, InvalidRequest, NotFound
 
@@ -138,7 +138,9 @@ class AuditQueries:
         """
         if from_seq < 1 or (to_seq and to_seq < from_seq):
             raise InvalidRequest("need 1 <= from_seq <= to_seq (to_seq 0 = to the end)")
-        checker, broken = await self._checker(instance_id, from_seq)
+        quarantined = await self._quarantined(instance_id, from_seq, to_seq)
+        checker, broken = await self._checker(instance_id, from_seq,
+                                              frozenset(q.seq for q in quarantined))
         last = from_seq - 1
         while broken is None and (not to_seq or last < to_seq):
             top = to_seq or 2**62
@@ -153,7 +155,17 @@ class AuditQueries:
                 last = record.seq
             if len(rows) < self._chunk:
                 break
-        return ChainReport(instance_id, from_seq, last, checker.checked, broken)
+        passed = set(checker.passed_quarantined)
+        named = tuple(q for q in quarantined if q.seq in passed or q.seq > last)
+        return ChainReport(instance_id, from_seq, last, checker.checked, broken, named)
+
+    async def _quarantined(self, instance_id: str, from_seq: int, to_seq: int
+                           ) -> list[Quarantined]:
+        """The quarantined seqs of a chain in a range (a handful: each one is an incident)."""
+        rows = await self._fetch(sql.SQL(
+            "SELECT seq, source, reason FROM audit_quarantine WHERE instance_id = %s "
+            "AND seq >= %s AND seq <= %s ORDER BY seq"), [instance_id, from_seq, to_seq or 2**62])
+        return [Quarantined(r[0], r[1], r[2]) for r in rows]
 
     async def list_chains(self) -> list[ChainInfo]:
         """Every instance's chain in the trail: first and last seq, number of records."""
@@ -162,19 +174,21 @@ class AuditQueries:
             "GROUP BY instance_id ORDER BY instance_id"), [])
         return [ChainInfo(r[0], r[1], r[2], r[3]) for r in rows]
 
-    async def _checker(self, instance_id: str, from_seq: int
+    async def _checker(self, instance_id: str, from_seq: int, quarantined: frozenset[int]
                        ) -> tuple[ChainChecker, ChainBreak | None]:
         """A checker expecting ``from_seq``, primed with its predecessor's hash."""
         if from_seq == 1:
-            return ChainChecker(expect_seq=1, prev_hash=GENESIS_HASH), None
+            return ChainChecker(expect_seq=1, prev_hash=GENESIS_HASH,
+                                quarantined=quarantined), None
         rows = await self._fetch(
             sql.SQL("SELECT record_hash FROM audit_decisions WHERE instance_id = %s AND seq = %s"),
             [instance_id, from_seq - 1])
         if not rows:
             gone = ChainBreak(from_seq, MISSING, f"seq {from_seq - 1} missing before seq "
                               f"{from_seq}", from_seq - 1)
-            return ChainChecker(expect_seq=from_seq), gone
-        return ChainChecker(expect_seq=from_seq, prev_hash=rows[0][0]), None
+            return ChainChecker(expect_seq=from_seq, quarantined=quarantined), gone
+        return ChainChecker(expect_seq=from_seq, prev_hash=rows[0][0],
+                            quarantined=quarantined), None
 
     async def _fetch(self, query: sql.Composable, params: list[Any]) -> list[tuple[Any, ...]]:
         with _reachable():

@@ -227,16 +227,30 @@ class ChainChecker:
     """Checks records of one chain fed in ``seq`` order; stops at the first break.
 
     ``expect_seq``/``prev_hash`` describe the record expected next: start at seq 1
-    with :data:`GENESIS_HASH`, or after a known-good record.
+    with :data:`GENESIS_HASH`, or after a known-good record. ``quarantined`` are
+    the seqs the shipper quarantined (a damaged journal line, or a record the
+    database refused): present in the chain, though not as records, so a gap made
+    only of them is no break; they are collected in ``passed_quarantined``. The
+    record after one cannot be linked to it (its content is not a record), so
+    its ``prev_hash`` is taken as given.
     """
 
-    def __init__(self, *, expect_seq: int = 1, prev_hash: str = GENESIS_HASH) -> None:
+    def __init__(self, *, expect_seq: int = 1, prev_hash: str = GENESIS_HASH,
+                 quarantined: frozenset[int] = frozenset()) -> None:
         self.expect_seq = expect_seq
         self.prev_hash = prev_hash
         self.checked = 0
+        self.quarantined = quarantined
+        self.passed_quarantined: list[int] = []
 
     def feed(self, record: AuditRecord) -> ChainBreak | None:
         """Check the next record; the break it shows, if any."""
+        if record.seq != self.expect_seq and self._quarantined_gap(record.seq):
+            self.passed_quarantined.extend(range(self.expect_seq, record.seq))
+            self.expect_seq, self.prev_hash = record.seq, record.prev_hash
+        while self.expect_seq < record.seq and self.expect_seq in self.quarantined:
+            self.passed_quarantined.append(self.expect_seq)  # name the first seq truly absent
+            self.expect_seq += 1
         if record.seq != self.expect_seq:
             last = record.seq - 1
             span = f"{self.expect_seq}" if last == self.expect_seq else f"{self.expect_seq}..{last}"
@@ -255,3 +269,7 @@ class ChainChecker:
         self.prev_hash = record.record_hash
         self.checked += 1
         return None
+
+    def _quarantined_gap(self, seq: int) -> bool:
+        gap = range(self.expect_seq, seq)
+        return 0 < len(gap) <= len(self.quarantined) and all(s in self.quarantined for s in gap)

@@ -28,6 +28,15 @@ class Page:
 
 
 @dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A seq of a chain whose journal line sits in quarantine, where it was read, and why."""
+
+    seq: int
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChainReport:
     """The outcome of a chain check: ``ok``, or the first break."""
 
@@ -36,6 +45,8 @@ class ChainReport:
     last_seq: int  # the last seq checked and found good (from_seq - 1 if none)
     checked: int
     broken: ChainBreak | None
+    quarantined: tuple[Quarantined, ...] = ()
+    """Seqs held by quarantined lines (present, not records): see acgs.adapters.pg_quarantine."""
 
     @property
     def ok(self) -> bool:

@@ -94,6 +94,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def _print_report(name: str, report: audit_pb2.VerifyChainResponse) -> int:
+    for q in report.quarantined:
+        print(f"{name}: seq {q.seq} QUARANTINED ({q.source}): {q.reason}")
     if report.ok:
         print(f"{name}: ok ({report.records_checked} records, last seq {report.last_seq})")
         return 0

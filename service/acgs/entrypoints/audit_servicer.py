@@ -81,6 +81,8 @@ class AuditServicer:
             out.reason = report.broken.reason
             out.detail = report.broken.detail
             out.missing_seq = report.broken.missing_seq
+        out.quarantined.extend(pb.QuarantinedRecord(seq=q.seq, source=q.source, reason=q.reason)
+                               for q in report.quarantined)
         return out
 
     async def ExportDecisions(self, request: pb.ExportDecisionsRequest, context: Context

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -30,28 +31,62 @@ _SEVERITIES = {
 NUL_MESSAGE = "strings may not contain NUL characters"
 
 
-def checked_text(value: str, name: str) -> str:
-    """``value``, or InvalidRequest if it holds a NUL character. PostgreSQL cannot store one in
-    text (an audit record holding one could never be shipped) and regopy would cut the string
-    there, so no request string may carry one."""
+@dataclass(frozen=True, slots=True)
+class StringLimits:
+    """The longest strings a request may carry, in characters (Settings.max_id_chars etc.).
+
+    ``id_chars`` bounds every identifier-like string (ids, tenants, roles, types, paths,
+    hashes, Struct keys): several are indexed in PostgreSQL, whose btree entries hold at
+    most 2704 bytes, and a record whose index entry does not fit can never be shipped.
+    ``text_chars`` bounds free text (Struct string values, comments, page tokens).
+    """
+
+    id_chars: int = 256
+    text_chars: int = 65536
+
+
+DEFAULT_LIMITS = StringLimits()
+
+
+def checked_text(value: str, name: str, limit: int = DEFAULT_LIMITS.id_chars) -> str:
+    """``value``, or InvalidRequest if it holds a NUL character or is longer than ``limit``.
+
+    PostgreSQL cannot store NUL in text (an audit record holding one could never be
+    shipped) and regopy would cut the string there; a string too long for its index
+    (see :class:`StringLimits`) could not be shipped either.
+    """
     if "\0" in value:
         raise InvalidRequest(f"{name}: {NUL_MESSAGE}")
+    if len(value) > limit:
+        raise InvalidRequest(f"{name} is {len(value)} characters long, over the limit of "
+                             f"{limit}")
     return value
 
 
-def struct_to_dict(struct: struct_pb2.Struct, *, max_depth: int, depth: int = 1) -> dict[str, Any]:
+def struct_to_dict(struct: struct_pb2.Struct, *, max_depth: int, depth: int = 1,
+                   limits: StringLimits = DEFAULT_LIMITS, where: str = "a Struct"
+                   ) -> dict[str, Any]:
     """A Struct as plain JSON-like data; InvalidRequest when deeper than ``max_depth`` or when
-    a key or string holds a NUL character."""
+    a key or string holds a NUL character or is too long (``where`` names the field)."""
     if depth > max_depth:
         raise InvalidRequest(f"a Struct nests deeper than {max_depth} levels")
-    return {checked_text(k, "a Struct key"): _value(v, max_depth, depth + 1)
-            for k, v in struct.fields.items()}
+    out = {}
+    key_limit = limits.id_chars
+    for k, v in struct.fields.items():
+        if len(k) > key_limit or "\0" in k:  # the error's name is built only when it is needed
+            checked_text(k, f"{where}: a Struct key", key_limit)
+        out[k] = _value(v, max_depth, depth + 1, limits, where)
+    return out
 
 
-def _value(v: struct_pb2.Value, max_depth: int, depth: int) -> Any:
+def _value(v: struct_pb2.Value, max_depth: int, depth: int,
+           limits: StringLimits = DEFAULT_LIMITS, where: str = "a Struct") -> Any:
     kind = v.WhichOneof("kind")
     if kind == "string_value":
-        return checked_text(v.string_value, "a Struct string")
+        s = v.string_value
+        if len(s) > limits.text_chars or "\0" in s:
+            checked_text(s, f"{where}: a Struct string", limits.text_chars)
+        return s
     if kind == "number_value":
         n = v.number_value
         if math.isnan(n) or math.isinf(n):
@@ -60,62 +95,73 @@ def _value(v: struct_pb2.Value, max_depth: int, depth: int) -> Any:
     if kind == "bool_value":
         return v.bool_value
     if kind == "struct_value":
-        return struct_to_dict(v.struct_value, max_depth=max_depth, depth=depth)
+        return struct_to_dict(v.struct_value, max_depth=max_depth, depth=depth, limits=limits,
+                              where=where)
     if kind == "list_value":
         if depth > max_depth:
             raise InvalidRequest(f"a Struct nests deeper than {max_depth} levels")
-        return [_value(x, max_depth, depth + 1) for x in v.list_value.values]
+        return [_value(x, max_depth, depth + 1, limits, where) for x in v.list_value.values]
     return None  # null_value, or a Value with no kind set
 
 
-def _require(value: str, name: str) -> str:
+def _require(value: str, name: str, limit: int) -> str:
     if not value:
         raise InvalidRequest(f"{name} is required")
-    return checked_text(value, name)
+    return checked_text(value, name, limit)
 
 
 def decision_request(
-    msg: pb.DecideRequest, *, metadata_hash: str, max_depth: int
+    msg: pb.DecideRequest, *, metadata_hash: str, max_depth: int,
+    limits: StringLimits = DEFAULT_LIMITS,
 ) -> DecisionRequest:
     """A DecideRequest as a domain request; InvalidRequest names the first bad field."""
     p, a, r = msg.principal, msg.action, msg.resource
+    n = limits.id_chars
     policy_input = {
-        "tenant_id": _require(msg.tenant_id, "tenant_id"),
+        "tenant_id": _require(msg.tenant_id, "tenant_id", n),
         "principal": {
-            "id": _require(p.id, "principal.id"),
-            "roles": sorted({checked_text(role, "principal.roles") for role in p.roles}),
-            "tenant_id": _require(p.tenant_id, "principal.tenant_id"),
-            "attributes": struct_to_dict(p.attributes, max_depth=max_depth),
+            "id": _require(p.id, "principal.id", n),
+            "roles": sorted({checked_text(role, "principal.roles", n) for role in p.roles}),
+            "tenant_id": _require(p.tenant_id, "principal.tenant_id", n),
+            "attributes": struct_to_dict(p.attributes, max_depth=max_depth, limits=limits,
+                                         where="principal.attributes"),
         },
         "action": {
-            "type": _require(a.type, "action.type"),
-            "attributes": struct_to_dict(a.attributes, max_depth=max_depth),
+            "type": _require(a.type, "action.type", n),
+            "attributes": struct_to_dict(a.attributes, max_depth=max_depth, limits=limits,
+                                         where="action.attributes"),
         },
         "resource": {
-            "type": _require(r.type, "resource.type"),
-            "id": checked_text(r.id, "resource.id"),
-            "tenant_id": checked_text(r.tenant_id, "resource.tenant_id"),
-            "attributes": struct_to_dict(r.attributes, max_depth=max_depth),
+            "type": _require(r.type, "resource.type", n),
+            "id": checked_text(r.id, "resource.id", n),
+            "tenant_id": checked_text(r.tenant_id, "resource.tenant_id", n),
+            "attributes": struct_to_dict(r.attributes, max_depth=max_depth, limits=limits,
+                                         where="resource.attributes"),
         },
-        "context": struct_to_dict(msg.context, max_depth=max_depth),
+        "context": struct_to_dict(msg.context, max_depth=max_depth, limits=limits,
+                                  where="context"),
     }
     return DecisionRequest(
-        constitutional_hash=checked_text(msg.constitutional_hash, "constitutional_hash")
+        constitutional_hash=checked_text(msg.constitutional_hash, "constitutional_hash", n)
         or metadata_hash,
-        request_id=checked_text(msg.request_id, "request_id"),
+        request_id=checked_text(msg.request_id, "request_id", n),
         policy_input=policy_input,
     )
 
 
-def parse_input_json(text: str, *, max_depth: int) -> Any:
-    """Evaluate's input document; None for empty text; InvalidRequest for bad JSON."""
+def parse_input_json(text: str, *, max_depth: int,
+                     limits: StringLimits = DEFAULT_LIMITS) -> Any:
+    """Evaluate's input document; None for empty text; InvalidRequest for bad JSON, or for
+    a key or string longer than ``limits`` (the ids the audit record indexes: id_chars)."""
     if not text.strip():
         return None
     try:
         value = json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError) as err:
         raise InvalidRequest(f"input_json is not valid JSON: {err}") from err
-    _check_depth(value, max_depth)
+    _check_value(value, max_depth, limits)
+    if isinstance(value, dict):
+        _check_indexed(value, limits.id_chars)
     if "\\u0000" in text:  # JSON can spell a NUL character only as this escape
         _check_nul(value)
     if "\\u" in text:  # only an escape can make a lone surrogate, which no engine can encode
@@ -127,12 +173,23 @@ def parse_input_json(text: str, *, max_depth: int) -> Any:
     return value
 
 
+def _check_indexed(doc: dict[str, Any], limit: int) -> None:
+    """The input's strings the audit record keeps in indexed columns (see describe_request)."""
+    principal = doc.get("principal")
+    principal = principal if isinstance(principal, dict) else {}
+    for name, value in (("tenant_id", doc.get("tenant_id")), ("principal.id", principal.get("id")),
+                        ("principal.tenant_id", principal.get("tenant_id"))):
+        if isinstance(value, str) and len(value) > limit:
+            raise InvalidRequest(f"input_json: {name} is {len(value)} characters long, over "
+                                 f"the limit of {limit}")
+
+
 def _check_nul(value: Any) -> None:
     if isinstance(value, str):
-        checked_text(value, "input_json")
+        checked_text(value, "input_json", len(value))
     elif isinstance(value, dict):
         for k, v in value.items():
-            checked_text(k, "input_json")
+            checked_text(k, "input_json", len(k))
             _check_nul(v)
     elif isinstance(value, list):
         for v in value:
@@ -143,14 +200,22 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _check_depth(value: Any, max_depth: int, depth: int = 1) -> None:
+def _check_value(value: Any, max_depth: int, limits: StringLimits, depth: int = 1) -> None:
+    """Depth, key and string lengths of a parsed input_json, in one walk."""
     if depth > max_depth:
         raise InvalidRequest(f"input_json nests deeper than {max_depth} levels")
-    children = (
-        value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    )
-    for child in children:
-        _check_depth(child, max_depth, depth + 1)
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if len(key) > limits.id_chars:
+                raise InvalidRequest(f"input_json: a key is {len(key)} characters long, over "
+                                     f"the limit of {limits.id_chars}")
+            _check_value(child, max_depth, limits, depth + 1)
+    elif isinstance(value, list):
+        for child in value:
+            _check_value(child, max_depth, limits, depth + 1)
+    elif isinstance(value, str) and len(value) > limits.text_chars:
+        raise InvalidRequest(f"input_json: a string is {len(value)} characters long, over the "
+                             f"limit of {limits.text_chars}")
 
 
 def decision_to_proto(d: Decision) -> pb.Decision:

@@ -32,8 +32,10 @@ class GovernanceServicer:
         callers: CallerResolver,
         max_batch: int,
         max_input_depth: int,
+        limits: convert.StringLimits = convert.DEFAULT_LIMITS,
     ) -> None:
         self._service = service
+        self._limits = limits
         self._callers = callers
         self._max_batch = max_batch
         self._max_depth = max_input_depth
@@ -41,7 +43,8 @@ class GovernanceServicer:
     async def Decide(self, request: pb.DecideRequest, context: Context) -> pb.Decision:
         caller = await self._callers.resolve(context, DECIDE)
         domain_request = convert.decision_request(
-            request, metadata_hash=metadata_value(context, HASH_METADATA), max_depth=self._max_depth
+            request, metadata_hash=metadata_value(context, HASH_METADATA),
+            max_depth=self._max_depth, limits=self._limits,
         )
         decision = await self._service.decide(
             domain_request, caller, deadline_s=context.time_remaining()
@@ -58,7 +61,8 @@ class GovernanceServicer:
             )
         header = metadata_value(context, HASH_METADATA)
         items = [
-            convert.decision_request(r, metadata_hash=header, max_depth=self._max_depth)
+            convert.decision_request(r, metadata_hash=header, max_depth=self._max_depth,
+                                     limits=self._limits)
             for r in request.requests
         ]
         decisions = await self._service.decide_batch(
@@ -68,7 +72,8 @@ class GovernanceServicer:
 
     async def Evaluate(self, request: pb.EvaluateRequest, context: Context) -> pb.EvaluateResponse:
         caller = await self._callers.resolve(context, EVALUATE)
-        input_value = convert.parse_input_json(request.input_json, max_depth=self._max_depth)
+        input_value = convert.parse_input_json(request.input_json, max_depth=self._max_depth,
+                                               limits=self._limits)
         evaluation, decision_id = await self._service.evaluate(
             request.path,
             input_value,

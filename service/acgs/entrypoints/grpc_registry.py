@@ -6,7 +6,8 @@ protobuf's recursion limit, invalid UTF-8 in a string field) then surfaces as
 INTERNAL. Here each method gets a deserializer that turns a parse failure into a
 :class:`Malformed` value, answered with INVALID_ARGUMENT, and every domain
 error is mapped to its status code in one place (:mod:`acgs.entrypoints.status`).
-A string holding a NUL character is malformed too (see :func:`nul_field`).
+A string holding a NUL character, or longer than its bound, is malformed too
+(see :func:`bad_string`).
 A malformed body first passes the ``guard`` (the CallerResolver) that the
 servicer would have called, so that an unauthenticated caller learns nothing
 from a body that does not parse: UNAUTHENTICATED comes before INVALID_ARGUMENT.
@@ -24,7 +25,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from acgs.entrypoints.convert import NUL_MESSAGE
+from acgs.entrypoints.convert import DEFAULT_LIMITS, NUL_MESSAGE, StringLimits
 from acgs.entrypoints.status import Context, abort_with
 from acgs.errors import InvalidRequest
 
@@ -38,50 +39,91 @@ class Malformed:
     reason: str
 
 
-# Methods whose servicer converts every string itself and refuses NUL there, on the way
+# Methods whose servicer converts every string itself and checks it there, on the way
 # (acgs.entrypoints.convert): the walk below would cost ~15 µs per Decide.
 CHECKS_ITS_OWN_STRINGS = frozenset({"acgs.v1.Governance/Decide", "acgs.v1.Governance/DecideBatch"})
 
 
-def _safe_deserializer(cls: Any, *, check_strings: bool) -> Callable[[bytes], Any]:
+def _safe_deserializer(cls: Any, *, check_strings: bool,
+                       limits: StringLimits = DEFAULT_LIMITS) -> Callable[[bytes], Any]:
     def deserialize(raw: bytes) -> Any:
         try:
             msg = cls.FromString(raw)
         except Exception as err:
             return Malformed(f"request is not a valid {cls.DESCRIPTOR.full_name}: {err}")
-        where = nul_field(msg) if check_strings else None
-        if where is not None:
-            return Malformed(f"{where}: {NUL_MESSAGE}")
+        problem = bad_string(msg, limits) if check_strings else None
+        if problem is not None:
+            return Malformed(problem)
         return msg
 
     return deserialize
 
 
-def nul_field(msg: Message, prefix: str = "") -> str | None:
-    """The path of the first string field (or map key) of ``msg`` holding a NUL character.
+# Free text: bounded by StringLimits.text_chars. Documents and policy sources: bounded only
+# by the message size (their own contents are checked where they are parsed). Every other
+# string is an identifier of some kind: StringLimits.id_chars.
+FREE_TEXT = frozenset({"comment", "page_token", "signature"})
+DOCUMENTS = frozenset({"input_json", "data_json", "manifest_json", "modules"})
 
-    No request string may: PostgreSQL cannot store one in text, so an audit or escalation
-    record carrying it could never be shipped, and regopy would cut the string short.
+
+def bad_string(msg: Message, limits: StringLimits, prefix: str = "") -> str | None:
+    """What is wrong with the first bad string field (or map key) of ``msg``, naming it.
+
+    No request string may hold a NUL character: PostgreSQL cannot store one in text, so an
+    audit or escalation record carrying it could never be shipped, and regopy would cut
+    the string short. Nor may one be longer than its bound (see ``StringLimits``).
     """
     for field, value in msg.ListFields():
         path = prefix + field.name
         if field.type == FieldDescriptor.TYPE_STRING:
-            if any("\0" in v for v in (value if field.is_repeated else (value,))):
-                return path
-        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
-            if field.message_type.GetOptions().map_entry:
-                for key, item in value.items():
-                    if isinstance(key, str) and "\0" in key:
-                        return f"{path} key"
-                    found = (nul_field(item, f"{path}.{key}.") if isinstance(item, Message)
-                             else path if isinstance(item, str) and "\0" in item else None)
-                    if found is not None:
-                        return found
-                continue
-            for i, item in enumerate(value if field.is_repeated else (value,)):
-                found = nul_field(item, f"{path}[{i}]." if field.is_repeated else f"{path}.")
+            limit = _limit(field.name, limits)
+            for v in value if field.is_repeated else (value,):
+                found = _problem(v, path, limit)
                 if found is not None:
                     return found
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
+            found = (_map_problem(value, path, limits) if field.message_type.GetOptions().map_entry
+                     else _message_problem(value, field.is_repeated, path, limits))
+            if found is not None:
+                return found
+    return None
+
+
+def _limit(name: str, limits: StringLimits) -> int | None:
+    if name in DOCUMENTS:
+        return None
+    return limits.text_chars if name in FREE_TEXT else limits.id_chars
+
+
+def _problem(value: str, path: str, limit: int | None) -> str | None:
+    if "\0" in value:
+        return f"{path}: {NUL_MESSAGE}"
+    if limit is not None and len(value) > limit:
+        return f"{path} is {len(value)} characters long, over the limit of {limit}"
+    return None
+
+
+def _map_problem(value: Any, path: str, limits: StringLimits) -> str | None:
+    item_limit = _limit(path.rsplit(".", 1)[-1], limits)
+    for key, item in value.items():
+        if isinstance(key, str):
+            found = _problem(key, f"{path} key", limits.id_chars)
+            if found is not None:
+                return found
+        found = (bad_string(item, limits, f"{path}.{key}.") if isinstance(item, Message)
+                 else _problem(item, f"{path}[{key!r}]", item_limit) if isinstance(item, str)
+                 else None)
+        if found is not None:
+            return found
+    return None
+
+
+def _message_problem(value: Any, repeated: bool, path: str, limits: StringLimits
+                     ) -> str | None:
+    for i, item in enumerate(value if repeated else (value,)):
+        found = bad_string(item, limits, f"{path}[{i}]." if repeated else f"{path}.")
+        if found is not None:
+            return found
     return None
 
 
@@ -126,7 +168,7 @@ def _stream(fn: Callable[[Any, Context], AsyncIterator[Any]], method: str,
 
 
 def register(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object, *,
-             guard: Guard | None = None) -> None:
+             guard: Guard | None = None, limits: StringLimits = DEFAULT_LIMITS) -> None:
     """Add ``servicer``'s methods (named as in the .proto) for ``service`` to ``server``;
     ``guard`` checks the caller of a body that does not parse (see the module docstring)."""
     handlers: dict[str, Any] = {}
@@ -135,7 +177,8 @@ def register(server: grpc.aio.Server, service: ServiceDescriptor, servicer: obje
         name = f"{service.full_name}/{method.name}"
         req_cls = message_factory.GetMessageClass(method.input_type)
         resp_cls = message_factory.GetMessageClass(method.output_type)
-        deserializer = _safe_deserializer(req_cls, check_strings=name not in CHECKS_ITS_OWN_STRINGS)
+        deserializer = _safe_deserializer(
+            req_cls, check_strings=name not in CHECKS_ITS_OWN_STRINGS, limits=limits)
         serializer = resp_cls.SerializeToString
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from acgs.entrypoints.convert import DEFAULT_LIMITS, StringLimits
 from acgs.entrypoints.grpc_registry import Guard, register
 
 logger = logging.getLogger("acgs.server")
@@ -35,8 +36,10 @@ class GrpcServer:
         max_message_bytes: int,
         credentials: grpc.ServerCredentials | None = None,
         guard: Guard | None = None,
+        limits: StringLimits = DEFAULT_LIMITS,
     ) -> None:
         self._address = address
+        self._limits = limits
         self._credentials = credentials
         self._guard = guard
         self._services = list(services)
@@ -58,7 +61,7 @@ class GrpcServer:
 
     async def start(self) -> int:
         for descriptor, servicer in self._services:
-            register(self._server, descriptor, servicer, guard=self._guard)
+            register(self._server, descriptor, servicer, guard=self._guard, limits=self._limits)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [d.full_name for d, _ in self._services]
         names += [
