@@ -4,8 +4,10 @@ Order at start: database (``ACGS_DATABASE_URL``, else the embedded
 PostgreSQL) → migrations and the constitution check (a database of another
 constitution stops the start here) → connection pool → journal recovery →
 shipper (which first replays what earlier runs left unshipped, including the
-journals of dead predecessors on this host). Closers are returned in start
-order; run them in reverse after the gRPC server stopped: journal flushed,
+journals of dead predecessors on this host) → the checkpointer, which signs the
+chain's head every ACGS_AUDIT_CHECKPOINT_S with ACGS_AUDIT_SIGNING_KEY.
+Closers are returned in start order; run them in reverse after the gRPC
+server stopped: final checkpoint, journal flushed,
 shipper's final attempt, journal closed (its directory lock released last, so
 no other server adopts it mid-ship), pool, embedded PostgreSQL.
 """
@@ -20,13 +22,17 @@ from dataclasses import dataclass, field
 
 from psycopg_pool import AsyncConnectionPool
 
+from acgs.adapters.audit_signing import CheckpointSigner, TrustedKeys, load_public_keys
 from acgs.adapters.embedded_pg import EmbeddedPostgres
 from acgs.adapters.journal import Journal, adopt_orphans
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries
+from acgs.adapters.pg_checkpoints import PROJECTION as CHECKPOINTS
 from acgs.adapters.pg_escalations import PROJECTION as ESCALATIONS
 from acgs.adapters.pg_migrations import check_constitution, migrate
 from acgs.config import Settings
+from acgs.errors import ConfigurationError
+from acgs.service_layer.checkpointer import Checkpointer
 
 logger = logging.getLogger("acgs.bootstrap")
 
@@ -44,10 +50,12 @@ class AuditTrail:
     closers: list[Closer] = field(default_factory=list)
     conninfo: str = ""
     """The migrated database the trail ships to (the token table lives there too)."""
+    checkpointer: Checkpointer | None = None
 
 
 async def build_audit(
-    settings: Settings, *, on_shipped: Callable[[int, float], None] | None = None
+    settings: Settings, *, on_shipped: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[bool], None] | None = None,
 ) -> AuditTrail:
     """Start the audit trail's database, journal and shipper; see the module docstring.
 
@@ -69,15 +77,49 @@ async def build_audit(
     root = settings.data_dir / "journal"
     orphans = await asyncio.to_thread(adopt_orphans, root, exclude=settings.instance_id)
     shipper = Shipper(journal=journal, conninfo=conninfo, batch=settings.audit_ship_batch,
-                      orphans=orphans, on_shipped=on_shipped, projections=(ESCALATIONS,))
+                      orphans=orphans, on_shipped=on_shipped,
+                      projections=(ESCALATIONS, CHECKPOINTS))
     shipper.start()
     closers.append(lambda: asyncio.to_thread(journal.close))
     closers.append(lambda: asyncio.to_thread(shipper.stop))
     closers.append(_flush(journal))
+    signer = signing_key(settings)
+    checkpointer = Checkpointer(journal=journal, signer=signer, instance_id=settings.instance_id,
+                                constitutional_hash=settings.constitutional_hash,
+                                interval_s=settings.audit_checkpoint_s, on_result=on_checkpoint)
+    await checkpointer.start()
+    closers.append(checkpointer.stop)  # runs first: the final checkpoint, then the flush
     logger.info("audit journal %s at seq %d, %d records to ship (%d adopted journals)",
                 journal.directory, journal.last_seq, shipper.backlog_records, len(orphans))
-    return AuditTrail(journal=journal, shipper=shipper, queries=AuditQueries(pool=pool),
-                      closers=closers, conninfo=conninfo)
+    queries = AuditQueries(pool=pool, keys=trusted_keys(settings, signer))
+    return AuditTrail(journal=journal, shipper=shipper, queries=queries,
+                      closers=closers, conninfo=conninfo, checkpointer=checkpointer)
+
+
+def signing_key(settings: Settings) -> CheckpointSigner:
+    """ACGS_AUDIT_SIGNING_KEY; in development, when unset, the data directory's own key.
+
+    ConfigurationError when the file is bad, or unset in production.
+    """
+    if settings.audit_signing_key is not None:
+        return CheckpointSigner.from_file(settings.audit_signing_key)
+    if settings.is_production:
+        raise ConfigurationError("ACGS_ENV=production needs ACGS_AUDIT_SIGNING_KEY (an Ed25519 "
+                                 "private key, PEM, kept where PostgreSQL cannot read it)")
+    return CheckpointSigner.development(settings.data_dir)
+
+
+def trusted_keys(settings: Settings, signer: CheckpointSigner | None) -> TrustedKeys:
+    """The keys VerifyChain trusts: ACGS_AUDIT_TRUSTED_KEYS and this server's own key.
+
+    Without ACGS_AUDIT_TRUSTED_KEYS other instances' checkpoints are checked
+    against the key they carry (self-asserted), and the reports say so.
+    """
+    keys = load_public_keys(settings.audit_trusted_keys, setting="ACGS_AUDIT_TRUSTED_KEYS")
+    source = "ACGS_AUDIT_TRUSTED_KEYS" if keys else "this server's own key"
+    if signer is not None:
+        keys.append(signer.public_key)
+    return TrustedKeys(keys=keys, self_asserted=not settings.audit_trusted_keys, source=source)
 
 
 async def open_database(settings: Settings) -> tuple[str, Closer]:
@@ -103,7 +145,7 @@ async def audit_queries(settings: Settings) -> AsyncIterator[AuditQueries]:
     try:
         await check_constitution(conninfo, constitutional_hash=settings.constitutional_hash)
         async with AsyncConnectionPool(conninfo, min_size=1, max_size=2, open=False) as pool:
-            yield AuditQueries(pool=pool)
+            yield AuditQueries(pool=pool, keys=trusted_keys(settings, None))
     finally:
         await stop_database()
 

@@ -29,6 +29,11 @@ MASK = "***"
 MISSING = "missing"
 ALTERED = "altered"
 REORDERED = "reordered"
+# Found with signed checkpoints (acgs.domain.chain_verify).
+TRUNCATED = "truncated"  # the chain ends before a checkpoint's signed seq
+DELETED = "deleted"  # checkpoints of the instance, but none of its records
+RECHAINED = "rechained"  # a signed head hash differs from the chain's hash at that seq
+BAD_SIGNATURE = "bad_signature"  # a checkpoint not signed by a trusted key
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,10 @@ class AuditRecord:
     escalation_id: str
     prev_hash: str
     record_hash: str = ""
+    # Read side only, never hashed or journaled: why a stored row did not parse
+    # (e.g. "violations: ..."); the verifier names such a row as altered.
+    malformed: str = ""
+    source: str = ""  # read side only: "audit_checkpoints" for the checkpoints' own copy
 
     def body(self) -> dict[str, Any]:
         """Every field the hash covers, as canonical-JSON-ready values."""
@@ -242,6 +251,9 @@ class ChainChecker:
             span = f"{self.expect_seq}" if last == self.expect_seq else f"{self.expect_seq}..{last}"
             return ChainBreak(record.seq, MISSING,
                               f"seq {span} missing before seq {record.seq}", self.expect_seq)
+        if record.malformed:
+            return ChainBreak(record.seq, ALTERED,
+                              f"seq {record.seq}: a column does not parse ({record.malformed})")
         if record.computed_hash() != record.record_hash:
             return ChainBreak(record.seq, ALTERED,
                               f"seq {record.seq}: content does not match its record_hash")
@@ -249,7 +261,8 @@ class ChainChecker:
             return ChainBreak(
                 record.seq, REORDERED,
                 f"seq {record.seq} does not follow seq {record.seq - 1}: its prev_hash "
-                "names another record (reordered, or a record was replaced)",
+                f"names another record (seq {record.seq - 1} was edited and re-hashed, "
+                "or records were reordered or replaced)",
             )
         self.expect_seq = record.seq + 1
         self.prev_hash = record.record_hash

@@ -36,6 +36,14 @@ class ChainReport:
     last_seq: int  # the last seq checked and found good (from_seq - 1 if none)
     checked: int
     broken: ChainBreak | None
+    # Signed checkpoints (acgs.domain.chain_verify): the latest valid one, if any.
+    checkpoint_seq: int = 0  # the seq it signed
+    checkpoint_record_seq: int = 0  # its own record's seq (checkpoint_seq + 1)
+    checkpoint_at_us: int = 0
+    checkpoints_checked: int = 0
+    keys_used: tuple[str, ...] = ()  # key ids of the keys whose signatures were accepted
+    trust: str = ""  # which keys the verifier trusts, and why
+    notes: tuple[str, ...] = ()  # what this check could not prove
 
     @property
     def ok(self) -> bool:
@@ -48,3 +56,4 @@ class ChainInfo:
     first_seq: int
     last_seq: int
     records: int
+    checkpoints: int = 0  # signed checkpoints kept apart from the chain (audit_checkpoints)
