@@ -253,7 +253,7 @@ class ChainChecker:
                               f"seq {span} missing before seq {record.seq}", self.expect_seq)
         if record.malformed:
             return ChainBreak(record.seq, ALTERED,
-                              f"seq {record.seq}: a column does not parse ({record.malformed})")
+                              f"seq {record.seq}: {record.malformed}")
         if record.computed_hash() != record.record_hash:
             return ChainBreak(record.seq, ALTERED,
                               f"seq {record.seq}: content does not match its record_hash")

@@ -204,10 +204,12 @@ class ChainVerifier:
 
     def _notes(self, broken: ChainBreak | None, latest: tuple[int, Checkpoint] | None
                ) -> tuple[str, ...]:
+        if broken is not None:
+            return ()
         if latest is None:
             return (NO_CHECKPOINT,)
         after = self._last - latest[0]
-        if broken is None and after > 0:
+        if after > 0:
             return (f"{after} record(s) after the latest checkpoint (seq {latest[0]}) are "
                     "covered by the hash chain only, until the next checkpoint",)
         return ()

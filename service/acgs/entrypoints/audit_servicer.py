@@ -143,8 +143,9 @@ def record_to_proto(r: AuditRecord) -> pb.AuditRecord:
 
 def record_from_proto(r: pb.AuditRecord) -> AuditRecord:
     """The inverse of :func:`record_to_proto` (exports verified offline); ValueError if bad."""
-    if r.effect not in _FROM_PB:
-        raise ValueError(f"record {r.instance_id}#{r.seq}: effect {r.effect} is not an Effect")
+    if r.effect not in _FROM_PB or any(v.severity not in _SEVERITY_FROM_PB
+                                        for v in r.violations):
+        raise ValueError(f"record {r.instance_id}#{r.seq}: an unknown effect or severity")
     return AuditRecord(
         decision_id=r.decision_id, instance_id=r.instance_id, seq=r.seq,
         decided_at_us=r.decided_at.ToMicroseconds(), kind=r.kind, caller_id=r.caller_id,
