@@ -1,4 +1,4 @@
-"""Signed checkpoints on real servers: the timer, the one at shutdown, and the `acgs audit` commands.
+"""Signed checkpoints on real servers: the timer, at shutdown, and the `acgs audit` commands.
 
 A server signs its chain's head every ACGS_AUDIT_CHECKPOINT_S (only when it
 advanced) and at SIGTERM, with the development key it generated under its data
