@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
 from acgs import CONSTITUTIONAL_HASH
@@ -32,8 +33,14 @@ from acgs.domain.audit import (
 from acgs.domain.audit_export import export_line, read_export, verify_export
 from acgs.domain.audit_query import ChainReport, DecisionFilter
 from acgs.domain.chain_verify import NO_CHECKPOINT
+from acgs.domain.model import Effect
+from acgs.entrypoints.audit_servicer import AuditServicer
+from acgs.entrypoints.callers import AnonymousAuthenticator, CallerResolver
+from acgs.entrypoints.grpc_server import GrpcServer
 from acgs.errors import NotFound
 from acgs.service_layer.checkpointer import Checkpointer
+from acgs.v1 import audit_pb2 as pb
+from acgs.v1 import audit_pb2_grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg_pool import AsyncConnectionPool
 
@@ -156,8 +163,6 @@ def test_a_deleted_chain_is_named(tmp_path: Path, pg_url: str) -> None:
 def test_an_edit_with_a_recomputed_hash_is_named(tmp_path: Path, pg_url: str) -> None:
     build(tmp_path, pg_url)
     records = rows(pg_url)
-    from acgs.domain.model import Effect
-
     edited = replace(records[7], effect=Effect.DENY).sealed(seq=8, prev_hash=records[6].record_hash)
     assert edited.record_hash != records[7].record_hash
     store(pg_url, [edited])
@@ -168,8 +173,6 @@ def test_an_edit_with_a_recomputed_hash_is_named(tmp_path: Path, pg_url: str) ->
 
 def rechain_after_an_edit(url: str) -> None:
     """Edit seq 8, then recompute every hash after it, checkpoint records included."""
-    from acgs.domain.model import Effect
-
     records = rows(url)
     prev = records[6].record_hash
     out = []
@@ -252,3 +255,41 @@ def test_a_chain_without_checkpoints_says_what_it_cannot_see(tmp_path: Path,
     sql(pg_url, "DELETE FROM audit_decisions WHERE seq > 2")
     report = both(pg_url, tmp_path)
     assert verdict(report) == (True, 2, "", 0) and report.notes == (NO_CHECKPOINT,)
+
+
+def test_over_grpc_a_malformed_row_is_named_never_internal(tmp_path: Path, pg_url: str) -> None:
+    build(tmp_path, pg_url)
+    sql(pg_url, """UPDATE audit_decisions SET violations = '"not a list"'
+                   WHERE instance_id = 'inst-a' AND seq = 2""")
+    asyncio.run(_over_grpc(pg_url))
+
+
+async def _over_grpc(url: str) -> None:
+    async with AsyncConnectionPool(url, min_size=1, max_size=2, open=False) as pool:
+        servicer = AuditServicer(reader=AuditQueries(pool=pool, keys=TRUST),
+                                 callers=CallerResolver(authenticator=AnonymousAuthenticator(),
+                                                        access=None))
+        server = GrpcServer(address="127.0.0.1:0", max_message_bytes=1 << 20,
+                            services=[(pb.DESCRIPTOR.services_by_name["Audit"], servicer)])
+        port = await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = audit_pb2_grpc.AuditStub(channel)
+                page = await stub.ListDecisions(pb.ListDecisionsRequest(page_size=100))
+                assert [d.seq for d in page.decisions if d.malformed] == [2]
+                exported = [r async for r in stub.ExportDecisions(pb.ExportDecisionsRequest())]
+                assert len(exported) == 17 + 3  # the chain, then the checkpoints' own copies
+                assert [r.seq for r in exported if r.source] == [6, 12, 17]
+                one = await stub.GetDecision(pb.GetDecisionRequest(
+                    decision_id=page.decisions[1].decision_id))
+                assert "column violations" in one.malformed
+                report = await stub.VerifyChain(pb.VerifyChainRequest(instance_id="inst-a"))
+                assert (report.ok, report.broken_seq, report.reason) == (False, 2, ALTERED)
+                chains = await stub.ListChains(pb.ListChainsRequest())
+                assert [(c.instance_id, c.records, c.checkpoints) for c in chains.chains] == [
+                    ("inst-a", 17, 3)]
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.VerifyChain(pb.VerifyChainRequest(instance_id="never-was"))
+                assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        finally:
+            await server.stop(1)
