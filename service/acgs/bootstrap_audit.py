@@ -119,7 +119,8 @@ def trusted_keys(settings: Settings, signer: CheckpointSigner | None) -> Trusted
     source = "ACGS_AUDIT_TRUSTED_KEYS" if keys else "this server's own key"
     if signer is not None:
         keys.append(signer.public_key)
-    return TrustedKeys(keys=keys, self_asserted=not settings.audit_trusted_keys, source=source)
+    return TrustedKeys(keys=keys, self_asserted=not settings.audit_trusted_keys, source=source,
+                       own_instance=settings.instance_id if signer is not None else "")
 
 
 async def open_database(settings: Settings) -> tuple[str, Closer]:

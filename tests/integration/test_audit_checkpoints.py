@@ -233,6 +233,9 @@ def test_a_checkpoint_signed_by_another_key_is_named(tmp_path: Path, pg_url: str
     loose = TrustedKeys(keys=[], self_asserted=True)
     assert verdict(both(pg_url, tmp_path, keys=loose)) == (True, 17, "", 0)
     assert "database writer" in online(pg_url, keys=loose).trust
+    # ... but never for the verifying server's own chain, which only its own key signs.
+    mine = TrustedKeys(keys=[SIGNER.public_key], self_asserted=True, own_instance="inst-a")
+    assert verdict(both(pg_url, tmp_path, keys=mine)) == (False, 6, BAD_SIGNATURE, 0)
 
 
 def test_a_forged_checkpoint_row_is_named(tmp_path: Path, pg_url: str) -> None:

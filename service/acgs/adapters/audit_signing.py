@@ -112,13 +112,15 @@ class TrustedKeys:
     only those. With ``self_asserted=True`` a checkpoint signed by another key is
     checked against the public key it carries itself: that proves the records
     match what some key holder signed, not who the holder was (a database writer
-    could sign with a key of their own), so the report says so.
+    could sign with a key of their own), so the report says so. Checkpoints of
+    ``own_instance`` (the verifying server's) are never taken on their word.
     """
 
     def __init__(self, *, keys: Sequence[Ed25519PublicKey], self_asserted: bool = False,
-                 source: str = "") -> None:
+                 source: str = "", own_instance: str = "") -> None:
         self._keys = {key_id(k): k for k in keys}
         self._self_asserted = self_asserted
+        self._own = own_instance  # its checkpoints must be signed by a key in ``keys``
         ids = ", ".join(sorted(self._keys)) or "none"
         self.trust = f"keys {ids} ({source or 'configured'})"
         if self_asserted:
@@ -127,7 +129,7 @@ class TrustedKeys:
 
     def problem(self, checkpoint: Checkpoint) -> str | None:
         key = self._keys.get(checkpoint.key_id)
-        if key is None and self._self_asserted:
+        if key is None and self._self_asserted and checkpoint.instance_id != self._own:
             carried = _carried(checkpoint)
             if isinstance(carried, str):
                 return carried
