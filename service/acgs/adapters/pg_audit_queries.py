@@ -26,7 +26,7 @@ from acgs.adapters.audit_signing import TrustedKeys
 from acgs.adapters.pg_audit import COLUMNS, EPOCH
 from acgs.adapters.pg_checkpoints import SELECT as CHECKPOINTS
 from acgs.adapters.pg_checkpoints import SOURCE, chains_sql
-from acgs.domain.audit import GENESIS_HASH, MISSING, AuditRecord, ChainBreak
+from acgs.domain.audit import GENESIS_HASH, MISSING, AuditRecord, ChainBreak, StoredRecord
 from acgs.domain.audit_query import ChainInfo, ChainReport, DecisionFilter, Page
 from acgs.domain.chain_verify import ChainVerifier, stored_of
 from acgs.domain.checkpoint import CheckpointKeys
@@ -53,7 +53,7 @@ def record_of(row: tuple[Any, ...], *, source: str = "") -> AuditRecord:
     effect = _parsed(problems, "effect", lambda: Effect(doc["effect"]), Effect.DENY)
     none: tuple[Violation, ...] = ()
     violations = _parsed(problems, "violations", lambda: _violations(doc["violations"]), none)
-    return AuditRecord(
+    return StoredRecord(
         decision_id=str(doc["decision_id"]), instance_id=doc["instance_id"], seq=doc["seq"],
         decided_at_us=(doc["decided_at"] - EPOCH) // _US, kind=doc["kind"],
         caller_id=doc["caller_id"], caller_role=doc["caller_role"],

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from acgs.domain import canonical
@@ -60,10 +60,18 @@ class AuditRecord:
     escalation_id: str
     prev_hash: str
     record_hash: str = ""
-    # Read side only, never hashed or journaled: why a stored row did not parse
-    # (e.g. "violations: ..."); the verifier names such a row as altered.
-    malformed: str = ""
-    source: str = ""  # read side only: "audit_checkpoints" for the checkpoints' own copy
+
+    # Read side only (see StoredRecord); plain properties here, not fields, because
+    # every extra field costs the journal's hot path one more setattr per record.
+    @property
+    def malformed(self) -> str:
+        """Why a stored column did not parse ("" for a record that did)."""
+        return ""
+
+    @property
+    def source(self) -> str:
+        """Where a stored record was read from ("" for its chain)."""
+        return ""
 
     def body(self) -> dict[str, Any]:
         """Every field the hash covers, as canonical-JSON-ready values."""
@@ -145,6 +153,24 @@ class AuditRecord:
     def from_json(cls, line: str | bytes) -> AuditRecord:
         """Parse one journal line; raises ValueError (or KeyError/TypeError) when it is not one."""
         return cls.from_dict(json.loads(line))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord(AuditRecord):
+    """A record as read back from storage or an export, never hashed or journaled as such.
+
+    ``malformed`` names a column that did not parse (the record carries a
+    placeholder there; the verifier names it as altered); ``source`` is
+    "audit_checkpoints" for a checkpoint's copy kept apart from its chain.
+    """
+
+    malformed: str = ""  # type: ignore[misc]
+    source: str = ""  # type: ignore[misc]
+
+    @classmethod
+    def of(cls, record: AuditRecord, *, malformed: str = "", source: str = "") -> StoredRecord:
+        values = {f.name: getattr(record, f.name) for f in fields(AuditRecord)}
+        return cls(**values, malformed=malformed, source=source)
 
 
 def _str(value: Any) -> str:

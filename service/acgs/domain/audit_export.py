@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from acgs.domain import canonical
-from acgs.domain.audit import AuditRecord
+from acgs.domain.audit import AuditRecord, StoredRecord
 from acgs.domain.audit_query import ChainReport
 from acgs.domain.chain_verify import ChainVerifier, StoredCheckpoint, stored_of
 from acgs.domain.checkpoint import CheckpointKeys
@@ -50,8 +50,9 @@ def read_export(lines: Iterable[str]) -> dict[str, ExportedChain]:
             continue
         try:
             doc = json.loads(line)
-            record = replace(AuditRecord.from_dict(doc), malformed=str(doc.get("malformed", "")),
-                             source=str(doc.get("source", "")))
+            record = StoredRecord.of(AuditRecord.from_dict(doc),
+                                     malformed=str(doc.get("malformed", "")),
+                                     source=str(doc.get("source", "")))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"line {number} is not an exported audit record: {err!r}") from err
         chain = chains.setdefault(record.instance_id, ExportedChain())

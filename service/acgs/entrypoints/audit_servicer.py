@@ -13,7 +13,7 @@ from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
-from acgs.domain.audit import AuditRecord
+from acgs.domain.audit import AuditRecord, StoredRecord
 from acgs.domain.audit_query import ChainInfo, ChainReport, DecisionFilter, Page
 from acgs.domain.model import Effect, Severity, Violation
 from acgs.entrypoints.callers import CallerResolver
@@ -141,12 +141,12 @@ def record_to_proto(r: AuditRecord) -> pb.AuditRecord:
     )
 
 
-def record_from_proto(r: pb.AuditRecord) -> AuditRecord:
+def record_from_proto(r: pb.AuditRecord) -> StoredRecord:
     """The inverse of :func:`record_to_proto` (exports verified offline); ValueError if bad."""
     if r.effect not in _FROM_PB or any(v.severity not in _SEVERITY_FROM_PB
                                         for v in r.violations):
         raise ValueError(f"record {r.instance_id}#{r.seq}: an unknown effect or severity")
-    return AuditRecord(
+    return StoredRecord(
         decision_id=r.decision_id, instance_id=r.instance_id, seq=r.seq,
         decided_at_us=r.decided_at.ToMicroseconds(), kind=r.kind, caller_id=r.caller_id,
         caller_role=r.caller_role, request_id=r.request_id, tenant_id=r.tenant_id,
