@@ -44,7 +44,11 @@ def test_the_timer_signs_the_head_only_when_it_advanced(tmp_path: Path) -> None:
         await asyncio.sleep(0.2)  # an empty chain: nothing to sign
         assert journal.last_seq == 0
         await journal.append([entry(1), entry(2)])
-        await asyncio.sleep(0.3)  # one checkpoint, then nothing new for several ticks
+        for _ in range(100):  # the next tick signs the head
+            if journal.last_seq == 3:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # then nothing new for several ticks: no checkpoint
         assert journal.last_seq == 3
         await journal.append([entry(3)])
         await checkpointer.stop()  # the final checkpoint

@@ -61,6 +61,7 @@ class Checkpointer:
         self._on_result = on_result
         self._last = -1  # seq of the last checkpoint record written by this process
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.failures = 0
 
     async def start(self) -> None:
@@ -68,11 +69,14 @@ class Checkpointer:
             self._task = asyncio.create_task(self._run(), name="acgs-checkpoints")
 
     async def stop(self) -> None:
-        """Stop the timer, then sign the final head (if the chain advanced)."""
+        """Stop the timer, then sign the final head (if the chain advanced).
+
+        The timer is let finish an attempt under way rather than cancelled: a
+        cancelled append would still be journaled, unknown to ``checkpoint``.
+        """
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
             self._task = None
         await self._attempt()
 
@@ -87,9 +91,11 @@ class Checkpointer:
         return self._last
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            await self._attempt()
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+            if not self._stopping.is_set():
+                await self._attempt()
 
     async def _attempt(self) -> None:
         try:
