@@ -28,7 +28,7 @@ from acgs.adapters.pg_checkpoints import SELECT as CHECKPOINTS
 from acgs.adapters.pg_checkpoints import SOURCE, chains_sql
 from acgs.domain.audit import GENESIS_HASH, MISSING, AuditRecord, ChainBreak, StoredRecord
 from acgs.domain.audit_query import ChainInfo, ChainReport, DecisionFilter, Page
-from acgs.domain.chain_verify import ChainVerifier, stored_of
+from acgs.domain.chain_verify import ChainVerifier, StoredCheckpoint, stored_of
 from acgs.domain.checkpoint import CheckpointKeys
 from acgs.domain.model import Effect, Severity, Violation
 from acgs.errors import AuditUnavailable, InvalidRequest, NotFound
@@ -37,6 +37,7 @@ _SELECT = sql.SQL("SELECT {} FROM audit_decisions").format(
     sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS))
 _ORDER = sql.SQL(" ORDER BY decided_at, instance_id, seq LIMIT %s")
 _US = dt.timedelta(microseconds=1)
+_BEYOND = 100  # copies of checkpoints past a cut tail worth reading: the newest decide
 T = TypeVar("T")
 
 
@@ -186,28 +187,35 @@ class AuditQueries:
         """
         if from_seq < 1 or (to_seq and to_seq < from_seq):
             raise InvalidRequest("need 1 <= from_seq <= to_seq (to_seq 0 = to the end)")
-        stored = [stored_of(r) for r in await self._stored(instance_id)]
-        if not stored and not await self._exists(instance_id):
+        if not await self._exists(instance_id):
             raise NotFound(f"no audit chain of instance {instance_id!r} "
                            "(neither records nor checkpoints)")
         prev = await self._predecessor(instance_id, from_seq)
         verifier = ChainVerifier(instance_id, keys=self._keys, expect_seq=from_seq,
-                                 prev_hash=prev or GENESIS_HASH, stored=stored)
+                                 prev_hash=prev or GENESIS_HASH)
         if prev is None:
             verifier.broken = ChainBreak(from_seq, MISSING, f"seq {from_seq - 1} missing "
                                          f"before seq {from_seq}", from_seq - 1)
-        last = from_seq - 1
+        last, stored_upto = from_seq - 1, from_seq - 1
         while verifier.broken is None and (not to_seq or last < to_seq):
             rows = await self._fetch(
                 _SELECT + sql.SQL(" WHERE instance_id = %s AND seq > %s AND seq <= %s "
                                   "ORDER BY seq LIMIT %s"),
                 [instance_id, last, to_seq or 2**62, self._chunk])
+            # The copies of the checkpoints that sign this chunk's records (a copy's
+            # own seq is the seq it signed + 1): one window at a time, bounded memory.
+            top = int(rows[-1][1]) if rows else last
+            verifier.add_stored(await self._stored_between(instance_id, stored_upto, top + 1))
+            stored_upto = top + 1
             for record in map(record_of, rows):
                 if not verifier.feed(record):
                     break
                 last = record.seq
             if len(rows) < self._chunk:
                 break
+        if not to_seq:  # copies past the chain's end (a cut tail): the newest decide
+            verifier.add_stored(await self._stored_between(instance_id, stored_upto, 2**62,
+                                                           newest=_BEYOND))
         return verifier.finish(to_end=not to_seq)
 
     async def list_chains(self) -> list[ChainInfo]:
@@ -222,9 +230,24 @@ class AuditQueries:
                                  [instance_id] if instance_id else [])
         return [record_of(r, source=SOURCE) for r in rows]
 
+    async def _stored_between(self, instance_id: str, after: int, upto: int, *,
+                              newest: int = 0) -> list[StoredCheckpoint]:
+        """Copies of ``instance_id``'s checkpoints with ``after < seq <= upto`` (or the newest)."""
+        query = CHECKPOINTS + sql.SQL(" WHERE instance_id = %s AND seq > %s AND seq <= %s")
+        if newest:
+            rows = await self._fetch(query + sql.SQL(" ORDER BY seq DESC LIMIT %s"),
+                                     [instance_id, after, upto, newest])
+            rows.reverse()
+        else:
+            rows = await self._fetch(query + sql.SQL(" ORDER BY seq"), [instance_id, after, upto])
+        return [stored_of(record_of(r, source=SOURCE)) for r in rows]
+
     async def _exists(self, instance_id: str) -> bool:
+        """Whether the trail holds a record or a checkpoint of ``instance_id``."""
         return bool(await self._fetch(sql.SQL(
-            "SELECT 1 FROM audit_decisions WHERE instance_id = %s LIMIT 1"), [instance_id]))
+            "SELECT 1 FROM audit_decisions WHERE instance_id = %s UNION ALL "
+            "SELECT 1 FROM audit_checkpoints WHERE instance_id = %s LIMIT 1"),
+            [instance_id, instance_id]))
 
     async def _predecessor(self, instance_id: str, from_seq: int) -> str | None:
         """The hash the record at ``from_seq`` must link to; None when that record is absent."""

@@ -19,7 +19,7 @@ the hash chain alone until the next one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from acgs.domain.audit import (
@@ -63,7 +63,10 @@ class ChainVerifier:
     """Checks one chain fed in ``seq`` order against its checkpoints; see the module docstring.
 
     ``expect_seq``/``prev_hash`` describe the first record expected (a range may
-    start after seq 1). ``stored`` are the checkpoints kept apart from the chain.
+    start after seq 1). ``stored`` are the checkpoints kept apart from the chain;
+    more can be given with :meth:`add_stored` as the walk goes (a copy must be
+    given before the record it signed is fed). Memory stays bounded by what is
+    pending, whatever the chain's length.
     """
 
     def __init__(self, instance_id: str, *, keys: CheckpointKeys, expect_seq: int = 1,
@@ -75,13 +78,14 @@ class ChainVerifier:
         self._last = expect_seq - 1  # last seq found good
         self._anchor = expect_seq - 1  # last seq a valid checkpoint vouched for
         self.broken: ChainBreak | None = None
-        self._latest: tuple[int, Checkpoint] | None = None
+        self._prev0 = prev_hash
+        self._latest: tuple[int, Checkpoint] | None = None  # newest validly signed
+        self._vouched_latest: tuple[int, Checkpoint] | None = None  # newest the chain matched
         self._pending: dict[int, list[tuple[int, Checkpoint]]] = {}
-        self._verified: set[int] = set()
+        self._verified = 0
         self._keys_used: set[str] = set()
-        self._stored_breaks: list[ChainBreak] = []
-        for item in stored:
-            self._add_stored(item, prev_hash)
+        self._stored_break: ChainBreak | None = None
+        self.add_stored(stored)
 
     # -- feeding -----------------------------------------------------------------------------
 
@@ -121,22 +125,31 @@ class ChainVerifier:
 
     # -- checkpoints kept apart ----------------------------------------------------------------
 
-    def _add_stored(self, item: StoredCheckpoint, prev_hash: str) -> None:
+    def add_stored(self, items: Iterable[StoredCheckpoint]) -> None:
+        """Checkpoints kept apart from the chain, each before the record it signed is fed."""
+        for item in items:
+            self._add_stored(item)
+
+    def _stored_broken(self, found: ChainBreak) -> None:
+        if self._stored_break is None or found.seq < self._stored_break.seq:
+            self._stored_break = found
+
+    def _add_stored(self, item: StoredCheckpoint) -> None:
         cp, seq = item.checkpoint, item.record_seq
         if cp is None or self._misplaced(cp, seq):
             why = item.problem if cp is None else self._misplaced(cp, seq)
-            self._stored_breaks.append(ChainBreak(seq, ALTERED, f"stored checkpoint of seq "
-                                                  f"{seq}: {why}"))
+            self._stored_broken(ChainBreak(seq, ALTERED, f"stored checkpoint of seq {seq}: "
+                                           f"{why}"))
             return
         if cp.signed_seq < self._from - 1:
             return  # before the range checked
         problem = self._keys.problem(cp)
         if problem is not None:
-            self._stored_breaks.append(ChainBreak(seq, BAD_SIGNATURE, f"stored checkpoint of "
-                                                  f"seq {seq}: {problem}"))
+            self._stored_broken(ChainBreak(seq, BAD_SIGNATURE, f"stored checkpoint of seq "
+                                           f"{seq}: {problem}"))
         elif cp.signed_seq == self._from - 1:
-            if cp.head_hash != prev_hash:
-                self._stored_breaks.append(self._rechained(cp, prev_hash))
+            if cp.head_hash != self._prev0:
+                self._stored_broken(self._rechained(cp, self._prev0))
             else:
                 self._vouched(seq, cp)
         else:
@@ -152,7 +165,10 @@ class ChainVerifier:
         return ""
 
     def _vouched(self, record_seq: int, cp: Checkpoint) -> None:
-        self._verified.add(record_seq)
+        """The chain matched ``cp`` (vouched in non-decreasing ``record_seq`` order)."""
+        if self._vouched_latest is None or record_seq > self._vouched_latest[0]:
+            self._verified += 1  # the copy and the chain's own record count once
+            self._vouched_latest = (record_seq, cp)
         self._keys_used.add(cp.key_id)
         self._anchor = max(self._anchor, cp.signed_seq)
         if self._latest is None or record_seq >= self._latest[0]:
@@ -173,19 +189,18 @@ class ChainVerifier:
         broken = self.broken
         if broken is None and to_end:
             broken = self._tail_break()
-        candidates = [b for b in (broken, *self._stored_breaks) if b is not None]
+        candidates = [b for b in (broken, self._stored_break) if b is not None]
         broken = min(candidates, key=lambda b: b.seq) if candidates else None
         last = self._last if broken is None else min(self._last, broken.seq - 1)
         if broken is not None and broken.reason == RECHAINED:
             last = min(last, self._anchor)
-        latest = self._latest if self._latest is not None and (
-            self._latest[0] in self._verified or broken is None) else None
+        latest = self._vouched_latest
         return ChainReport(
             self.instance_id, self._from, last, self._checker.checked, broken,
             checkpoint_seq=latest[1].signed_seq if latest else 0,
             checkpoint_record_seq=latest[0] if latest else 0,
             checkpoint_at_us=latest[1].signed_at_us if latest else 0,
-            checkpoints_checked=len(self._verified), keys_used=tuple(sorted(self._keys_used)),
+            checkpoints_checked=self._verified, keys_used=tuple(sorted(self._keys_used)),
             trust=self._keys.trust, notes=self._notes(broken, latest),
         )
 
@@ -206,10 +221,9 @@ class ChainVerifier:
                ) -> tuple[str, ...]:
         if broken is not None:
             return ()
-        if latest is None:
+        if self._latest is None:
             return (NO_CHECKPOINT,)
-        after = self._last - latest[0]
-        if after > 0:
-            return (f"{after} record(s) after the latest checkpoint (seq {latest[0]}) are "
-                    "covered by the hash chain only, until the next checkpoint",)
-        return ()
+        if latest is None or self._last <= latest[0]:
+            return ()
+        return (f"{self._last - latest[0]} record(s) after the latest checkpoint (seq "
+                f"{latest[0]}) are covered by the hash chain only, until the next checkpoint",)
