@@ -461,6 +461,9 @@ class NullTelemetry:
     def audit_shipped(self, *, records: int, duration_s: float) -> None:
         pass
 
+    def audit_checkpoint(self, *, ok: bool) -> None:
+        pass
+
     def watch_audit_journal(self, *, backlog_records: Callable[[], int],
                             ship_lag_s: Callable[[], float]) -> None:
         pass

@@ -28,6 +28,7 @@ EXPECTED_FAMILIES = {
     "acgs_cache_redis_errors": ("counter", set()),
     "acgs_audit_journal_backlog_records": ("gauge", set()),
     "acgs_audit_shipped_records": ("counter", set()),
+    "acgs_audit_checkpoints": ("counter", {"outcome"}),
     "acgs_audit_ship_lag_seconds": ("gauge", set()),
     "acgs_audit_ship_duration_seconds": ("histogram", set()),
     "acgs_audit_refusals": ("counter", set()),
@@ -102,6 +103,8 @@ def feed(m: Metrics) -> None:
     m.set_open_escalations({("high_impact_action", "high"): 3})
     m.escalation_resolved(reason="high_impact_action", outcome="approved", duration_s=42.0)
     m.audit_shipped(records=10, duration_s=0.004)
+    m.audit_checkpoint(ok=True)
+    m.audit_checkpoint(ok=False)
     m.watch_audit_journal(backlog_records=lambda: 42, ship_lag_s=lambda: 1.5)
     m.watch_cache(tier="local", stats=Counters(hits=7, misses=3))
     m.watch_cache(tier="redis", stats=RedisCounters(hits=2, misses=1, errors=4))
@@ -195,6 +198,7 @@ def test_watched_sources_are_read_at_each_scrape(metrics: Metrics) -> None:
     assert value(text, "acgs_audit_journal_backlog_records") == 42
     assert value(text, "acgs_audit_ship_lag_seconds") == 1.5
     assert value(text, "acgs_audit_shipped_records_total") == 10
+    assert value(text, "acgs_audit_checkpoints_total", outcome="failed") == 1
     assert value(text, "acgs_escalations_open", reason="high_impact_action", severity="high") == 3
     assert value(text, "acgs_escalations_created_total", reason="high_impact_action") == 1
     assert value(text, "acgs_escalations_resolved_total", reason="high_impact_action",
