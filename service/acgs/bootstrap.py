@@ -269,7 +269,8 @@ async def _audit_trail(
     """Database, migrations + constitution check, journal, shipper (see bootstrap_audit)."""
     metrics = telemetry if isinstance(telemetry, Metrics) else None
     trail = await build_audit(settings, on_shipped=(
-        (lambda n, s: metrics.audit_shipped(records=n, duration_s=s)) if metrics else None))
+        (lambda n, s: metrics.audit_shipped(records=n, duration_s=s)) if metrics else None),
+        on_checkpoint=(lambda ok: metrics.audit_checkpoint(ok=ok)) if metrics else None)
     closers.extend(trail.closers)  # run reversed: flush, final ship, close, pool, database
     if metrics is not None:
         shipper = trail.shipper

@@ -6,8 +6,10 @@ constitution stops the start here; an unreachable one defers them, the
 shipper's start included, to the database watch: see bootstrap_offline) →
 connection pool → journal recovery →
 shipper (which first replays what earlier runs left unshipped, including the
-journals of dead predecessors on this host). Closers are returned in start
-order; run them in reverse after the gRPC server stopped: journal flushed,
+journals of dead predecessors on this host) → the checkpointer, which signs the
+chain's head every ACGS_AUDIT_CHECKPOINT_S with ACGS_AUDIT_SIGNING_KEY.
+Closers are returned in start order; run them in reverse after the gRPC
+server stopped: final checkpoint, journal flushed,
 shipper's final attempt, journal closed (its directory lock released last, so
 no other server adopts it mid-ship), pool, embedded PostgreSQL.
 """
@@ -22,16 +24,20 @@ from dataclasses import dataclass, field
 
 from psycopg_pool import AsyncConnectionPool
 
+from acgs.adapters.audit_signing import CheckpointSigner, TrustedKeys, load_public_keys
 from acgs.adapters.embedded_pg import EmbeddedPostgres
 from acgs.adapters.gated_pool import GatedPool
 from acgs.adapters.journal import Journal, adopt_orphans
 from acgs.adapters.local_snapshot import SnapshotStore
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries
+from acgs.adapters.pg_checkpoints import PROJECTION as CHECKPOINTS
 from acgs.adapters.pg_escalations import projection
 from acgs.adapters.pg_migrations import check_constitution, migrate
 from acgs.bootstrap_offline import database_watch, prepare_database, snapshot_store
 from acgs.config import Settings
+from acgs.errors import ConfigurationError
+from acgs.service_layer.checkpointer import Checkpointer
 from acgs.service_layer.database_watch import DatabaseWatch
 
 logger = logging.getLogger("acgs.bootstrap")
@@ -54,6 +60,7 @@ class AuditTrail:
     closers: list[Closer] = field(default_factory=list)
     conninfo: str = ""
     """The migrated database the trail ships to (the token table lives there too)."""
+    checkpointer: Checkpointer | None = None
 
     @property
     def offline(self) -> bool:
@@ -62,7 +69,8 @@ class AuditTrail:
 
 
 async def build_audit(
-    settings: Settings, *, on_shipped: Callable[[int, float], None] | None = None
+    settings: Settings, *, on_shipped: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[bool], None] | None = None,
 ) -> AuditTrail:
     """Start the audit trail's database, journal and shipper; see the module docstring.
 
@@ -88,7 +96,7 @@ async def build_audit(
                       orphans=orphans, on_shipped=on_shipped,
                       projections=(projection(
                           idempotency_window_s=settings.idempotency_window_s,
-                          group_s=settings.escalation_group_s),),
+                          group_s=settings.escalation_group_s), CHECKPOINTS),
                       stall_s=settings.audit_ship_stall_s)
     database = database_watch(settings, conninfo=conninfo, pool=pool, prepared=prepared)
     pool.gate = lambda: database.ready  # audit readers wait for the migration and its check
@@ -99,11 +107,45 @@ async def build_audit(
     closers.append(lambda: asyncio.to_thread(journal.close))
     closers.append(lambda: asyncio.to_thread(shipper.stop))
     closers.append(_flush(journal))
+    signer = signing_key(settings)
+    checkpointer = Checkpointer(journal=journal, signer=signer, instance_id=settings.instance_id,
+                                constitutional_hash=settings.constitutional_hash,
+                                interval_s=settings.audit_checkpoint_s, on_result=on_checkpoint)
+    await checkpointer.start()
+    closers.append(checkpointer.stop)  # runs first: the final checkpoint, then the flush
     logger.info("audit journal %s at seq %d, %d records to ship (%d adopted journals)",
                 journal.directory, journal.last_seq, shipper.backlog_records, len(orphans))
-    return AuditTrail(journal=journal, shipper=shipper, queries=AuditQueries(pool=pool),
+    queries = AuditQueries(pool=pool, keys=trusted_keys(settings, signer))
+    return AuditTrail(journal=journal, shipper=shipper, queries=queries,
                       closers=closers, conninfo=conninfo, database=database,
-                      snapshots=snapshots)
+                      snapshots=snapshots, checkpointer=checkpointer)
+
+
+def signing_key(settings: Settings) -> CheckpointSigner:
+    """ACGS_AUDIT_SIGNING_KEY; in development, when unset, the data directory's own key.
+
+    ConfigurationError when the file is bad, or unset in production.
+    """
+    if settings.audit_signing_key is not None:
+        return CheckpointSigner.from_file(settings.audit_signing_key)
+    if settings.is_production:
+        raise ConfigurationError("ACGS_ENV=production needs ACGS_AUDIT_SIGNING_KEY (an Ed25519 "
+                                 "private key, PEM, kept where PostgreSQL cannot read it)")
+    return CheckpointSigner.development(settings.data_dir)
+
+
+def trusted_keys(settings: Settings, signer: CheckpointSigner | None) -> TrustedKeys:
+    """The keys VerifyChain trusts: ACGS_AUDIT_TRUSTED_KEYS and this server's own key.
+
+    Without ACGS_AUDIT_TRUSTED_KEYS other instances' checkpoints are checked
+    against the key they carry (self-asserted), and the reports say so.
+    """
+    keys = load_public_keys(settings.audit_trusted_keys, setting="ACGS_AUDIT_TRUSTED_KEYS")
+    source = "ACGS_AUDIT_TRUSTED_KEYS" if keys else "this server's own key"
+    if signer is not None:
+        keys.append(signer.public_key)
+    return TrustedKeys(keys=keys, self_asserted=not settings.audit_trusted_keys, source=source,
+                       own_instance=settings.instance_id if signer is not None else "")
 
 
 async def open_database(settings: Settings) -> tuple[str, Closer]:
@@ -129,7 +171,7 @@ async def audit_queries(settings: Settings) -> AsyncIterator[AuditQueries]:
     try:
         await check_constitution(conninfo, constitutional_hash=settings.constitutional_hash)
         async with AsyncConnectionPool(conninfo, min_size=1, max_size=2, open=False) as pool:
-            yield AuditQueries(pool=pool)
+            yield AuditQueries(pool=pool, keys=trusted_keys(settings, None))
     finally:
         await stop_database()
 

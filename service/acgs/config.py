@@ -123,6 +123,10 @@ class Settings:
     audit_mask_fields: tuple[str, ...] = ()
     audit_ship_batch: int = 1000
     audit_ship_stall_s: float = 30.0
+    # Signed checkpoints of the audit chain (a key PostgreSQL never holds)
+    audit_signing_key: Path | None = None
+    audit_checkpoint_s: float = 10.0
+    audit_trusted_keys: tuple[Path, ...] = ()
     # Cache
     cache_local_size: int = 100_000
     # Keys carry the revisions, so a TTL only retires idle entries; 60 s cost ~10 points of
@@ -205,6 +209,9 @@ class Settings:
             audit_mask_fields=_list(e, "ACGS_AUDIT_MASK_FIELDS", d.audit_mask_fields),
             audit_ship_batch=_int(e, "ACGS_AUDIT_SHIP_BATCH", d.audit_ship_batch, minimum=1),
             audit_ship_stall_s=_float(e, "ACGS_AUDIT_SHIP_STALL_S", d.audit_ship_stall_s),
+            audit_signing_key=_path(e, "ACGS_AUDIT_SIGNING_KEY"),
+            audit_checkpoint_s=_float(e, "ACGS_AUDIT_CHECKPOINT_S", d.audit_checkpoint_s),
+            audit_trusted_keys=tuple(Path(p) for p in _list(e, "ACGS_AUDIT_TRUSTED_KEYS", ())),
             cache_local_size=_int(e, "ACGS_CACHE_LOCAL_SIZE", d.cache_local_size),
             cache_local_ttl_s=_float(e, "ACGS_CACHE_LOCAL_TTL_S", d.cache_local_ttl_s),
             cache_redis_ttl_s=_float(e, "ACGS_CACHE_REDIS_TTL_S", d.cache_redis_ttl_s),

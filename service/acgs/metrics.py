@@ -354,6 +354,10 @@ class Metrics:
         self._shipped.add(records)
         self._ship_duration.record(duration_s)
 
+    def audit_checkpoint(self, *, ok: bool) -> None:
+        """Count one signed checkpoint journaled (ok), or one attempt that failed."""
+        self._checkpoints.add(1, {"outcome": "ok" if ok else "failed"})
+
     def watch_audit_journal(self, *, backlog_records: Callable[[], int],
                             ship_lag_s: Callable[[], float]) -> None:
         """Read the journal's unshipped record count and oldest unshipped age at each scrape.
@@ -446,6 +450,9 @@ class Metrics:
         self._shipped.add(0)  # the series exists (at 0) before the first batch
         self._ship_duration = meter.create_histogram(
             "acgs_audit_ship_duration_seconds", unit="s", description="Time to ship one batch")
+        self._checkpoints = meter.create_counter(
+            "acgs_audit_checkpoints", unit="1",
+            description="Signed audit checkpoints journaled, by outcome (ok, failed)")
 
     def _histograms(self) -> list[Metric]:
         now, start = time.time_ns(), self._start_ns
@@ -574,6 +581,9 @@ class NullTelemetry:
         pass
 
     def audit_shipped(self, *, records: int, duration_s: float) -> None:
+        pass
+
+    def audit_checkpoint(self, *, ok: bool) -> None:
         pass
 
     def watch_audit_journal(self, *, backlog_records: Callable[[], int],

@@ -28,6 +28,7 @@ EXPECTED_FAMILIES = {
     "acgs_cache_redis_errors": ("counter", set()),
     "acgs_audit_journal_backlog_records": ("gauge", set()),
     "acgs_audit_shipped_records": ("counter", set()),
+    "acgs_audit_checkpoints": ("counter", {"outcome"}),
     "acgs_audit_ship_lag_seconds": ("gauge", set()),
     "acgs_audit_ship_duration_seconds": ("histogram", set()),
     "acgs_audit_refusals": ("counter", set()),
@@ -122,6 +123,8 @@ def feed(m: Metrics) -> None:
     m.set_open_escalations({("high_impact_action", "high"): 3})
     m.escalation_resolved(reason="high_impact_action", outcome="approved", duration_s=42.0)
     m.audit_shipped(records=10, duration_s=0.004)
+    m.audit_checkpoint(ok=True)
+    m.audit_checkpoint(ok=False)
     m.watch_audit_journal(backlog_records=lambda: 42, ship_lag_s=lambda: 1.5)
     m.watch_audit_shipper(FakeShipper())
     m.watch_cache(tier="local", stats=Counters(hits=7, misses=3))
@@ -225,6 +228,7 @@ def test_watched_sources_are_read_at_each_scrape(metrics: Metrics) -> None:
     assert value(text, "acgs_audit_shipper_restarts_total") == 3
     assert value(text, "acgs_audit_shipper_stalled") == 1
     assert value(text, "acgs_audit_shipper_stalled_seconds") == 45
+    assert value(text, "acgs_audit_checkpoints_total", outcome="failed") == 1
     assert value(text, "acgs_escalations_open", reason="high_impact_action", severity="high") == 3
     assert value(text, "acgs_escalations_created_total", reason="high_impact_action") == 1
     assert value(text, "acgs_escalations_resolved_total", reason="high_impact_action",

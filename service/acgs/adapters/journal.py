@@ -28,7 +28,7 @@ import asyncio
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from acgs.adapters.journal_files import (
@@ -159,6 +159,26 @@ class Journal(JournalWriter):
             self._backlog_bytes += len(data)
             self._enqueue(data, last_seq, (loop, future))
         await future
+
+    async def append_at_head(self, make: Callable[[int, str], AuditEntry]) -> int:
+        """Append the entry ``make(last_seq, last_hash)`` builds right after the current head.
+
+        Nothing can slip in between reading the head and placing the record, so
+        a checkpoint can sign the head it follows. Returns the record's seq once
+        it is durable. Not held to the backlog bound (one small record); raises
+        AuditUnavailable when the journal is closed, read-only or failed.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            self._check_open()
+            entry = make(self._last_seq, self._last_hash)
+            data, last_seq, last_hash = self._encode([entry])
+            self._last_seq, self._last_hash = last_seq, last_hash
+            self._backlog_bytes += len(data)
+            self._enqueue(data, last_seq, (loop, future))
+        await future
+        return last_seq
 
     @property
     def last_seq(self) -> int:

@@ -14,17 +14,23 @@ import binascii
 import datetime as dt
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from acgs.adapters.audit_signing import TrustedKeys
 from acgs.adapters.pg_audit import COLUMNS, EPOCH
-from acgs.domain.audit import GENESIS_HASH, MISSING, AuditRecord, ChainBreak, ChainChecker
+from acgs.adapters.pg_checkpoints import SELECT as CHECKPOINTS
+from acgs.adapters.pg_checkpoints import SOURCE, chains_sql
+from acgs.domain.audit import GENESIS_HASH, MISSING, AuditRecord, ChainBreak, StoredRecord
 from acgs.domain.audit_query import ChainInfo, ChainReport, DecisionFilter, Page, Quarantined
+from acgs.domain.chain_verify import ChainVerifier, StoredCheckpoint, stored_of
+from acgs.domain.checkpoint import CheckpointKeys
 from acgs.domain.model import Effect, Severity, Violation
 from acgs.errors import AuditUnavailable, InvalidRequest, NotFound
 
@@ -32,24 +38,55 @@ _SELECT = sql.SQL("SELECT {} FROM audit_decisions").format(
     sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS))
 _ORDER = sql.SQL(" ORDER BY decided_at, instance_id, seq LIMIT %s")
 _US = dt.timedelta(microseconds=1)
+_BEYOND = 100  # copies of checkpoints past a cut tail worth reading: the newest decide
+T = TypeVar("T")
 
 
-def record_of(row: tuple[Any, ...]) -> AuditRecord:
-    """A row of ``audit_decisions`` (selected in COLUMNS order) as a record."""
+def record_of(row: tuple[Any, ...], *, source: str = "") -> AuditRecord:
+    """A row of ``audit_decisions`` (selected in COLUMNS order) as a record.
+
+    A column that does not parse (``violations`` that are not a list of valid
+    violations, an unknown ``effect``) never fails the read: the record comes
+    back with a placeholder there and ``malformed`` naming the column, so that
+    lists and exports go on and the verifier names the row as altered.
+    """
     doc = dict(zip(COLUMNS, row, strict=True))
-    return AuditRecord(
+    problems: list[str] = []
+    effect = _parsed(problems, "effect", lambda: Effect(doc["effect"]), Effect.DENY)
+    none: tuple[Violation, ...] = ()
+    violations = _parsed(problems, "violations", lambda: _violations(doc["violations"]), none)
+    return StoredRecord(
         decision_id=str(doc["decision_id"]), instance_id=doc["instance_id"], seq=doc["seq"],
         decided_at_us=(doc["decided_at"] - EPOCH) // _US, kind=doc["kind"],
         caller_id=doc["caller_id"], caller_role=doc["caller_role"],
         request_id=doc["request_id"], tenant_id=doc["tenant_id"],
         principal_id=doc["principal_id"], request_json=doc["request_json"],
-        effect=Effect(doc["effect"]),
-        violations=tuple(Violation(v["principle"], Severity(v["severity"]), v["message"])
-                         for v in doc["violations"]),
+        effect=effect, violations=violations,
         policy_revision=doc["policy_revision"], constitutional_hash=doc["constitutional_hash"],
         cached=doc["cached"], latency_us=doc["latency_us"], escalation_id=doc["escalation_id"],
         prev_hash=doc["prev_hash"], record_hash=doc["record_hash"],
+        malformed="; ".join(problems), source=source,
     )
+
+
+def _parsed(problems: list[str], column: str, parse: Callable[[], T], placeholder: T) -> T:
+    try:
+        return parse()
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        problems.append(f"column {column} does not parse: {err!r}"[:300])
+        return placeholder
+
+
+def _violations(value: Any) -> tuple[Violation, ...]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    out = []
+    for v in value:
+        principle, message = v["principle"], v["message"]
+        if not (isinstance(principle, str) and isinstance(message, str)):
+            raise TypeError("principle and message must be strings")
+        out.append(Violation(principle, Severity(v["severity"]), message))
+    return tuple(out)
 
 
 def encode_cursor(record: AuditRecord) -> str:
@@ -80,8 +117,10 @@ class AuditQueries:
     """Read-side of the audit trail over an open ``AsyncConnectionPool``."""
 
     def __init__(self, *, pool: AsyncConnectionPool[Any], max_page: int = 1000,
-                 verify_chunk: int = 5000) -> None:
+                 verify_chunk: int = 5000, keys: CheckpointKeys | None = None) -> None:
         self._pool = pool
+        # No keys configured: checkpoints are checked against the key each carries.
+        self._keys = keys or TrustedKeys(keys=(), self_asserted=True, source="none configured")
         self._max_page = max_page
         self._chunk = verify_chunk
 
@@ -118,46 +157,72 @@ class AuditQueries:
 
     async def export(self, where: DecisionFilter, *, page_size: int = 500
                      ) -> AsyncIterator[AuditRecord]:
-        """Every record matching ``where``, oldest first, read page by page."""
+        """Every record matching ``where``, oldest first, read page by page.
+
+        When ``where`` selects whole chains (no filter, or only an instance), the
+        checkpoints' own copies follow (``source`` "audit_checkpoints"), so that
+        an export can be verified offline exactly as VerifyChain verifies.
+        """
         cursor = ""
         while True:
             page = await self.list_decisions(where, page_size=page_size, cursor=cursor)
             for record in page.records:
                 yield record
             if not page.next_cursor:
-                return
+                break
             cursor = page.next_cursor
+        if where == DecisionFilter(instance_id=where.instance_id):
+            for record in await self._stored(where.instance_id):
+                yield record
 
     async def verify_chain(self, instance_id: str, *, from_seq: int = 1,
                            to_seq: int = 0) -> ChainReport:
         """Check ``instance_id``'s chain from ``from_seq`` to ``to_seq`` (0: to its end).
 
         Names the first record that was altered (its content does not match its
-        hash), is missing (the seq after a gap, naming the absent seq) or reordered
-        (it does not link to its predecessor). InvalidRequest for a bad range.
+        hash, or a column does not parse), is missing (the seq after a gap, naming
+        the absent seq) or reordered (it does not link to its predecessor), and
+        what its signed checkpoints show (see :mod:`acgs.domain.chain_verify`):
+        re-chaining, a bad signature, a cut tail, a deleted chain.
+        InvalidRequest for a bad range, NotFound for an instance never seen.
         """
         if from_seq < 1 or (to_seq and to_seq < from_seq):
             raise InvalidRequest("need 1 <= from_seq <= to_seq (to_seq 0 = to the end)")
+        if not await self._exists(instance_id):
+            raise NotFound(f"no audit chain of instance {instance_id!r} "
+                           "(neither records nor checkpoints)")
         quarantined = await self._quarantined(instance_id, from_seq, to_seq)
-        checker, broken = await self._checker(instance_id, from_seq,
-                                              frozenset(q.seq for q in quarantined))
-        last = from_seq - 1
-        while broken is None and (not to_seq or last < to_seq):
-            top = to_seq or 2**62
+        prev = await self._predecessor(instance_id, from_seq)
+        verifier = ChainVerifier(instance_id, keys=self._keys, expect_seq=from_seq,
+                                 prev_hash=prev or GENESIS_HASH,
+                                 quarantined=frozenset(q.seq for q in quarantined))
+        if prev is None:
+            verifier.broken = ChainBreak(from_seq, MISSING, f"seq {from_seq - 1} missing "
+                                         f"before seq {from_seq}", from_seq - 1)
+        last, stored_upto = from_seq - 1, from_seq - 1
+        while verifier.broken is None and (not to_seq or last < to_seq):
             rows = await self._fetch(
                 _SELECT + sql.SQL(" WHERE instance_id = %s AND seq > %s AND seq <= %s "
                                   "ORDER BY seq LIMIT %s"),
-                [instance_id, last, top, self._chunk])
+                [instance_id, last, to_seq or 2**62, self._chunk])
+            # The copies of the checkpoints that sign this chunk's records (a copy's
+            # own seq is the seq it signed + 1): one window at a time, bounded memory.
+            top = int(rows[-1][1]) if rows else last
+            verifier.add_stored(await self._stored_between(instance_id, stored_upto, top + 1))
+            stored_upto = top + 1
             for record in map(record_of, rows):
-                broken = checker.feed(record)
-                if broken is not None:
+                if not verifier.feed(record):
                     break
                 last = record.seq
             if len(rows) < self._chunk:
                 break
-        passed = set(checker.passed_quarantined)
-        named = tuple(q for q in quarantined if q.seq in passed or q.seq > last)
-        return ChainReport(instance_id, from_seq, last, checker.checked, broken, named)
+        if not to_seq:  # copies past the chain's end (a cut tail): the newest decide
+            verifier.add_stored(await self._stored_between(instance_id, stored_upto, 2**62,
+                                                           newest=_BEYOND))
+        report = verifier.finish(to_end=not to_seq)
+        passed = set(verifier.passed_quarantined)
+        named = tuple(q for q in quarantined if q.seq in passed or q.seq > report.last_seq)
+        return replace(report, quarantined=named)
 
     async def _quarantined(self, instance_id: str, from_seq: int, to_seq: int
                            ) -> list[Quarantined]:
@@ -168,27 +233,44 @@ class AuditQueries:
         return [Quarantined(r[0], r[1], r[2]) for r in rows]
 
     async def list_chains(self) -> list[ChainInfo]:
-        """Every instance's chain in the trail: first and last seq, number of records."""
-        rows = await self._fetch(sql.SQL(
-            "SELECT instance_id, min(seq), max(seq), count(*) FROM audit_decisions "
-            "GROUP BY instance_id ORDER BY instance_id"), [])
-        return [ChainInfo(r[0], r[1], r[2], r[3]) for r in rows]
+        """Every instance with records or checkpoints: first and last seq, counts."""
+        rows = await self._fetch(chains_sql(), [])
+        return [ChainInfo(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
-    async def _checker(self, instance_id: str, from_seq: int, quarantined: frozenset[int]
-                       ) -> tuple[ChainChecker, ChainBreak | None]:
-        """A checker expecting ``from_seq``, primed with its predecessor's hash."""
+    async def _stored(self, instance_id: str) -> list[AuditRecord]:
+        """The checkpoints' own copies, of one instance ("": of every instance)."""
+        query = CHECKPOINTS + (sql.SQL(" WHERE instance_id = %s") if instance_id else sql.SQL(""))
+        rows = await self._fetch(query + sql.SQL(" ORDER BY instance_id, seq"),
+                                 [instance_id] if instance_id else [])
+        return [record_of(r, source=SOURCE) for r in rows]
+
+    async def _stored_between(self, instance_id: str, after: int, upto: int, *,
+                              newest: int = 0) -> list[StoredCheckpoint]:
+        """Copies of ``instance_id``'s checkpoints with ``after < seq <= upto`` (or the newest)."""
+        query = CHECKPOINTS + sql.SQL(" WHERE instance_id = %s AND seq > %s AND seq <= %s")
+        if newest:
+            rows = await self._fetch(query + sql.SQL(" ORDER BY seq DESC LIMIT %s"),
+                                     [instance_id, after, upto, newest])
+            rows.reverse()
+        else:
+            rows = await self._fetch(query + sql.SQL(" ORDER BY seq"), [instance_id, after, upto])
+        return [stored_of(record_of(r, source=SOURCE)) for r in rows]
+
+    async def _exists(self, instance_id: str) -> bool:
+        """Whether the trail holds a record or a checkpoint of ``instance_id``."""
+        return bool(await self._fetch(sql.SQL(
+            "SELECT 1 FROM audit_decisions WHERE instance_id = %s UNION ALL "
+            "SELECT 1 FROM audit_checkpoints WHERE instance_id = %s LIMIT 1"),
+            [instance_id, instance_id]))
+
+    async def _predecessor(self, instance_id: str, from_seq: int) -> str | None:
+        """The hash the record at ``from_seq`` must link to; None when that record is absent."""
         if from_seq == 1:
-            return ChainChecker(expect_seq=1, prev_hash=GENESIS_HASH,
-                                quarantined=quarantined), None
+            return GENESIS_HASH
         rows = await self._fetch(
             sql.SQL("SELECT record_hash FROM audit_decisions WHERE instance_id = %s AND seq = %s"),
             [instance_id, from_seq - 1])
-        if not rows:
-            gone = ChainBreak(from_seq, MISSING, f"seq {from_seq - 1} missing before seq "
-                              f"{from_seq}", from_seq - 1)
-            return ChainChecker(expect_seq=from_seq, quarantined=quarantined), gone
-        return ChainChecker(expect_seq=from_seq, prev_hash=rows[0][0],
-                            quarantined=quarantined), None
+        return str(rows[0][0]) if rows else None
 
     async def _fetch(self, query: sql.Composable, params: list[Any]) -> list[tuple[Any, ...]]:
         with _reachable():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from acgs.domain import canonical
@@ -29,6 +29,11 @@ MASK = "***"
 MISSING = "missing"
 ALTERED = "altered"
 REORDERED = "reordered"
+# Found with signed checkpoints (acgs.domain.chain_verify).
+TRUNCATED = "truncated"  # the chain ends before a checkpoint's signed seq
+DELETED = "deleted"  # checkpoints of the instance, but none of its records
+RECHAINED = "rechained"  # a signed head hash differs from the chain's hash at that seq
+BAD_SIGNATURE = "bad_signature"  # a checkpoint not signed by a trusted key
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,18 @@ class AuditRecord:
     escalation_id: str
     prev_hash: str
     record_hash: str = ""
+
+    # Read side only (see StoredRecord); plain properties here, not fields, because
+    # every extra field costs the journal's hot path one more setattr per record.
+    @property
+    def malformed(self) -> str:
+        """Why a stored column did not parse ("" for a record that did)."""
+        return ""
+
+    @property
+    def source(self) -> str:
+        """Where a stored record was read from ("" for its chain)."""
+        return ""
 
     def body(self) -> dict[str, Any]:
         """Every field the hash covers, as canonical-JSON-ready values."""
@@ -136,6 +153,24 @@ class AuditRecord:
     def from_json(cls, line: str | bytes) -> AuditRecord:
         """Parse one journal line; raises ValueError (or KeyError/TypeError) when it is not one."""
         return cls.from_dict(json.loads(line))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord(AuditRecord):
+    """A record as read back from storage or an export, never hashed or journaled as such.
+
+    ``malformed`` names a column that did not parse (the record carries a
+    placeholder there; the verifier names it as altered); ``source`` is
+    "audit_checkpoints" for a checkpoint's copy kept apart from its chain.
+    """
+
+    malformed: str = ""  # type: ignore[misc]
+    source: str = ""  # type: ignore[misc]
+
+    @classmethod
+    def of(cls, record: AuditRecord, *, malformed: str = "", source: str = "") -> StoredRecord:
+        values = {f.name: getattr(record, f.name) for f in fields(AuditRecord)}
+        return cls(**values, malformed=malformed, source=source)
 
 
 def _str(value: Any) -> str:
@@ -256,6 +291,9 @@ class ChainChecker:
             span = f"{self.expect_seq}" if last == self.expect_seq else f"{self.expect_seq}..{last}"
             return ChainBreak(record.seq, MISSING,
                               f"seq {span} missing before seq {record.seq}", self.expect_seq)
+        if record.malformed:
+            return ChainBreak(record.seq, ALTERED,
+                              f"seq {record.seq}: {record.malformed}")
         if record.computed_hash() != record.record_hash:
             return ChainBreak(record.seq, ALTERED,
                               f"seq {record.seq}: content does not match its record_hash")
@@ -263,7 +301,8 @@ class ChainChecker:
             return ChainBreak(
                 record.seq, REORDERED,
                 f"seq {record.seq} does not follow seq {record.seq - 1}: its prev_hash "
-                "names another record (reordered, or a record was replaced)",
+                f"names another record (seq {record.seq - 1} was edited and re-hashed, "
+                "or records were reordered or replaced)",
             )
         self.expect_seq = record.seq + 1
         self.prev_hash = record.record_hash

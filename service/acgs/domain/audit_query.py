@@ -47,6 +47,14 @@ class ChainReport:
     broken: ChainBreak | None
     quarantined: tuple[Quarantined, ...] = ()
     """Seqs held by quarantined lines (present, not records): see acgs.adapters.pg_quarantine."""
+    # Signed checkpoints (acgs.domain.chain_verify): the latest valid one, if any.
+    checkpoint_seq: int = 0  # the seq it signed
+    checkpoint_record_seq: int = 0  # its own record's seq (checkpoint_seq + 1)
+    checkpoint_at_us: int = 0
+    checkpoints_checked: int = 0
+    keys_used: tuple[str, ...] = ()  # key ids of the keys whose signatures were accepted
+    trust: str = ""  # which keys the verifier trusts, and why
+    notes: tuple[str, ...] = ()  # what this check could not prove
 
     @property
     def ok(self) -> bool:
@@ -59,3 +67,4 @@ class ChainInfo:
     first_seq: int
     last_seq: int
     records: int
+    checkpoints: int = 0  # signed checkpoints kept apart from the chain (audit_checkpoints)

@@ -22,6 +22,7 @@ from google.protobuf import json_format, timestamp_pb2
 
 from acgs import CONSTITUTIONAL_HASH
 from acgs.adapters import dev_tokens
+from acgs.entrypoints import audit_export_cli
 from acgs.v1 import audit_pb2, audit_pb2_grpc
 from acgs.v1 import governance_pb2 as gov_pb
 
@@ -71,7 +72,10 @@ def fail(err: grpc.RpcError) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Verify every chain (or one): exit 0 when all are intact, 1 otherwise."""
+    """Verify every chain (or one), or an export offline: exit 0 when all are intact, else 1."""
+    if args.export:
+        return audit_export_cli.verify_offline(args, show=_print_report)
+    trust = ""
     with channel(args) as ch:
         stub = audit_pb2_grpc.AuditStub(ch)
         try:
@@ -86,21 +90,35 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                     audit_pb2.VerifyChainRequest(instance_id=name), metadata=metadata(args)
                 )
                 broken += _print_report(name, report)
+                trust = report.trust
         except grpc.RpcError as err:
             return fail(err)
     if not names:
         print("no audit chains yet")
+    elif trust:
+        print(f"trusted: {trust}")
     return 1 if broken else 0
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    return audit_export_cli.export(args, channel=channel, metadata=metadata)
 
 
 def _print_report(name: str, report: audit_pb2.VerifyChainResponse) -> int:
     for q in report.quarantined:
         print(f"{name}: seq {q.seq} QUARANTINED ({q.source}): {q.reason}")
     if report.ok:
-        print(f"{name}: ok ({report.records_checked} records, last seq {report.last_seq})")
-        return 0
-    print(f"{name}: BROKEN at seq {report.broken_seq}: {report.reason} — {report.detail}")
-    return 1
+        signed = (f", checkpoint signed at seq {report.checkpoint_seq}"
+                  if report.checkpoint_seq else "")
+        print(f"{name}: ok ({report.records_checked} records, last seq {report.last_seq}"
+              f"{signed})")
+    else:
+        print(f"{name}: BROKEN at seq {report.broken_seq}: {report.reason} — {report.detail}")
+    for note in report.notes:
+        print(f"  note: {note}")
+    if report.keys_used:
+        print(f"  signed by key(s): {', '.join(report.keys_used)}")
+    return 0 if report.ok else 1
 
 
 def _records(stub: audit_pb2_grpc.AuditStub, args: argparse.Namespace,
@@ -168,10 +186,23 @@ def register(sub: Any) -> None:
     """Add the ``audit`` command group to the CLI's sub-parsers."""
     audit = sub.add_parser("audit", help="read and verify the audit trail (acgs.v1.Audit)")
     group = audit.add_subparsers(dest="audit_command", required=True)
-    verify = group.add_parser("verify", help="verify the hash chains; exit 1 if any is broken")
-    verify.add_argument("--instance", help="one instance's chain (default: all)")
+    verify = group.add_parser("verify", help="verify the hash chains and their signed "
+                              "checkpoints (online, or an export offline); exit 1 if broken")
+    which = verify.add_mutually_exclusive_group()
+    which.add_argument("--instance", help="one instance's chain")
+    which.add_argument("--all", action="store_true", help="every chain (the default)")
+    which.add_argument("--export", metavar="FILE",
+                       help="verify an `acgs audit export` file offline: no server, no database")
+    verify.add_argument("--public-key", action="append", metavar="PEM",
+                        help="with --export: a public key trusted to sign checkpoints (repeat)")
     add_connection_args(verify)
     verify.set_defaults(func=cmd_audit_verify)
+    export = group.add_parser("export", help="write the trail (ExportDecisions) to a file "
+                              "that `acgs audit verify --export` checks offline")
+    export.add_argument("--instance", help="one instance's chain (default: all)")
+    export.add_argument("-o", "--out", required=True, help="the file to write")
+    add_connection_args(export)
+    export.set_defaults(func=cmd_audit_export)
     tail = group.add_parser("tail", help="show the latest decisions")
     tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new ones")

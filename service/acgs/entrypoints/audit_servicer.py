@@ -1,7 +1,8 @@
 """acgs.v1.Audit: translate protobuf ↔ domain and call the audit trail's read side.
 
 Errors are mapped to status codes by :mod:`acgs.entrypoints.grpc_registry`:
-NotFound → NOT_FOUND, InvalidRequest (a bad id, cursor, range or filter) →
+NotFound (a decision, or a chain, that does not exist) → NOT_FOUND,
+InvalidRequest (a bad id, cursor, range or filter) →
 INVALID_ARGUMENT, AuditUnavailable (database unreachable) → UNAVAILABLE.
 """
 
@@ -12,9 +13,9 @@ from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
-from acgs.domain.audit import AuditRecord
+from acgs.domain.audit import AuditRecord, StoredRecord
 from acgs.domain.audit_query import ChainInfo, ChainReport, DecisionFilter, Page
-from acgs.domain.model import Effect, Severity
+from acgs.domain.model import Effect, Severity, Violation
 from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.status import Context
 from acgs.errors import InvalidRequest
@@ -25,6 +26,7 @@ _EFFECTS = {Effect.ALLOW: gpb.ALLOW, Effect.DENY: gpb.DENY, Effect.ESCALATE: gpb
 _FROM_PB = {v: k for k, v in _EFFECTS.items()}
 _SEVERITIES = {Severity.LOW: gpb.LOW, Severity.MEDIUM: gpb.MEDIUM,
                Severity.HIGH: gpb.HIGH, Severity.CRITICAL: gpb.CRITICAL}
+_SEVERITY_FROM_PB = {v: k for k, v in _SEVERITIES.items()}
 DEFAULT_PAGE = 100
 
 
@@ -74,16 +76,7 @@ class AuditServicer:
             raise InvalidRequest("instance_id is required (ListChains names them)")
         report = await self._reader.verify_chain(
             request.instance_id, from_seq=request.from_seq or 1, to_seq=request.to_seq)
-        out = pb.VerifyChainResponse(ok=report.ok, records_checked=report.checked,
-                                     last_seq=report.last_seq)
-        if report.broken is not None:
-            out.broken_seq = report.broken.seq
-            out.reason = report.broken.reason
-            out.detail = report.broken.detail
-            out.missing_seq = report.broken.missing_seq
-        out.quarantined.extend(pb.QuarantinedRecord(seq=q.seq, source=q.source, reason=q.reason)
-                               for q in report.quarantined)
-        return out
+        return report_to_proto(report)
 
     async def ExportDecisions(self, request: pb.ExportDecisionsRequest, context: Context
                               ) -> AsyncIterator[pb.AuditRecord]:
@@ -97,7 +90,25 @@ class AuditServicer:
         chains = await self._reader.list_chains()
         return pb.ListChainsResponse(chains=[
             pb.Chain(instance_id=c.instance_id, first_seq=c.first_seq, last_seq=c.last_seq,
-                     records=c.records) for c in chains])
+                     records=c.records, checkpoints=c.checkpoints) for c in chains])
+
+
+def report_to_proto(report: ChainReport) -> pb.VerifyChainResponse:
+    out = pb.VerifyChainResponse(
+        ok=report.ok, records_checked=report.checked, last_seq=report.last_seq,
+        checkpoint_seq=report.checkpoint_seq, checkpoint_record_seq=report.checkpoint_record_seq,
+        checkpoints_checked=report.checkpoints_checked, keys_used=report.keys_used,
+        trust=report.trust, notes=report.notes)
+    if report.checkpoint_at_us:
+        out.checkpoint_signed_at.FromMicroseconds(report.checkpoint_at_us)
+    if report.broken is not None:
+        out.broken_seq = report.broken.seq
+        out.reason = report.broken.reason
+        out.detail = report.broken.detail
+        out.missing_seq = report.broken.missing_seq
+    out.quarantined.extend(pb.QuarantinedRecord(seq=q.seq, source=q.source, reason=q.reason)
+                           for q in report.quarantined)
+    return out
 
 
 def filter_from_proto(f: pb.DecisionFilter) -> DecisionFilter:
@@ -127,5 +138,24 @@ def record_to_proto(r: AuditRecord) -> pb.AuditRecord:
                                   message=v.message) for v in r.violations],
         policy_revision=r.policy_revision, constitutional_hash=r.constitutional_hash,
         cached=r.cached, latency_us=r.latency_us, escalation_id=r.escalation_id,
-        prev_hash=r.prev_hash, record_hash=r.record_hash,
+        prev_hash=r.prev_hash, record_hash=r.record_hash, malformed=r.malformed,
+        source=r.source,
+    )
+
+
+def record_from_proto(r: pb.AuditRecord) -> StoredRecord:
+    """The inverse of :func:`record_to_proto` (exports verified offline); ValueError if bad."""
+    if r.effect not in _FROM_PB or any(v.severity not in _SEVERITY_FROM_PB
+                                        for v in r.violations):
+        raise ValueError(f"record {r.instance_id}#{r.seq}: an unknown effect or severity")
+    return StoredRecord(
+        decision_id=r.decision_id, instance_id=r.instance_id, seq=r.seq,
+        decided_at_us=r.decided_at.ToMicroseconds(), kind=r.kind, caller_id=r.caller_id,
+        caller_role=r.caller_role, request_id=r.request_id, tenant_id=r.tenant_id,
+        principal_id=r.principal_id, request_json=r.request_json, effect=_FROM_PB[r.effect],
+        violations=tuple(Violation(v.principle, _SEVERITY_FROM_PB[v.severity], v.message)
+                         for v in r.violations),
+        policy_revision=r.policy_revision, constitutional_hash=r.constitutional_hash,
+        cached=r.cached, latency_us=r.latency_us, escalation_id=r.escalation_id,
+        prev_hash=r.prev_hash, record_hash=r.record_hash, malformed=r.malformed, source=r.source,
     )
