@@ -118,7 +118,8 @@ async def build_policy_lifecycle(
                       serving=serving, on_fresh=on_fresh, bell=bell,
                       interval_s=settings.policy_sync_s, max_lag_s=settings.policy_max_lag_s)
     service = PolicyAdminService(
-        checker=SubprocessPolicyChecker(constitutional_hash=settings.constitutional_hash),
+        checker=SubprocessPolicyChecker(constitutional_hash=settings.constitutional_hash,
+                                        concurrency=settings.policy_checkers),
         store=store, verifier=verifier, live_within_s=settings.policy_live_s)
 
     async def candidate(version: PolicyVersion) -> RegopyEngine:

@@ -134,6 +134,7 @@ class Settings:
     policy_max_lag_s: float = 10.0
     policy_live_s: float = 3.0
     policy_trusted_keys: tuple[Path, ...] = ()
+    policy_checkers: int = 2  # checker processes at once; more ValidatePolicy calls are refused
     # Callers: bearer tokens, TLS, rate limits
     auth: str = "token"
     allow_insecure: bool = False
@@ -198,6 +199,7 @@ class Settings:
             policy_max_lag_s=_float(e, "ACGS_POLICY_MAX_LAG_S", d.policy_max_lag_s),
             policy_live_s=_float(e, "ACGS_POLICY_LIVE_S", d.policy_live_s),
             policy_trusted_keys=tuple(Path(p) for p in _list(e, "ACGS_POLICY_TRUSTED_KEYS", ())),
+            policy_checkers=_int(e, "ACGS_POLICY_CHECKERS", d.policy_checkers, minimum=1),
             auth=_auth(e.get("ACGS_AUTH") or d.auth),
             allow_insecure=_bool(e, "ACGS_ALLOW_INSECURE", d.allow_insecure),
             tls_cert=_path(e, "ACGS_TLS_CERT"),

@@ -80,3 +80,37 @@ def _evaluate(stub: pb_grpc.GovernanceStub, path: str) -> str:
     response = stub.Evaluate(pb.EvaluateRequest(
         constitutional_hash=HASH, path=path, input_json=json.dumps(allow_input())), timeout=10)
     return str(response.result_json)
+
+
+STRICT = """package acgs.strict
+
+import rego.v1
+
+ts := time.parse_rfc3339_ns(input.ts)
+"""
+
+
+def test_a_deterministic_evaluation_failure_is_not_retryable(
+    servers: ServerFactory, tmp_path: Path
+) -> None:
+    import grpc
+
+    from tests.client import decide_request
+
+    policy = tmp_path / "policy"
+    shutil.copytree(REPO / "policy", policy)
+    (policy / "strict.rego").write_text(STRICT, encoding="utf-8")
+    server = servers.start({"ACGS_POLICY_DIR": str(policy)})
+    with server.channel("agent") as channel:
+        stub = pb_grpc.GovernanceStub(channel)
+        request = pb.EvaluateRequest(constitutional_hash=HASH, path="acgs/strict/ts",
+                                     input_json='{"ts": "2024-01-01T00:00:00Z"}')
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Evaluate(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # not UNAVAILABLE
+        assert "Unable to parse time" in info.value.details()
+        fine = stub.Evaluate(pb.EvaluateRequest(
+            constitutional_hash=HASH, path="acgs/strict/ts",
+            input_json='{"ts": "2024-01-01T00:00:00+00:00"}'), timeout=10)
+        assert fine.result_json == "1704067200000000000"
+        assert stub.Decide(decide_request(allow_input()), timeout=10).effect == pb.ALLOW
