@@ -233,3 +233,27 @@ def test_nondeterministic_builtins_are_refused(call: str) -> None:
     source = f"package acgs.x\n\nimport rego.v1\n\np := {call}\n"
     with pytest.raises(UnsupportedBuiltin, match=r"m\.rego:5:6: call to .* refused"):
         check_policy({"m.rego": source})
+
+
+@pytest.mark.parametrize("comprehension", [
+    '[v | some k, v in obj; k != "b"]',
+    '{v | some k, v in obj; k != "b"}',
+    '[v |\n\tsome k, v in obj\n\tk != "b"\n]',
+])
+def test_an_engine_limitation_is_named_with_its_rewrite(comprehension: str) -> None:
+    # OPA accepts `some k, v in` in array and set comprehensions; regopy said only
+    # "Invalid collection; Invalid collection", as if the policy were wrong.
+    source = f'package acgs.x\n\nimport rego.v1\n\nobj := {{"a": 1, "b": 2}}\n\ny := {comprehension}\n'
+    with pytest.raises(PolicyError) as info:
+        parts(source, name="lim.rego")
+    message = str(info.value)
+    assert message.startswith("lim.rego:7:6: `some k, v in obj` inside an array or set "
+                              "comprehension is an engine limitation"), message
+    assert "Rewrite it as `some k; v := obj[k]`" in message and "Invalid" not in message
+    rewritten = source.replace("some k, v in obj", "some k; v := obj[k]")
+    assert "acgs/x/y" in parts(rewritten, name="lim.rego").entrypoints  # the rewrite works
+
+
+def test_other_parse_errors_keep_the_engine_message() -> None:
+    with pytest.raises(PolicyError, match=r"^b\.rego:5:6: Invalid collection$"):
+        parts("package acgs.x\n\nimport rego.v1\n\ny := [1, 2; 3]\n", name="b.rego")

@@ -24,6 +24,7 @@ from typing import Any
 
 import regopy
 
+from acgs.adapters.rego_limits import explain
 from acgs.adapters.rego_plan import REFUSED_BUILTINS, refuse_calls
 from acgs.domain import canonical
 from acgs.errors import ConstitutionMismatch, InvalidRequest, PolicyError
@@ -172,7 +173,7 @@ def describe_rego_error(text: str, sources: Mapping[str, str]) -> str:
     raw = text.encode("utf-8", "replace")
     found: list[str] = []
     for chunk in _ERROR_SPLIT.split(raw)[1:]:
-        where = ""
+        where, source, offset = "", "", -1
         loc = _ERROR_LOC.match(chunk)
         if loc and int(loc.group(1)) == len(loc.group(2)):
             name = loc.group(2).decode("utf-8", "replace")
@@ -182,10 +183,12 @@ def describe_rego_error(text: str, sources: Mapping[str, str]) -> str:
         msg = _ERROR_MSG.search(chunk)
         if msg:
             start = msg.end()
-            found.append(where + chunk[start:start + int(msg.group(1))].decode("utf-8", "replace"))
+            message = chunk[start:start + int(msg.group(1))].decode("utf-8", "replace")
+            known = explain(message, source, offset) if offset >= 0 else None
+            found.append(where + (known or message))
     if not found:
         return text.strip().splitlines()[0] if text.strip() else "regopy failed"
-    return "; ".join(found)
+    return "; ".join(dict.fromkeys(found))  # one construct can raise the same error twice
 
 
 def _where(name: str, source: str, offset: int) -> str:
