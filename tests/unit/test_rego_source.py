@@ -243,7 +243,8 @@ def test_nondeterministic_builtins_are_refused(call: str) -> None:
 def test_an_engine_limitation_is_named_with_its_rewrite(comprehension: str) -> None:
     # OPA accepts `some k, v in` in array and set comprehensions; regopy said only
     # "Invalid collection; Invalid collection", as if the policy were wrong.
-    source = f'package acgs.x\n\nimport rego.v1\n\nobj := {{"a": 1, "b": 2}}\n\ny := {comprehension}\n'
+    source = ('package acgs.x\n\nimport rego.v1\n\nobj := {"a": 1, "b": 2}\n\n'
+              f"y := {comprehension}\n")
     with pytest.raises(PolicyError) as info:
         parts(source, name="lim.rego")
     message = str(info.value)
