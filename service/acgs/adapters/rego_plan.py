@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -104,8 +105,12 @@ def _plan_in_child(
     except (OSError, subprocess.TimeoutExpired) as err:
         raise PolicyError(f"cannot read the engine's plan of the policy: {err}") from err
     if done.returncode != 0:
-        raise PolicyError("cannot read the engine's plan of the policy: "
-                          f"{(done.stderr.strip().splitlines() or ['no message'])[-1]}")
+        # Fail closed: what we cannot see the engine call, we do not let it run.
+        said = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise UnsupportedBuiltin(
+            f"the engine cannot write out what this policy calls ({said:.300}), so it is "
+            "refused; a call through a local variable, as in `f(opa) := opa.runtime()`, "
+            "is one such construct")
     try:
         plan: dict[str, Any] = json.loads(done.stdout)
     except ValueError as err:
@@ -181,7 +186,12 @@ def refuse_calls(
 
 
 def main() -> int:
-    sys.stdout.write(write_plan(json.load(sys.stdin)))
+    try:
+        sys.stdout.write(write_plan(json.load(sys.stdin)))
+    except regopy.RegoError as err:
+        said = re.findall(r"errormsg \d+:([^)\n]*)", str(err)) or [str(err)[:200]]
+        print("; ".join(dict.fromkeys(said)), file=sys.stderr)
+        return 1
     return 0
 
 
