@@ -45,8 +45,13 @@ REFUSED_BUILTINS: Mapping[str, str] = {
     "uuid.rfc4122": "is random, so cached and replayed decisions would differ",
 }
 _CHILD_TIMEOUT_S = 60.0
+_EXIT_NO_BUILD = 2  # the child's exit code when the policy does not compile
 # The names a source author wrote for the engine's own spellings of a built-in.
 _SHOWN = {"internal.print": "print"}
+
+
+class DoesNotCompile(PolicyError):
+    """The policy does not compile (compile it with its own module names for the message)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,8 @@ def planned_calls(
 ) -> list[PlannedCall]:
     """Every call to something other than a function of the plan, in plan order.
 
-    Raises PolicyError when the engine cannot write or we cannot read its plan.
+    Raises DoesNotCompile, UnsupportedBuiltin when the engine cannot write its plan, or
+    PolicyError when we cannot read it.
     """
     names = [name for name, _ in modules]
     plan = _plan_in_child(modules, data_json, sorted(entrypoints))
@@ -104,6 +110,8 @@ def _plan_in_child(
                               check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise PolicyError(f"cannot read the engine's plan of the policy: {err}") from err
+    if done.returncode == _EXIT_NO_BUILD:
+        raise DoesNotCompile(done.stderr.strip()[-300:])
     if done.returncode != 0:
         # Fail closed: what we cannot see the engine call, we do not let it run.
         said = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
@@ -126,10 +134,15 @@ def write_plan(request: Mapping[str, Any]) -> str:
     """
     interp = regopy.Interpreter()
     interp.log_level = regopy.LogLevel.NONE
-    for i, (_, source) in enumerate(request["modules"]):
-        interp.add_module(f"m{i}.rego", source)
-    interp.add_data_json(request["data_json"])
-    bundle = interp.build(None, list(request["entrypoints"]))
+    try:
+        for i, (_, source) in enumerate(request["modules"]):
+            interp.add_module(f"m{i}.rego", source)
+        interp.add_data_json(request["data_json"])
+        bundle = interp.build(None, list(request["entrypoints"]))
+    except regopy.RegoError as err:
+        raise DoesNotCompile(str(err)) from err
+    if not bundle.ok():
+        raise DoesNotCompile("regopy could not build the policy")
     with tempfile.TemporaryDirectory(prefix="acgs-plan-") as tmp:
         interp.save_bundle(tmp, bundle)
         return (Path(tmp) / "plan.json").read_text(encoding="utf-8")
@@ -188,6 +201,9 @@ def refuse_calls(
 def main() -> int:
     try:
         sys.stdout.write(write_plan(json.load(sys.stdin)))
+    except DoesNotCompile as err:
+        print(str(err)[-300:], file=sys.stderr)
+        return _EXIT_NO_BUILD
     except regopy.RegoError as err:
         said = re.findall(r"errormsg \d+:([^)\n]*)", str(err)) or [str(err)[:200]]
         print("; ".join(dict.fromkeys(said)), file=sys.stderr)

@@ -25,7 +25,7 @@ from typing import Any
 import regopy
 
 from acgs.adapters.rego_limits import explain
-from acgs.adapters.rego_plan import REFUSED_BUILTINS, refuse_calls
+from acgs.adapters.rego_plan import REFUSED_BUILTINS, DoesNotCompile, refuse_calls
 from acgs.domain import canonical
 from acgs.errors import ConstitutionMismatch, InvalidRequest, PolicyError
 
@@ -132,8 +132,13 @@ def check_policy(modules: Mapping[str, str], data_json: str = "{}") -> RegoOutli
     """
     outline = check_modules(modules)
     ordered = tuple(sorted(modules.items()))
-    compile_policy(ordered, data_json, outline.entrypoints)  # errors name the real modules
-    refuse_calls(ordered, data_json, outline.entrypoints)
+    if not outline.entrypoints:
+        raise PolicyError("the policy defines no rule")
+    try:
+        refuse_calls(ordered, data_json, outline.entrypoints)  # compiles, under plain names
+    except DoesNotCompile as err:
+        compile_policy(ordered, data_json, outline.entrypoints)  # the errors, with real names
+        raise PolicyError(f"the policy does not compile: {err}") from err
     return outline
 
 
