@@ -148,7 +148,8 @@ async def build_policy_lifecycle(
         await _serve_snapshot(settings, trail, engine, verifier)
 
     service = PolicyAdminService(
-        checker=SubprocessPolicyChecker(constitutional_hash=settings.constitutional_hash),
+        checker=SubprocessPolicyChecker(constitutional_hash=settings.constitutional_hash,
+                                        concurrency=settings.policy_checkers),
         store=store, verifier=verifier, live_within_s=settings.policy_live_s)
 
     async def candidate(version: PolicyVersion) -> RegopyEngine:

@@ -154,6 +154,7 @@ class Settings:
     policy_rollback_min_decisions: int = 20
     # Shadow evaluation of a candidate version: inputs waiting for it (more are dropped)
     policy_shadow_queue: int = 1000
+    policy_checkers: int = 2  # checker processes at once; more ValidatePolicy calls are refused
     # Callers: bearer tokens, TLS, rate limits
     auth: str = "token"
     allow_insecure: bool = False
@@ -239,6 +240,7 @@ class Settings:
                                                d.policy_rollback_min_decisions, minimum=1),
             policy_shadow_queue=_int(e, "ACGS_POLICY_SHADOW_QUEUE", d.policy_shadow_queue,
                                      minimum=1),
+            policy_checkers=_int(e, "ACGS_POLICY_CHECKERS", d.policy_checkers, minimum=1),
             auth=_auth(e.get("ACGS_AUTH") or d.auth),
             allow_insecure=_bool(e, "ACGS_ALLOW_INSECURE", d.allow_insecure),
             tls_cert=_path(e, "ACGS_TLS_CERT"),

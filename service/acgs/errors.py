@@ -59,6 +59,11 @@ class EngineError(AcgsError):
     """The engine failed to evaluate (an error, or an undefined decision)."""
 
 
+class EvaluationFailed(EngineError):
+    """The policy's evaluation fails for this input, the same way every time (a built-in
+    error under strict errors, a value the engine cannot return): retrying cannot help."""
+
+
 class EngineTimeout(EngineError):
     """Evaluation took longer than its budget."""
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import regopy
 import yaml
-from acgs.adapters.rego_source import check_modules, compile_policy
+from acgs.adapters.rego_source import check_modules, check_policy
 from acgs.domain import canonical
 from acgs.errors import PolicyError
 
@@ -59,9 +59,8 @@ def outcome(case: Case) -> tuple[str, str]:
     modules = {f"test-{i}.rego": src for i, src in enumerate(case.spec["modules"])}
     data_json = json.dumps(case.spec.get("data") or {})
     try:
-        outline = check_modules(modules)
-        if outline.entrypoints:
-            compile_policy(modules.items(), data_json, outline.entrypoints)
+        if check_modules(modules).entrypoints:
+            check_policy(modules, data_json)
     except PolicyError as err:
         return "refused", str(err)
     got_error, got = evaluate(case.spec, modules, data_json)

@@ -165,7 +165,7 @@ def test_decide_many_returns_errors_in_place() -> None:
         run(eng.activate(bundle(failing)))
         results = run(eng.decide_many([{"d": 1}, {"d": 0}, {"d": -1}, {"d": 2}], timeout_s=5))
         assert [type(r).__name__ for r in results] == [
-            "EngineResult", "EngineError", "EngineError", "EngineResult"]
+            "EngineResult", "EvaluationFailed", "EngineError", "EngineResult"]
     finally:
         eng.close()
 
@@ -248,3 +248,50 @@ def test_activation_warms_every_worker(engine: RegopyEngine) -> None:
             *[loop.run_in_executor(engine._executor, compiled_revisions) for _ in range(2)]))
 
     assert run(probe()) == [{engine.policy.revision}] * 2
+
+
+FAILING = """package acgs.constitution
+
+import rego.v1
+
+decision := {"effect": "ALLOW", "violations": []} if input.ok
+decision := {"effect": "DENY", "violations": [v]} if {
+\tnot input.ok
+\tv := {"principle": "p", "severity": "high", "message": sprintf("%v", [ts])}
+}
+ts := time.parse_rfc3339_ns(input.ts)
+echo := input.s
+big := 1e400
+div := 1 / input.n
+"""
+
+
+@pytest.mark.parametrize(("path", "policy_input", "says"), [
+    ("acgs/constitution/ts", {"ts": "2024-01-01T00:00:00Z"}, "Unable to parse time"),
+    ("acgs/constitution/echo", {"s": "\x01"}, "evaluation failed"),
+    ("acgs/constitution/echo", {"s": 'q"\\'}, "evaluation failed"),
+    ("acgs/constitution/big", {}, "cannot be returned as JSON"),
+    ("acgs/constitution/div", {"n": 0}, "divide by zero"),
+    ("acgs/constitution/echo", {"s": 1 << 70}, "64-bit"),
+])
+def test_deterministic_failures_are_not_unavailable(path: str, policy_input: Any,
+                                                    says: str) -> None:
+    # Retrying gets the same error: UNAVAILABLE would make clients retry, so these are
+    # EvaluationFailed, FAILED_PRECONDITION at the edge; Decide still fails safe (DENY).
+    import grpc
+    from acgs.entrypoints.status import code_for
+    from acgs.errors import EvaluationFailed
+
+    manifest = {"name": "t", "version": "1", "constitutional_hash": HASH,
+                "decision": "acgs/constitution/decision"}
+    eng = RegopyEngine(workers=1, constitutional_hash=HASH)
+    try:
+        run(eng.activate(bundle_from_parts(modules={"c.rego": FAILING}, data_json="{}",
+                                           manifest=manifest, constitutional_hash=HASH)))
+        with pytest.raises(EvaluationFailed, match=says) as info:
+            run(eng.evaluate(path, policy_input, timeout_s=5))
+        assert code_for(info.value) == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(EngineError):  # the service turns this into a fail-safe DENY
+            run(eng.decide({"ok": False, "ts": "2024-01-01T00:00:00Z"}, timeout_s=5))
+    finally:
+        eng.close()

@@ -13,6 +13,7 @@ Only checked policies are ever compiled inside the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from acgs.domain.policy_version import CheckedPolicy, content_digest
 from acgs.errors import (
     ConstitutionMismatch,
     InvalidRequest,
+    LimitExceeded,
     PolicyError,
     PolicyTestsFailed,
     UnsupportedBuiltin,
@@ -38,15 +40,22 @@ logger = logging.getLogger("acgs.policy.checker")
 class SubprocessPolicyChecker:
     """Runs at most ``concurrency`` checks at once, each in its own child process.
 
+    A check beyond that is refused at once (LimitExceeded, RESOURCE_EXHAUSTED), not
+    queued. A child lives no longer than its call: when the call ends in any way
+    (answer, ``timeout_s``, the caller's deadline, cancellation, a disconnect) its
+    whole process group is killed, and its slot is free only once it has exited.
     ``command`` replaces the child's command line (tests play a crashing checker).
     """
 
     def __init__(self, *, constitutional_hash: str, timeout_s: float = 60.0,
-                 concurrency: int = 1, command: Sequence[str] | None = None) -> None:
+                 concurrency: int = 2, command: Sequence[str] | None = None) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         self._hash = constitutional_hash
         self._command = list(command or (sys.executable, "-m", "acgs.adapters.policy_checker"))
         self._timeout_s = timeout_s
-        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._running = 0
 
     async def check(self, *, modules: Mapping[str, str], data_json: str,
                     manifest_json: str) -> CheckedPolicy:
@@ -62,25 +71,44 @@ class SubprocessPolicyChecker:
         request = json.dumps({"modules": dict(modules), "data_json": data_json or "{}",
                               "manifest_json": manifest_json,
                               "constitutional_hash": self._hash}).encode("utf-8")
-        async with self._slots:
-            answer = await self._run(request)
+        if self._running >= self._concurrency:
+            raise LimitExceeded(f"{self._running} policy checks are running on this server "
+                                f"(ACGS_POLICY_CHECKERS={self._concurrency}); retry later")
+        self._running += 1
+        released = False
+        try:
+            proc = await self._spawn()
+            released = True  # from here on, the child's exit frees the slot (see _end)
+            answer = await self._run(proc, request)
+        finally:
+            if not released:
+                self._running -= 1
         return _result(answer, self._hash)
 
-    async def _run(self, request: bytes) -> dict[str, Any]:
+    @property
+    def running(self) -> int:
+        """How many checks hold a slot (their child has not exited yet)."""
+        return self._running
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
         package_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [package_root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-        proc = await asyncio.create_subprocess_exec(
-            *self._command, env=env,
+        # Its own session: the child and anything it starts form one process group,
+        # which _end kills as a whole.
+        return await asyncio.create_subprocess_exec(
+            *self._command, env=env, start_new_session=True,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
+
+    async def _run(self, proc: asyncio.subprocess.Process, request: bytes) -> dict[str, Any]:
         try:
             out, err_text = await asyncio.wait_for(proc.communicate(request), self._timeout_s)
         except TimeoutError as err:
-            proc.kill()
-            await proc.wait()
             raise PolicyError(f"checking the policy took over {self._timeout_s:.0f} s "
                               "(a test that does not end?)") from err
+        finally:
+            self._end(proc)
         if proc.returncode != 0:
             logger.warning("policy checker failed (%s): %s", _exit(proc.returncode),
                            err_text.decode("utf-8", "replace")[-2000:])
@@ -93,6 +121,19 @@ class SubprocessPolicyChecker:
         except ValueError as err:
             raise PolicyError("the policy checker answered nonsense") from err
         return answer
+
+    def _end(self, proc: asyncio.subprocess.Process) -> None:
+        """Kill ``proc``'s process group (also after a normal exit: it may have left
+        children) and free the slot when the child has been reaped."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        reaper = asyncio.ensure_future(proc.wait())
+        reaper.add_done_callback(self._released)
+
+    def _released(self, reaper: asyncio.Future[int]) -> None:
+        self._running -= 1
+        if not reaper.cancelled() and reaper.exception() is not None:
+            logger.warning("reaping a policy checker failed: %s", reaper.exception())
 
 
 def _exit(code: int | None) -> str:

@@ -6,10 +6,11 @@ entrypoints the engine may query. Building one runs every static check the
 engine relies on, so a bundle that exists is one the engine can serve:
 
 - the manifest names the constitution in force (else ``ConstitutionMismatch``);
-- every function call names a rule of the policy or a built-in that regopy
-  implements and we allow (else ``UnsupportedBuiltin``): regopy evaluates an
-  unknown built-in to undefined, which could silently switch a deny off;
-- the modules compile with regopy (else ``PolicyError`` naming file:line).
+- the modules compile with regopy (else ``PolicyError`` naming file:line);
+- every call in the engine's compiled plan names a rule of the policy or a
+  built-in that regopy implements and we allow (else ``UnsupportedBuiltin``,
+  see :mod:`acgs.adapters.rego_plan`): regopy evaluates an unknown built-in to
+  undefined, which could silently switch a deny off.
 """
 
 from __future__ import annotations
@@ -23,25 +24,13 @@ from typing import Any
 
 import regopy
 
+from acgs.adapters.rego_limits import explain
+from acgs.adapters.rego_plan import REFUSED_BUILTINS, DoesNotCompile, refuse_calls
 from acgs.domain import canonical
-from acgs.errors import ConstitutionMismatch, InvalidRequest, PolicyError, UnsupportedBuiltin
+from acgs.errors import ConstitutionMismatch, InvalidRequest, PolicyError
 
-# Built-ins regopy implements but a decision service must not run: each does
-# I/O or reveals the host. Anything regopy lacks is refused as well.
-REFUSED_BUILTINS: Mapping[str, str] = {
-    "http.send": "makes network requests",
-    "net.lookup_ip_addr": "makes DNS requests",
-    "opa.runtime": "exposes the process environment",
-    "providers.aws.sign_req": "handles cloud credentials",
-    "print": "writes request data to the server's output",
-    "internal.print": "writes request data to the server's output",
-    "trace": "writes request data to the server's output",
-    # A decision must be a function of input, data and policy: the cache, the
-    # audit replay and "never stale" depend on it. Callers pass time in context.
-    "time.now_ns": "changes with the clock, so cached and replayed decisions would differ",
-    "rand.intn": "is random, so cached and replayed decisions would differ",
-    "uuid.rfc4122": "is random, so cached and replayed decisions would differ",
-}
+__all__ = ["REFUSED_BUILTINS", "PolicyBundle", "bundle_from_parts", "check_modules", "check_policy",
+           "compile_policy", "load_policy_dir"]
 
 _NAME = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 _PACKAGE = re.compile(rf"package\s+({_NAME})")
@@ -49,15 +38,6 @@ _IMPORT = re.compile(rf"import\s+data\.({_NAME})(?:\s+as\s+([A-Za-z_]\w*))?")
 # Matched on the original text: a head may name a string key, as in `foo["bar"](x) := ...`.
 _HEAD = re.compile(r"(?:default\s+)?([A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[\"[A-Za-z_]\w*\"\])*)"
                    r"[ \t]*(\(|\[|:=|=(?!=)|\{|if\b|contains\b)")
-# regopy reads `name (x)` and even `name\n(x)` as calls, so whitespace is allowed.
-_CALL = re.compile(rf"(?<![\w.])({_NAME})\s*\(")
-_MOCK = re.compile(rf"\bwith\s+{_NAME}\s+as\s+({_NAME})")
-# A refused built-in named without a call still reaches it: `with f as opa.runtime`.
-_REFUSED_REF = re.compile(
-    r"(?<![\w.])(" + "|".join(re.escape(n) for n in REFUSED_BUILTINS if "." in n) + r")(?![\w.])"
-    r"|\bas[ \t]+(print|trace)\b"
-)
-_COMPUTED_CALL = re.compile(r"\]\s*\.\s*[A-Za-z_][\w.]*\s*\(")
 _CONTINUES = frozenset({"if", "else", "contains", "in", "not", "some", "every", "with", "as",
                         "default"})
 # ``set()`` is the empty-set literal, not a call.
@@ -138,9 +118,8 @@ def bundle_from_parts(
     name, version, decision = _check_manifest(manifest, constitutional_hash)
     data_text = _canonical_data(data_json)
     ordered = tuple(sorted(modules.items()))
-    outline = check_modules(modules)
+    outline = check_policy(modules, data_text)
     _check_entrypoints(manifest, decision, outline)
-    compile_policy(ordered, data_text, outline.entrypoints)
     manifest_text = canonical.dumps(canonical.normalize(dict(manifest), max_depth=16))
     parts = [part for pair in ordered for part in pair]
     revision = canonical.digest("modules", *parts, "data", data_text, "manifest", manifest_text)
@@ -150,6 +129,23 @@ def bundle_from_parts(
         entrypoints=outline.entrypoints, revision=revision[:16],
         data_revision=canonical.digest(data_text)[:16],
     )
+
+
+def check_policy(modules: Mapping[str, str], data_json: str = "{}") -> RegoOutline:
+    """Outline, compile and refuse what the compiled plan calls (see module docstring).
+
+    Raises PolicyError (syntax error as file:line:column) or UnsupportedBuiltin.
+    """
+    outline = check_modules(modules)
+    ordered = tuple(sorted(modules.items()))
+    if not outline.entrypoints:
+        raise PolicyError("the policy defines no rule")
+    try:
+        refuse_calls(ordered, data_json, outline.entrypoints)  # compiles, under plain names
+    except DoesNotCompile as err:
+        compile_policy(ordered, data_json, outline.entrypoints)  # the errors, with real names
+        raise PolicyError(f"the policy does not compile: {err}") from err
+    return outline
 
 
 def compile_policy(
@@ -188,7 +184,7 @@ def describe_rego_error(text: str, sources: Mapping[str, str]) -> str:
     raw = text.encode("utf-8", "replace")
     found: list[str] = []
     for chunk in _ERROR_SPLIT.split(raw)[1:]:
-        where = ""
+        where, source, offset = "", "", -1
         loc = _ERROR_LOC.match(chunk)
         if loc and int(loc.group(1)) == len(loc.group(2)):
             name = loc.group(2).decode("utf-8", "replace")
@@ -198,10 +194,12 @@ def describe_rego_error(text: str, sources: Mapping[str, str]) -> str:
         msg = _ERROR_MSG.search(chunk)
         if msg:
             start = msg.end()
-            found.append(where + chunk[start:start + int(msg.group(1))].decode("utf-8", "replace"))
+            message = chunk[start:start + int(msg.group(1))].decode("utf-8", "replace")
+            known = explain(message, source, offset) if offset >= 0 else None
+            found.append(where + (known or message))
     if not found:
         return text.strip().splitlines()[0] if text.strip() else "regopy failed"
-    return "; ".join(found)
+    return "; ".join(dict.fromkeys(found))  # one construct can raise the same error twice
 
 
 def _where(name: str, source: str, offset: int) -> str:
@@ -211,18 +209,14 @@ def _where(name: str, source: str, offset: int) -> str:
 
 
 def check_modules(modules: Mapping[str, str]) -> RegoOutline:
-    """Scan the modules: collect rules, and refuse calls to unknown or refused built-ins.
+    """Scan the modules: collect their rules (what calls what is read from the plan).
 
-    Raises PolicyError (a module without a package) or UnsupportedBuiltin.
+    Raises PolicyError (a module without a package).
     """
     blanked = {name: blank_literals(source) for name, source in modules.items()}
     parsed = {name: _outline_module(name, modules[name], text) for name, text in blanked.items()}
     entrypoints = frozenset(e for _, eps, _, _ in parsed.values() for e in eps)
     callables = frozenset(c for _, _, cs, _ in parsed.values() for c in cs)
-    checker = regopy.Interpreter()
-    for name, text in blanked.items():
-        package, _, _, imports = parsed[name]
-        _check_calls(name, text, package, imports, callables, checker)
     return RegoOutline(entrypoints=entrypoints, callables=callables)
 
 
@@ -329,48 +323,6 @@ def _continues(text: str, pos: int) -> bool:
     while k >= 0 and (text[k].isalnum() or text[k] == "_"):
         k -= 1
     return text[k + 1:end] in _CONTINUES
-
-
-def _check_calls(
-    module: str, text: str, package: str, imports: Mapping[str, str],
-    callables: frozenset[str], checker: Any,
-) -> None:
-    if m := _COMPUTED_CALL.search(text):
-        raise UnsupportedBuiltin(f"{_where(module, text, m.start())}: call through a computed "
-                                 "reference is not supported")
-    for offset, called in _called_names(text):
-        if called in _KEYWORDS or _defined(called, package, imports, callables):
-            continue
-        where = _where(module, text, offset)
-        if called in REFUSED_BUILTINS:
-            raise UnsupportedBuiltin(
-                f"{where}: call to {called}() refused: it {REFUSED_BUILTINS[called]}")
-        if not checker.is_builtin(called):
-            raise UnsupportedBuiltin(f"{where}: call to {called}(): no rule of the policy "
-                                     "defines it and the engine has no such built-in")
-    if m := _REFUSED_REF.search(text):
-        name = m.group(1) or m.group(2)
-        raise UnsupportedBuiltin(f"{_where(module, text, m.start(m.lastindex or 0))}: reference "
-                                 f"to {name} refused: it {REFUSED_BUILTINS[name]}")
-
-
-def _called_names(text: str) -> list[tuple[int, str]]:
-    """Every ``name(`` call, and every dotted ``with ... as name`` mock (it is called too)."""
-    calls = [(m.start(1), m.group(1)) for m in _CALL.finditer(text)]
-    mocks = [(m.start(1), m.group(1)) for m in _MOCK.finditer(text)
-             if "." in m.group(1) and not m.group(1).startswith(("input.", "data."))]
-    return sorted(calls + mocks)
-
-
-def _defined(called: str, package: str, imports: Mapping[str, str],
-             callables: frozenset[str]) -> bool:
-    """True when ``called`` names a rule or function of the policy itself."""
-    if called.startswith("data."):
-        return called[5:] in callables
-    head, _, rest = called.partition(".")
-    if head in imports:
-        return f"{imports[head]}.{rest}".rstrip(".") in callables
-    return f"{package}.{called}" in callables or called in callables
 
 
 def _check_manifest(manifest: Mapping[str, Any], expected_hash: str) -> tuple[str, str, str]:

@@ -37,7 +37,14 @@ from acgs.adapters.rego_source import PolicyBundle, compile_policy
 from acgs.adapters.regopy_calls import build_input, query_entrypoint
 from acgs.domain import canonical
 from acgs.domain.model import Effect, EngineResult, Severity, Violation
-from acgs.errors import AcgsError, ConstitutionMismatch, EngineError, EngineTimeout, UnknownRule
+from acgs.errors import (
+    AcgsError,
+    ConstitutionMismatch,
+    EngineError,
+    EngineTimeout,
+    EvaluationFailed,
+    UnknownRule,
+)
 from acgs.service_layer.ports import Evaluation, PolicyInfo
 
 logger = logging.getLogger("acgs.engine")
@@ -236,7 +243,8 @@ class RegopyEngine:
         try:
             text = canonical.dumps(canonical.normalize(value, max_depth=_MAX_RESULT_DEPTH))
         except AcgsError as err:
-            raise EngineError(f"{entrypoint}: value cannot be returned as JSON: {err}") from err
+            raise EvaluationFailed(f"{entrypoint}: value cannot be returned as JSON: {err}"
+                                   ) from err
         return Evaluation(result_json=text, undefined=not defined, policy_revision=bundle.revision)
 
     def _query(
@@ -257,7 +265,11 @@ class RegopyEngine:
             output = query_entrypoint(interp, compiled.bundle, entrypoint)
         except AcgsError as err:
             raise EngineError(f"{entrypoint}: {err}") from err
-        except Exception as err:  # regopy raises RegoError, ValueError, JSONDecodeError...
+        except (regopy.RegoError, ValueError) as err:
+            # The input cannot be built (ValueError), the engine refuses the query, or its
+            # output is not JSON (a string it does not escape, 1e400): each time the same.
+            raise EvaluationFailed(f"{entrypoint}: evaluation failed: {err}") from err
+        except Exception as err:
             raise EngineError(f"{entrypoint}: evaluation failed: {err}") from err
         return output_value(output, entrypoint)
 
@@ -293,18 +305,18 @@ def _expire(future: asyncio.Future[Any], timeout_s: float) -> None:
 def output_value(output: Any, entrypoint: str) -> tuple[bool, Any]:
     """Read a regopy Output: ``(True, value)``, ``(False, None)`` if undefined.
 
-    Raises EngineError for an error output or any shape other than one expression.
+    Raises EvaluationFailed for an error output or any shape other than one expression.
     """
     if not output.ok():
-        raise EngineError(f"{entrypoint}: {output_errors(output)}")
+        raise EvaluationFailed(f"{entrypoint}: {output_errors(output)}")
     results = output.results
     if len(results) != 1:
-        raise EngineError(f"{entrypoint}: expected one result, got {len(results)}")
+        raise EvaluationFailed(f"{entrypoint}: expected one result, got {len(results)}")
     expressions = results[0].expressions
     if expressions == [] and not results[0].bindings:
         return False, None
     if not isinstance(expressions, list) or len(expressions) != 1:
-        raise EngineError(f"{entrypoint}: expected one expression, got {expressions!r:.200}")
+        raise EvaluationFailed(f"{entrypoint}: expected one expression, got {expressions!r:.200}")
     return True, expressions[0]
 
 

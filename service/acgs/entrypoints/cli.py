@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from acgs.config import Settings
 from acgs.entrypoints import admin_cli, escalations_cli, policy_cli, token_cli
 from acgs.errors import AcgsError
+from acgs.sealed_env import seal_environment
 
 logger = logging.getLogger("acgs.cli")
 
@@ -53,8 +55,20 @@ async def _serve(settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve(serve_settings()))
+
+
+def serve_settings() -> Settings:
+    """Read the settings, then seal the environment (before any policy is loaded)."""
+    from acgs.adapters.regopy_binding import check_binding  # loads regopy: serve only
+
     settings = Settings.from_env()
-    return asyncio.run(_serve(settings))
+    check_binding()
+    removed = seal_environment(os.environ, [settings.database_url or "",
+                                            settings.redis_url or ""])
+    logger.info("removed %d variable(s) from the environment: %s", len(removed),
+                ", ".join(removed))
+    return settings
 
 
 def cmd_policy_test(args: argparse.Namespace) -> int:

@@ -28,6 +28,9 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.AuditUnavailable, grpc.StatusCode.UNAVAILABLE),
+    # Deterministic: the same call fails the same way until the policy changes, so not
+    # UNAVAILABLE (which clients retry). The request itself is well-formed.
+    (errors.EvaluationFailed, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.EngineError, grpc.StatusCode.UNAVAILABLE),
     (errors.InvalidTransition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.IdempotencyConflict, grpc.StatusCode.FAILED_PRECONDITION),
