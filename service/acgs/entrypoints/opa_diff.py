@@ -59,7 +59,9 @@ class Vocabulary:
     names: tuple[str, ...]
     strings: tuple[str, ...]
     numbers: tuple[int | float, ...]
+    inexact: tuple[float, ...]  # numbers six decimals would change: to be refused
     keys: tuple[str, ...]
+    pairs: tuple[tuple[str, str], ...]  # a name and a string listed under it (role, action)
 
 
 def vocabulary(bundle: PolicyBundle) -> Vocabulary:
@@ -70,22 +72,38 @@ def vocabulary(bundle: PolicyBundle) -> Vocabulary:
     found: list[int | float] = []
     _walk(json.loads(bundle.data_json), names, strings, found)
     numbers: set[int | float] = {0, 1, -1, 0.5, 2**53, 2**63 - 1, 2**64, 1e300, -1e300}
+    inexact: set[float] = {1e-9, 0.1 + 0.2}
     for n in found:
         # Neighbours in decimal, so 0.8 + 0.1 is 0.9, not 0.9000000000000001 (which the
-        # conversion refuses); n ± 4e-7 and n ± 1e-9 are there to be refused (3.0000004:
-        # six decimals would make it 3).
+        # conversion refuses). n ± 4e-7 and n ± 1e-9 are there to be refused (3.0000004:
+        # six decimals would make it 3), now and then.
         exact = Decimal(repr(n))
         numbers.update(_number(exact + Decimal(d)) for d in (
             "0", "1", "-1", "0.5", "-0.5", "0.1", "-0.1", "0.000001", "-0.000001"))
-        numbers.update((n + 4e-7, n - 4e-7, n + 1e-9, n - 1e-9, _number(exact * 10),
-                        _number(exact / 10), -n))
+        numbers.update((_number(exact * 10), _number(exact / 10), -n))
+        inexact.update((n + 4e-7, n - 4e-7, n + 1e-9, n - 1e-9))
     # Each name as often as the policy reads it: priority (read 7 times by the
     # constitution) is drawn more often than purpose (twice).
     keys = Counter(m for name, src in bundle.modules if "test" not in name
                    for m in _IDENT.findall(src))
     return Vocabulary(names=tuple(sorted(names)), strings=tuple(sorted(strings)),
                       numbers=tuple(sorted(numbers, key=lambda x: (x, type(x).__name__))),
+                      inexact=tuple(sorted(inexact)),
+                      pairs=tuple(sorted(_pairs(json.loads(bundle.data_json)))),
                       keys=tuple(sorted(keys.elements())))
+
+
+def _pairs(value: Any) -> set[tuple[str, str]]:
+    """(key, s) for every string s in a list directly under an object at ``key``
+    (roles.viewer.actions = ["read"] gives ("viewer", "read")): the pairs that decide."""
+    found: set[tuple[str, str]] = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if isinstance(inner, dict):
+                found.update((key, s) for v in inner.values() if isinstance(v, list)
+                             for s in v if isinstance(s, str))
+            found |= _pairs(inner)
+    return found
 
 
 def _number(value: Decimal) -> int | float:
@@ -126,11 +144,15 @@ def random_request(choose: Choose, vocab: Vocabulary) -> dict[str, Any]:
 
     roles = [choose(choose((vocab.names,) * 5 + (vocab.strings, _ODD)))
              for _ in range(choose((0, 1, 1, 1, 2, 2, 3, 3)))]
+    action_type = _string(choose, vocab)
+    if vocab.pairs and choose((True, False)):  # half the time a role with its own action
+        role, action_type = choose(vocab.pairs)
+        roles.append(role)
     return {
         "tenant_id": tenant,
         "principal": {"id": principal_id, "roles": roles, "tenant_id": tenant_like(),
                       "attributes": _attributes(choose, vocab, principal_id, 1)},
-        "action": {"type": _string(choose, vocab),
+        "action": {"type": action_type,
                    "attributes": choose((_numbers, _numbers, _attributes))(
                        choose, vocab, principal_id, 3)},
         "resource": {"type": "document", "id": choose(("d1", "", "d 2")),
@@ -148,7 +170,11 @@ def _attributes(choose: Choose, vocab: Vocabulary, principal_id: str, most: int
 
 def _numbers(choose: Choose, vocab: Vocabulary, _: str, most: int) -> dict[str, Any]:
     """Attributes that are all numbers: where ceilings and thresholds are decided."""
-    return {_key(choose, vocab): choose(vocab.numbers) for _ in range(choose(range(most + 1)))}
+    return {_key(choose, vocab): _a_number(choose, vocab) for _ in range(choose(range(most + 1)))}
+
+
+def _a_number(choose: Choose, vocab: Vocabulary) -> int | float:
+    return choose(choose((vocab.numbers,) * 6 + (vocab.inexact,)))  # type: ignore[no-any-return]
 
 
 def _key(choose: Choose, vocab: Vocabulary) -> str:
@@ -159,7 +185,7 @@ def _value(choose: Choose, vocab: Vocabulary, principal_id: str, depth: int) -> 
     kind = choose(("number", "number", "number", "string", "bool", "null", "principal",
                    "list", "object"))
     if kind == "number":
-        return choose(vocab.numbers)
+        return _a_number(choose, vocab)
     if kind == "string":
         return _string(choose, vocab)
     if kind == "bool":
