@@ -1,12 +1,13 @@
 """Decide's answers on the constitution (policy/) against OPA's own, in-process.
 
-Hypothesis draws requests around every branch of the constitution (every role and
-action of data.json, numbers at and near every ceiling and the impact threshold,
-fractional and huge numbers, missing and mistyped attributes, odd strings: see
-acgs.entrypoints.opa_diff) and each goes through Decide's conversion and RegopyEngine
-and through OPA (opa_bindings). Every answer must equal OPA's (effect and violations),
-be a fail-safe DENY, or be refused as INVALID_ARGUMENT; one more permissive than OPA's
-fails the build. 10,000 requests under CI=true (100 examples of 100), fewer locally.
+Hypothesis draws a seed per request; each request is drawn around every branch of the
+constitution (every role and action of data.json, numbers at and near every ceiling and
+the impact threshold, fractional and huge numbers, missing and mistyped attributes, odd
+strings: see acgs.entrypoints.opa_requests) and goes through Decide's conversion and
+RegopyEngine and through OPA (opa_bindings). Every answer must equal OPA's (effect and
+violations), be a fail-safe DENY, or be refused as INVALID_ARGUMENT; one more permissive
+than OPA's fails the build. 10,000 requests under CI=true (100 examples of 100), 1,000
+locally.
 
 OPA's engine comes from PyPI ``opa-golib-python-bindings==0.4.4``, installed by .ci/run
 with --no-deps --ignore-requires-python (its metadata asks for Python 3.14; the wheel
@@ -27,7 +28,7 @@ import pytest
 from acgs import CONSTITUTIONAL_HASH
 from acgs.adapters.rego_source import load_policy_dir
 from acgs.domain.model import Effect, EngineResult, Severity, Violation
-from acgs.entrypoints import cli, opa_diff
+from acgs.entrypoints import cli, opa_diff, opa_requests
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -54,13 +55,13 @@ def differential() -> Iterator[opa_diff.Differential]:
 
 
 @pytest.fixture(scope="module")
-def vocab() -> opa_diff.Vocabulary:
+def vocab() -> opa_requests.Vocabulary:
     bundle = load_policy_dir(REPO / "policy", constitutional_hash=CONSTITUTIONAL_HASH)
-    return opa_diff.vocabulary(bundle)
+    return opa_requests.vocabulary(bundle)
 
 
 def test_decide_agrees_with_opa_or_fails_safe(differential: opa_diff.Differential,
-                                              vocab: opa_diff.Vocabulary,
+                                              vocab: opa_requests.Vocabulary,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     # Each request is drawn from its own seed: drawing every choice through Hypothesis
     # measured ~80 ms per request (100 s for 1,000), this ~2 ms; a failing batch still
@@ -68,7 +69,7 @@ def test_decide_agrees_with_opa_or_fails_safe(differential: opa_diff.Differentia
     @fuzz(ci=10_000 // BATCH, local=10)
     @given(st.lists(st.integers(0, 2**64 - 1), min_size=BATCH, max_size=BATCH))
     def check(seeds: list[int]) -> None:
-        docs = (opa_diff.random_request(random.Random(seed).choice, vocab) for seed in seeds)
+        docs = (opa_requests.random_request(random.Random(seed).choice, vocab) for seed in seeds)
         batch = differential.check(docs)
         assert batch.ok, "\n".join(batch.divergences)
 

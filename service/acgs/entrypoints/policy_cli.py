@@ -137,11 +137,11 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 def cmd_against_opa(args: argparse.Namespace) -> int:
     """Compare DIR's or stored REV's decision rule with OPA's on ``--samples`` requests drawn
-    around its branches (acgs.entrypoints.opa_diff); exit 1 on any divergence, 2 when OPA's
+    around its branches (acgs.entrypoints.opa_requests); exit 1 on any divergence, 2 when OPA's
     engine is not installed."""
     import random
 
-    from acgs.entrypoints import opa_diff
+    from acgs.entrypoints import opa_diff, opa_requests
 
     try:
         import opa_bindings  # noqa: F401  # optional: installed for tests only
@@ -152,12 +152,12 @@ def cmd_against_opa(args: argparse.Namespace) -> int:
     if bundle is None:
         return 1
     rng = random.Random(args.seed)
-    vocab = opa_diff.vocabulary(bundle)
+    vocab = opa_requests.vocabulary(bundle)
     differential = opa_diff.Differential(bundle)
     try:
         left = args.samples
         while left > 0:
-            differential.check(opa_diff.random_request(rng.choice, vocab)
+            differential.check(opa_requests.random_request(rng.choice, vocab)
                                for _ in range(min(left, 500)))
             left -= 500
     finally:
