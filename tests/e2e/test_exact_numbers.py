@@ -39,6 +39,12 @@ def test_a_priority_just_over_the_ceiling_is_never_allowed(shared_server: Server
         decide(shared_server, 3.0000004)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "action.attributes.priority: 3.0000004" in (info.value.details() or "")
+    over = request("analyst", "read", action_attributes={"priority": 3.0000004})
+    batch = pb.DecideBatchRequest(requests=[decide_request(request("analyst", "read")),
+                                            decide_request(over)])
+    with shared_server.channel(tk.AGENT) as ch, pytest.raises(grpc.RpcError) as info:
+        pb_grpc.GovernanceStub(ch).DecideBatch(batch, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_evaluate_refuses_numbers_the_engine_would_change(shared_server: ServerProcess) -> None:
