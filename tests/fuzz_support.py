@@ -117,8 +117,8 @@ def decide_docs(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
 
 
 def _bad_value(value: Any, depth: int) -> bool:
-    if isinstance(value, float) and not math.isfinite(value):
-        return True
+    if isinstance(value, float) and (not math.isfinite(value) or float(f"{value:f}") != value):
+        return True  # the engine would not see it as sent (service/acgs/domain/numbers.py)
     if isinstance(value, dict):
         return depth > MAX_DEPTH or any(_bad_value(v, depth + 1) for v in value.values())
     if isinstance(value, list):
@@ -166,8 +166,8 @@ def _over_bounds(doc: dict[str, Any], structs: list[Any], constitutional_hash: s
 
 def malformed(doc: dict[str, Any], constitutional_hash: str = "") -> bool:
     """True when the server must refuse ``doc`` with INVALID_ARGUMENT (a required field
-    missing, NaN or infinity, too deep, a NUL character in any string, or a string over
-    its length bound)."""
+    missing, NaN or infinity, a number six decimals would change, too deep, a NUL
+    character in any string, or a string over its length bound)."""
     structs = [doc["principal"]["attributes"], doc["action"]["attributes"],
                doc["resource"]["attributes"], doc["context"]]
     return (any(not _field(doc, p) for p in REQUIRED)

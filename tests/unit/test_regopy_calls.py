@@ -12,7 +12,11 @@ from hypothesis import strategies as st
 
 _scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
-    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    # Floats the engine keeps (six decimals); the others are refused, tested below.
+    st.floats(allow_nan=False, allow_infinity=False, width=64).filter(
+        lambda x: float(f"{x:f}") == x),
+    st.decimals(places=6, allow_nan=False, allow_infinity=False, min_value=-10**9,
+                max_value=10**9).map(float),
     # Printable text only: regopy 1.5 writes control characters, quotes and backslashes into
     # its output unescaped (for either builder), so they could not be compared here.
     st.text(alphabet=st.characters(blacklist_characters="\\\"",
@@ -41,6 +45,7 @@ def test_the_same_document_as_regopy(doc: Any) -> None:
 
 @pytest.mark.parametrize("bad", [
     "admin\0x", {"k\0": 1}, {1: "x"}, {"s": {1, 2}}, 2**63, -(2**63) - 1, object(), b"bytes",
+    3.0000004, 0.7999999, 1e-9, -2.0000001, float("inf"), float("-inf"), float("nan"),
 ])
 def test_refuses_what_it_cannot_pass_faithfully(bad: Any) -> None:
     with pytest.raises(ValueError):
@@ -58,3 +63,21 @@ def test_query_reads_values_undefined_and_errors() -> None:
     assert query_entrypoint(interp, bundle, "p/no").results[0].expressions == [False]
     assert query_entrypoint(interp, bundle, "p/maybe").results[0].expressions == []
     assert not query_entrypoint(interp, bundle, "p/boom").ok()
+
+
+@pytest.mark.parametrize("value", [3.0000004, 0.7999999, 1e-9, 0.1 + 0.2])
+def test_a_float_six_decimals_would_change_never_reaches_the_policy(value: float) -> None:
+    """rego-cpp keeps an input float as printf("%f") text: 3.0000004 would be compared as 3
+    (an analyst at ceiling 3 allowed). The builder refuses it instead."""
+    interp = regopy.Interpreter()
+    interp.set_input(regopy.Input({"v": value}))  # regopy's own builder: the number changes
+    assert interp.query("x := input.v").results[0].bindings["x"] != value
+    with pytest.raises(ValueError, match="would reach the policy engine as"):
+        build_input({"v": value})
+
+
+@pytest.mark.parametrize("value", [3.0, 2.5, 0.85, 0.000001, 1e300, -1e22, 123456789.125, 2.0**62])
+def test_floats_six_decimals_keep_reach_the_policy_as_sent(value: float) -> None:
+    interp = regopy.Interpreter()
+    interp.set_input(build_input({"v": value}))
+    assert interp.query("x := input.v").results[0].bindings["x"] == value

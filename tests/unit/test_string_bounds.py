@@ -51,9 +51,9 @@ DECIDE_FIELDS: dict[str, tuple[int, Callable[[str], pb.DecideRequest]]] = {
     "principal.attributes: a Struct key": (40, lambda s: decide_request(
         allow_input(principal=_principal(attributes={s: 1})))),
     "context: a Struct key": (40, lambda s: decide_request(allow_input(context={s: 1}))),
-    "resource.attributes: a Struct string": (100, lambda s: decide_request(
+    "resource.attributes.note: a Struct string": (100, lambda s: decide_request(
         allow_input(resource=_resource(attributes={"note": s})))),
-    "action.attributes: a Struct string": (100, lambda s: decide_request(
+    "action.attributes.deep[0].x: a Struct string": (100, lambda s: decide_request(
         allow_input(action={"type": "read", "attributes": {"deep": [{"x": s}]}}))),
 }
 

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 from typing import Any
 
 import regopy
 from regopy import rego_shared
 from regopy.output import Output, Result
 
+from acgs.domain import numbers
+
 _lib = ctypes.PyDLL(rego_shared.rego._name)
 _P = ctypes.c_void_p
-_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 def _bind(name: str, restype: Any, *argtypes: Any) -> Any:
@@ -54,7 +56,8 @@ def build_input(value: Any) -> regopy.Input:
     """``value`` (JSON-like: dict with str keys, list, tuple, str, int, float, bool, None) as
     a regopy Input, the same document ``regopy.Input(value)`` builds.
 
-    Raises ValueError for anything else, for an integer outside int64 and for a string
+    Raises ValueError for anything else, for an integer outside int64, for a float that
+    six decimals would change or that is not finite (numbers.py), and for a string
     holding a NUL character (the C API would cut it there: "admin\\0x" would reach the
     policy as "admin").
     """
@@ -86,10 +89,15 @@ def _add(handle: int, value: Any) -> None:
     elif kind is bool:
         _check(_bool(handle, value))
     elif kind is float:
+        # regoInputFloat keeps std::to_string(value), six decimals: refuse what it would
+        # change rather than evaluate another number (numbers.py; the entrypoints name the
+        # field before it gets here).
+        if not math.isfinite(value) or float(f"{value:f}") != value:
+            raise ValueError(numbers.float_problem(value))
         _check(_float(handle, value))
     elif kind is int:
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise ValueError("integer outside the 64-bit range")
+        if not numbers.INT64_MIN <= value <= numbers.INT64_MAX:
+            raise ValueError(numbers.int_problem(value))
         _check(_int(handle, value))
     elif value is None:
         _check(_null(handle))

@@ -74,6 +74,8 @@ def serve_settings() -> Settings:
 def cmd_policy_test(args: argparse.Namespace) -> int:
     from acgs.adapters.rego_tests import run_policy_tests
 
+    if args.against_opa:
+        return policy_cli.cmd_against_opa(args)
     return run_policy_tests(Path(args.dir), out=sys.stdout, verbose=args.verbose)
 
 
@@ -102,8 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="policy_command", required=True
     )
     test = policy.add_parser("test", help="run the Rego unit tests (test_* rules) of a policy dir")
-    test.add_argument("dir", nargs="?", default="policy")
+    test.add_argument("dir", nargs="?", default="policy",
+                      help="policy directory; with --against-opa also a stored revision")
     test.add_argument("-v", "--verbose", action="store_true")
+    test.add_argument("--against-opa", action="store_true",
+                      help="compare the decision rule's answers with OPA's (needs opa_bindings)")
+    test.add_argument("--samples", type=int, default=10_000,
+                      help="requests to compare with --against-opa (10000)")
+    test.add_argument("--seed", type=int, default=0, help="their random seed (0)")
+    admin_cli.add_connection_args(test)  # to fetch a stored revision
     test.set_defaults(func=cmd_policy_test)
     policy_cli.register(policy)
     return parser

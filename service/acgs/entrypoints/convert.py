@@ -14,6 +14,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from acgs.domain import numbers
 from acgs.domain.model import Decision, DecisionRequest, Effect, Severity
 from acgs.errors import InvalidRequest
 from acgs.v1 import governance_pb2 as pb
@@ -66,8 +67,9 @@ def checked_text(value: str, name: str, limit: int = DEFAULT_LIMITS.id_chars) ->
 def struct_to_dict(struct: struct_pb2.Struct, *, max_depth: int, depth: int = 1,
                    limits: StringLimits = DEFAULT_LIMITS, where: str = "a Struct"
                    ) -> dict[str, Any]:
-    """A Struct as plain JSON-like data; InvalidRequest when deeper than ``max_depth`` or when
-    a key or string holds a NUL character or is too long (``where`` names the field)."""
+    """A Struct as plain JSON-like data; InvalidRequest when deeper than ``max_depth``, when
+    a key or string holds a NUL character or is too long, or when a number would not reach
+    the policy engine unchanged (``where``, and the key, name the field)."""
     if depth > max_depth:
         raise InvalidRequest(f"a Struct nests deeper than {max_depth} levels")
     out = {}
@@ -75,33 +77,43 @@ def struct_to_dict(struct: struct_pb2.Struct, *, max_depth: int, depth: int = 1,
     for k, v in struct.fields.items():
         if len(k) > key_limit or "\0" in k:  # the error's name is built only when it is needed
             checked_text(k, f"{where}: a Struct key", key_limit)
-        out[k] = _value(v, max_depth, depth + 1, limits, where)
+        out[k] = _value(v, max_depth, depth + 1, limits, where, k)
     return out
 
 
-def _value(v: struct_pb2.Value, max_depth: int, depth: int,
-           limits: StringLimits = DEFAULT_LIMITS, where: str = "a Struct") -> Any:
+def _value(v: struct_pb2.Value, max_depth: int, depth: int, limits: StringLimits,
+           where: str, key: object) -> Any:
     kind = v.WhichOneof("kind")
     if kind == "string_value":
         s = v.string_value
         if len(s) > limits.text_chars or "\0" in s:
-            checked_text(s, f"{where}: a Struct string", limits.text_chars)
+            checked_text(s, f"{_field(where, key)}: a Struct string", limits.text_chars)
         return s
     if kind == "number_value":
         n = v.number_value
         if math.isnan(n) or math.isinf(n):
             raise InvalidRequest("a Struct holds NaN or infinity, which JSON cannot carry")
-        return int(n) if n.is_integer() and abs(n) < _MAX_SAFE_INT else n
+        if n.is_integer():  # an integral double prints exactly, whatever its size
+            return int(n) if abs(n) < _MAX_SAFE_INT else n
+        if float(f"{n:f}") != n:  # numbers.float_problem, inline: this runs per number
+            raise InvalidRequest(f"{_field(where, key)}: {numbers.float_problem(n)}")
+        return n
     if kind == "bool_value":
         return v.bool_value
     if kind == "struct_value":
         return struct_to_dict(v.struct_value, max_depth=max_depth, depth=depth, limits=limits,
-                              where=where)
+                              where=_field(where, key))
     if kind == "list_value":
         if depth > max_depth:
             raise InvalidRequest(f"a Struct nests deeper than {max_depth} levels")
-        return [_value(x, max_depth, depth + 1, limits, where) for x in v.list_value.values]
+        inner = _field(where, key)
+        return [_value(x, max_depth, depth + 1, limits, inner, i)
+                for i, x in enumerate(v.list_value.values)]
     return None  # null_value, or a Value with no kind set
+
+
+def _field(name: str, key: object) -> str:
+    return f"{name}[{key}]" if isinstance(key, int) else f"{name}.{key}"
 
 
 def _require(value: str, name: str, limit: int) -> str:
@@ -155,13 +167,17 @@ def parse_input_json(text: str, *, max_depth: int,
     a key or string longer than ``limits`` (the ids the audit record indexes: id_chars)."""
     if not text.strip():
         return None
+    hooks = _NumberHooks()
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=hooks.float_,
+                           parse_int=hooks.int_)
     except (ValueError, RecursionError) as err:
         raise InvalidRequest(f"input_json is not valid JSON: {err}") from err
     _check_value(value, max_depth, limits)
     if isinstance(value, dict):
         _check_indexed(value, limits.id_chars)
+    if hooks.bad:
+        _check_numbers(value, "input_json")
     if "\\u0000" in text:  # JSON can spell a NUL character only as this escape
         _check_nul(value)
     if "\\u" in text:  # only an escape can make a lone surrogate, which no engine can encode
@@ -194,6 +210,53 @@ def _check_nul(value: Any) -> None:
     elif isinstance(value, list):
         for v in value:
             _check_nul(v)
+
+
+class _JsonFloat(float):
+    """A float from input_json that the engine would change; it keeps its text to name."""
+
+    text = ""
+
+
+class _JsonInt(int):
+    """An integer from input_json outside the engine's 64 bits."""
+
+
+class _NumberHooks:
+    """json.loads hooks that mark the numbers the engine would change (``bad`` then set),
+    so that the document is walked for their names only when there is one."""
+
+    def __init__(self) -> None:
+        self.bad = False
+
+    def float_(self, text: str) -> float:
+        if numbers.text_problem(text) is None:
+            return float(text)
+        self.bad = True
+        marked = _JsonFloat(text)
+        marked.text = text
+        return marked
+
+    def int_(self, text: str) -> int:
+        value = int(text)
+        if numbers.int_problem(value) is None:
+            return value
+        self.bad = True
+        return _JsonInt(value)
+
+
+def _check_numbers(value: Any, where: str) -> None:
+    """InvalidRequest naming the first number of ``value`` the engine would change."""
+    if isinstance(value, _JsonFloat):
+        raise InvalidRequest(f"{where}: {numbers.text_problem(value.text)}")
+    if isinstance(value, _JsonInt):
+        raise InvalidRequest(f"{where}: {numbers.int_problem(value)}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_numbers(v, f"{where}[{i}]")
 
 
 def _no_constant(name: str) -> Any:

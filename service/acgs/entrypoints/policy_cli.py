@@ -188,6 +188,60 @@ def cmd_sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_against_opa(args: argparse.Namespace) -> int:
+    """Compare DIR's or stored REV's decision rule with OPA's on ``--samples`` requests drawn
+    around its branches (acgs.entrypoints.opa_requests); exit 1 on any divergence, 2 when OPA's
+    engine is not installed."""
+    import random
+
+    from acgs.entrypoints import opa_diff, opa_requests
+
+    try:
+        import opa_bindings  # noqa: F401  # optional: installed for tests only
+    except ImportError:
+        print(f"acgs: cannot compare with OPA: {opa_diff.MISSING_PACKAGE}", file=sys.stderr)
+        return 2
+    bundle = _bundle_of(args)
+    if bundle is None:
+        return 1
+    rng = random.Random(args.seed)
+    vocab = opa_requests.vocabulary(bundle)
+    differential = opa_diff.Differential(bundle)
+    try:
+        left = args.samples
+        while left > 0:
+            differential.check(opa_requests.random_request(rng.choice, vocab)
+                               for _ in range(min(left, 500)))
+            left -= 500
+    finally:
+        differential.close()
+    report = differential.report
+    print(f"{bundle.revision} ({bundle.name} {bundle.version}) against OPA: {report.summary()}")
+    for line in report.divergences:
+        print(f"  {line}", file=sys.stderr)
+    if not report.ok:
+        print(f"acgs: {bundle.revision} answers differently from OPA (seed {args.seed}); "
+              "do not activate it", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _bundle_of(args: argparse.Namespace) -> Any:
+    """The PolicyBundle of args.dir: a directory, else a stored revision (GetPolicyVersion);
+    None (after saying why) when the revision cannot be fetched."""
+    from acgs.adapters.rego_source import bundle_from_parts, load_policy_dir
+
+    if Path(args.dir).is_dir():
+        return load_policy_dir(Path(args.dir), constitutional_hash=CONSTITUTIONAL_HASH)
+    try:
+        version = _call(args, "GetPolicyVersion", pb.GetPolicyVersionRequest(revision=args.dir))
+    except grpc.RpcError as err:
+        admin_cli.fail(err)
+        return None
+    return bundle_from_parts(modules=dict(version.modules), data_json=version.data_json,
+                             manifest=json.loads(version.manifest_json),
+                             constitutional_hash=CONSTITUTIONAL_HASH)
+
+
 def register(policy: Any) -> None:
     """Add the lifecycle commands to the ``policy`` command group's sub-parsers."""
     push = policy.add_parser("push", help="upload a policy directory as a version")
