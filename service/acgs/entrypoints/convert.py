@@ -124,7 +124,24 @@ def parse_input_json(text: str, *, max_depth: int) -> Any:
         except UnicodeEncodeError as err:
             raise InvalidRequest("input_json holds a lone UTF-16 surrogate (\\ud800-\\udfff)"
                                  ) from err
+    where = _non_finite(value, "input_json")
+    if where is not None:  # 1e400 parses as infinity: evaluated, it could not be audited
+        raise InvalidRequest(f"{where[:200]}: a number beyond a 64-bit float, which JSON "
+                             "cannot carry")
     return value
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of the first number in ``value`` that is not finite, else None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    items = (value.items() if isinstance(value, dict)
+             else enumerate(value) if isinstance(value, list) else ())
+    for k, v in items:
+        found = _non_finite(v, f"{path}.{k}" if isinstance(k, str) else f"{path}[{k}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _check_nul(value: Any) -> None:

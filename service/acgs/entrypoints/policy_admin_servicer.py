@@ -16,6 +16,7 @@ from typing import Protocol
 from google.protobuf import timestamp_pb2
 
 from acgs.domain.policy_version import ActivationOutcome, InstanceInfo, PolicyVersion
+from acgs.entrypoints import timestamps
 from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.status import Context
 from acgs.errors import InvalidRequest
@@ -114,8 +115,8 @@ class PolicyAdminServicer:
             raise InvalidRequest("sample is a fraction between 0 and 1 (0: every decision)")
         reports = self._replayer.replay(
             revision=request.revision,
-            since_us=request.since.ToMicroseconds() if request.HasField("since") else None,
-            until_us=request.until.ToMicroseconds() if request.HasField("until") else None,
+            since_us=timestamps.micros(request, "since", "since"),
+            until_us=timestamps.micros(request, "until", "until"),
             limit=request.limit or _DEFAULT_REPLAY_LIMIT, examples=request.examples or 3,
             sample=request.sample or 1.0)
         async for report in reports:

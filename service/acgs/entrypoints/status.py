@@ -47,7 +47,7 @@ async def abort_with(context: Context, err: BaseException) -> None:
     if code is None:
         logger.exception("unexpected error in handler", exc_info=err)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-    if isinstance(err, errors.LimitExceeded) and err.retry_after_s is not None:
-        context.set_trailing_metadata((("retry-after-ms", str(int(err.retry_after_s * 1000))),))
+    if isinstance(err, errors.LimitExceeded) and err.retry_after_ms is not None:
+        context.set_trailing_metadata((("retry-after-ms", str(err.retry_after_ms)),))
     assert code is not None
     await context.abort(code, str(err))
