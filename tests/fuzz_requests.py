@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from hypothesis import strategies as st
 
 from tests import fuzz_support as fz
+from tests.client import HASH, allow_input
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 MIN_S, MAX_S = -62_135_596_800, 253_402_300_799  # years 1 and 9999
@@ -150,6 +151,27 @@ def decide(draw: st.DrawFn) -> Call:
     code = grpc.StatusCode.RESOURCE_EXHAUSTED if size > 1 << 20 else fz.expected_code(doc, h)
     return Call("acgs.v1.Governance/Decide", msg.SerializeToString(), "agent",
                 frozenset({code}), request=msg, docs=[(doc, h)])
+
+
+@st.composite
+def decide_near_allow(draw: st.DrawFn) -> Call:
+    """An allowed request with a field or two changed: ALLOWs to judge (fuzzed documents
+    rarely get one), and DENYs a step away from them."""
+    doc = allow_input()
+    doc["tenant_id"] = draw(st.sampled_from(["t1", "t1", "t2"]))
+    doc["resource"]["tenant_id"] = draw(st.sampled_from(["t1", "t1", "t2", ""]))
+    doc["principal"]["roles"] = draw(st.one_of(st.just(["operator"]), st.lists(st.sampled_from(
+        ["operator", "viewer", "admin", "auditor", "root", ""]), min_size=1, max_size=3)))
+    doc["action"]["type"] = draw(st.one_of(st.just("read"), st.sampled_from(
+        ["read", "write", "delete", "fund_transfer", "policy_change", "data_deletion"])))
+    doc["action"]["attributes"] = draw(st.dictionaries(
+        st.sampled_from(["impact_score", "amount", "priority", "emergency"]),
+        st.one_of(st.floats(), st.booleans(), st.integers(-(2**63), 2**63)), max_size=2))
+    doc["context"] = draw(st.dictionaries(st.sampled_from(["emergency", "justification"]),
+                                          fz.scalars, max_size=2))
+    msg = fz.request_of(doc, HASH)
+    return Call("acgs.v1.Governance/Decide", msg.SerializeToString(), "agent",
+                frozenset({fz.expected_code(doc, HASH)}), request=msg, docs=[(doc, HASH)])
 
 
 @st.composite
@@ -302,8 +324,8 @@ def policy_calls(seen: Seen) -> st.SearchStrategy[Call]:
 def every_method(seen: Seen) -> st.SearchStrategy[Call]:
     """A Call to any acgs.v1 method, with odd values (``seen`` supplies real ids)."""
     return st.one_of(
-        decide(), decide_batch(), evaluate(), get_decision(seen), list_decisions(seen),
-        export_decisions(), verify_chain(seen),
+        decide(), decide_near_allow(), decide_batch(), evaluate(), get_decision(seen),
+        list_decisions(seen), export_decisions(), verify_chain(seen),
         st.just(_call("acgs.v1.Audit/ListChains", "auditor", apb.ListChainsRequest())),
         list_escalations(seen), escalation_calls(seen), policy_calls(seen),
     )

@@ -50,4 +50,13 @@ async def abort_with(context: Context, err: BaseException) -> None:
     if isinstance(err, errors.LimitExceeded) and err.retry_after_ms is not None:
         context.set_trailing_metadata((("retry-after-ms", str(err.retry_after_ms)),))
     assert code is not None
-    await context.abort(code, str(err))
+    await context.abort(code, _short(str(err)))
+
+
+MAX_DETAILS = 1000
+"""Characters of a status message: one that echoes a 70 kB request field would pass gRPC's
+metadata limit (16 kB), and the client would see RESOURCE_EXHAUSTED instead of the code."""
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= MAX_DETAILS else message[:MAX_DETAILS - 1] + "…"
