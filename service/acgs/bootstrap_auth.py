@@ -26,6 +26,7 @@ from acgs.domain import tokens
 from acgs.domain.rate_limit import Rate, RateLimiter
 from acgs.entrypoints.access import ACCESS
 from acgs.entrypoints.callers import AnonymousAuthenticator, CallerResolver
+from acgs.entrypoints.client_certs import ClientCertMap
 from acgs.errors import ConfigurationError
 from acgs.service_layer.authentication import TokenAuthenticator
 
@@ -51,6 +52,9 @@ def require_secure(settings: Settings) -> None:
         raise ConfigurationError("set both ACGS_TLS_CERT and ACGS_TLS_KEY, or neither")
     if settings.tls_client_ca is not None and settings.tls_cert is None:
         raise ConfigurationError("ACGS_TLS_CLIENT_CA needs ACGS_TLS_CERT and ACGS_TLS_KEY")
+    if settings.tls_client_map is not None and settings.tls_client_ca is None:
+        raise ConfigurationError("ACGS_TLS_CLIENT_MAP needs ACGS_TLS_CLIENT_CA (only a "
+                                 "certificate signed by a CA you trust may name a caller)")
     if not settings.is_production or settings.allow_insecure:
         return
     problems = []
@@ -83,6 +87,21 @@ def rate_limiter(settings: Settings) -> RateLimiter:
                               for role, per_s, burst in settings.rate_limits})
 
 
+def client_cert_map(settings: Settings) -> ClientCertMap | None:
+    """The ACGS_TLS_CLIENT_MAP file, parsed; None when unset. ConfigurationError if it is
+    unreadable or malformed."""
+    if settings.tls_client_map is None:
+        return None
+    path = settings.tls_client_map
+    try:
+        text = _read(path, "ACGS_TLS_CLIENT_MAP").decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigurationError(f"ACGS_TLS_CLIENT_MAP={path}: not UTF-8 text") from err
+    certificates = ClientCertMap.parse(text, source=f"ACGS_TLS_CLIENT_MAP={path}")
+    logger.info("mutual TLS: %d client certificate names map to callers", len(certificates))
+    return certificates
+
+
 async def build_callers(settings: Settings, *, conninfo: str | None) -> Callers:
     """The CallerResolver for ``settings``; ``conninfo`` is the (migrated) database, or None
     to open and migrate it here. Raises psycopg.Error when the token table cannot be read."""
@@ -105,7 +124,8 @@ async def build_callers(settings: Settings, *, conninfo: str | None) -> Callers:
     await authenticator.load()
     dev_file = await _dev_tokens(settings, store, authenticator)
     return Callers(
-        CallerResolver(authenticator=authenticator, access=ACCESS, limiter=limiter),
+        CallerResolver(authenticator=authenticator, access=ACCESS, limiter=limiter,
+                       certificates=client_cert_map(settings)),
         dev_tokens_file=dev_file, starters=[authenticator.start],
         closers=[*closers, authenticator.stop],
     )

@@ -140,6 +140,7 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    tls_client_map: Path | None = None
     token_refresh_s: float = 1.0
     rate_limits: RateLimits = (("agent", 2000.0, 4000.0), ("admin", 50.0, 100.0),
                                ("auditor", 100.0, 200.0))
@@ -203,6 +204,7 @@ class Settings:
             tls_cert=_path(e, "ACGS_TLS_CERT"),
             tls_key=_path(e, "ACGS_TLS_KEY"),
             tls_client_ca=_path(e, "ACGS_TLS_CLIENT_CA"),
+            tls_client_map=_path(e, "ACGS_TLS_CLIENT_MAP"),
             token_refresh_s=_float(e, "ACGS_TOKEN_REFRESH_S", d.token_refresh_s),
             rate_limits=_rates(e, d.rate_limits),
         )

@@ -38,10 +38,16 @@ def decode(cursor: str, kinds: tuple[type, ...]) -> list[Any]:
     if not isinstance(fields, list) or len(fields) != len(kinds):
         raise InvalidRequest(INVALID)
     for value, kind in zip(fields, kinds, strict=True):
-        if type(value) is not kind or (kind is int and not -_INT64 <= value <= _INT64) \
-                or (kind is str and "\0" in value):
+        if type(value) is not kind or not _fits(value):
             raise InvalidRequest(INVALID)
     return fields
+
+
+def _fits(value: object) -> bool:
+    """An int PostgreSQL's bigint holds, a str its text holds."""
+    if isinstance(value, int):
+        return -_INT64 <= value <= _INT64
+    return not isinstance(value, str) or "\0" not in value
 
 
 def moment(text: str) -> dt.datetime:

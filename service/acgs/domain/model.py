@@ -51,6 +51,7 @@ class Caller:
 
     id: str
     role: str
+    identity: str = ""  # the person or service behind it, where known (a client certificate's)
 
     @classmethod
     def anonymous(cls) -> Caller:
