@@ -199,7 +199,7 @@ def test_a_token_created_to_expire_is_refused_after_its_time(
     shared_server: ServerProcess, postgres_url: str
 ) -> None:
     created = acgs("token", "create", "--role", "agent", "--name", "ci expiry",
-                   "--expires-in", "3s", database=postgres_url)
+                   "--expires-in", "8s", database=postgres_url)  # time to list it
     assert created.returncode == 0, created.stderr
     assert "expires" in created.stderr
     token, token_id = created.stdout.strip(), tk.parse(created.stdout.strip())
@@ -220,7 +220,7 @@ def test_a_token_created_to_expire_is_refused_after_its_time(
                 return True
             return False
 
-        until(expired, within_s=8.0)
+        until(expired, within_s=14.0)
     assert token_id not in acgs("token", "list", database=postgres_url).stdout
     everything = acgs("token", "list", "--all", database=postgres_url).stdout
     assert " expired " in next(ln for ln in everything.splitlines() if token_id in ln)

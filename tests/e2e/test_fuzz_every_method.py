@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from google.protobuf.message import Message
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from tests import fuzz_mutants as fm
 from tests import fuzz_requests as fr
 from tests import fuzz_support as fz
 from tests.client import HASH, allow_input, decide_request
@@ -48,7 +48,7 @@ pytestmark = pytest.mark.postgres
 
 ENV = {**{f"ACGS_RATE_LIMIT_{role.upper()}": "off" for role in tk.ROLES},  # volume, not limits
        "ACGS_AUDIT_FSYNC_INTERVAL_MS": "5"}  # one fsync per 5 ms: the audit trail is not tested
-TARGET = int(os.environ.get("FUZZ_TARGET", "10000"))
+TARGET = 10_000
 DRAWN, MUTANTS = 5, 9  # per example: 5 requests drawn, each sent with 9 mutants: 50 calls
 EXPENSIVE = {"acgs.v1.PolicyAdmin/CreatePolicyVersion",  # compiles and tests a policy (~0.5 s
              "acgs.v1.PolicyAdmin/ValidatePolicy"}    # on a busy machine): no mutants, and
@@ -218,7 +218,7 @@ def test_every_method_of_every_service(servers: ServerFactory, tokens: RoleToken
             for _ in range(DRAWN):
                 call = data.draw(calls)
                 if call.method not in EXPENSIVE:
-                    batch += [call, *fr.mutants(call, rng, runner.seen, MUTANTS)]
+                    batch += [call, *fm.mutants(call, rng, runner.seen, MUTANTS)]
                 elif sum(runner.counts[call.method, c] for c in CODES) < MAX_EXPENSIVE:
                     batch.append(call)
             t1 = time.perf_counter()
