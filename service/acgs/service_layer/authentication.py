@@ -35,7 +35,7 @@ INVALID = "invalid bearer token"  # one message for malformed, unknown, revoked 
 EXPIRED = "bearer token expired"  # its holder had it legitimately: say why it stopped working
 _NOBODY = TokenRecord(id="acgs_0000000000000000", name="", role="",
                       secret_hash=hash_token("acgs_0000000000000000." + "A" * 43))
-"""What an unknown id's token is compared with (no token hashes to it)."""
+"""What an unknown id's token is compared with; the outcome is ignored, only the time counts."""
 
 
 class TokenSource(Protocol):
