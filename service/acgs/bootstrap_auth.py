@@ -28,6 +28,7 @@ from acgs.domain import tokens
 from acgs.domain.rate_limit import Rate, RateLimiter
 from acgs.entrypoints.access import ACCESS
 from acgs.entrypoints.callers import AnonymousAuthenticator, CallerResolver
+from acgs.entrypoints.client_certs import ClientCertMap
 from acgs.errors import ConfigurationError, Unavailable
 from acgs.service_layer.authentication import TokenAuthenticator
 from acgs.service_layer.database_watch import DatabaseWatch
@@ -54,6 +55,9 @@ def require_secure(settings: Settings) -> None:
         raise ConfigurationError("set both ACGS_TLS_CERT and ACGS_TLS_KEY, or neither")
     if settings.tls_client_ca is not None and settings.tls_cert is None:
         raise ConfigurationError("ACGS_TLS_CLIENT_CA needs ACGS_TLS_CERT and ACGS_TLS_KEY")
+    if settings.tls_client_map is not None and settings.tls_client_ca is None:
+        raise ConfigurationError("ACGS_TLS_CLIENT_MAP needs ACGS_TLS_CLIENT_CA (only a "
+                                 "certificate signed by a CA you trust may name a caller)")
     if not settings.is_production or settings.allow_insecure:
         return
     problems = []
@@ -84,6 +88,21 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 def rate_limiter(settings: Settings) -> RateLimiter:
     return RateLimiter(rates={role: Rate(per_s, burst)
                               for role, per_s, burst in settings.rate_limits})
+
+
+def client_cert_map(settings: Settings) -> ClientCertMap | None:
+    """The ACGS_TLS_CLIENT_MAP file, parsed; None when unset. ConfigurationError if it is
+    unreadable or malformed."""
+    if settings.tls_client_map is None:
+        return None
+    path = settings.tls_client_map
+    try:
+        text = _read(path, "ACGS_TLS_CLIENT_MAP").decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigurationError(f"ACGS_TLS_CLIENT_MAP={path}: not UTF-8 text") from err
+    certificates = ClientCertMap.parse(text, source=f"ACGS_TLS_CLIENT_MAP={path}")
+    logger.info("mutual TLS: %d client certificate names map to callers", len(certificates))
+    return certificates
 
 
 async def build_callers(settings: Settings, *, conninfo: str | None,
@@ -118,7 +137,8 @@ async def build_callers(settings: Settings, *, conninfo: str | None,
     await authenticator.load()
     dev_file = await _dev_tokens(settings, store, authenticator)
     return Callers(
-        CallerResolver(authenticator=authenticator, access=ACCESS, limiter=limiter),
+        CallerResolver(authenticator=authenticator, access=ACCESS, limiter=limiter,
+                       certificates=client_cert_map(settings)),
         dev_tokens_file=dev_file, starters=[authenticator.start],
         closers=[*closers, authenticator.stop],
     )
@@ -137,7 +157,8 @@ def _offline_callers(settings: Settings, snapshots: SnapshotStore,
                    "returns", len(records))
     dev_file = settings.data_dir / "dev-tokens"
     return Callers(
-        CallerResolver(authenticator=authenticator, access=ACCESS, limiter=limiter),
+        CallerResolver(authenticator=authenticator, access=ACCESS, limiter=limiter,
+                       certificates=client_cert_map(settings)),
         dev_tokens_file=dev_file if settings.environment == "development" and dev_file.exists()
         else None,
         starters=[lambda: authenticator.start(load_first=False)],

@@ -161,6 +161,7 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    tls_client_map: Path | None = None
     token_refresh_s: float = 1.0
     # Starting and running while PostgreSQL is unreachable (bootstrap_offline)
     database_retry_s: float = 2.0
@@ -246,6 +247,7 @@ class Settings:
             tls_cert=_path(e, "ACGS_TLS_CERT"),
             tls_key=_path(e, "ACGS_TLS_KEY"),
             tls_client_ca=_path(e, "ACGS_TLS_CLIENT_CA"),
+            tls_client_map=_path(e, "ACGS_TLS_CLIENT_MAP"),
             token_refresh_s=_float(e, "ACGS_TOKEN_REFRESH_S", d.token_refresh_s),
             rate_limits=_rates(e, d.rate_limits),
             database_retry_s=_float(e, "ACGS_DATABASE_RETRY_S", d.database_retry_s),

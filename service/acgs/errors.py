@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class AcgsError(Exception):
     """Base class of every error raised by ACGS-2."""
@@ -33,6 +35,17 @@ class LimitExceeded(AcgsError):
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+    @property
+    def retry_after_ms(self) -> int | None:
+        """``retry_after_s`` in whole milliseconds, rounded up and at least 1: a client told
+        0 would retry at once and be refused again."""
+        return None if self.retry_after_s is None else whole_ms(self.retry_after_s)
+
+
+def whole_ms(seconds: float) -> int:
+    """``seconds`` in milliseconds, rounded up and at least 1."""
+    return max(1, math.ceil(seconds * 1000))
 
 
 class PolicyError(AcgsError):

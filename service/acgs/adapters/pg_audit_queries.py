@@ -9,10 +9,7 @@ rows present when each page is read. Every method raises
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from acgs.adapters import cursors
 from acgs.adapters.audit_signing import TrustedKeys
 from acgs.adapters.pg_audit import COLUMNS, EPOCH
 from acgs.adapters.pg_checkpoints import SELECT as CHECKPOINTS
@@ -90,19 +88,16 @@ def _violations(value: Any) -> tuple[Violation, ...]:
 
 
 def encode_cursor(record: AuditRecord) -> str:
-    raw = json.dumps([record.decided_at_us, record.instance_id, record.seq]).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii")
+    return cursors.encode([record.decided_at_us, record.instance_id, record.seq])
 
 
 def decode_cursor(cursor: str) -> tuple[dt.datetime, str, int]:
     """The key a cursor resumes after; InvalidRequest when it is not one of ours."""
+    us, instance, seq = cursors.decode(cursor, (int, str, int))
     try:
-        us, instance, seq = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-        if not (isinstance(us, int) and isinstance(instance, str) and isinstance(seq, int)):
-            raise TypeError("bad cursor fields")
         return EPOCH + dt.timedelta(microseconds=us), instance, seq
-    except (ValueError, TypeError, binascii.Error, OverflowError) as err:
-        raise InvalidRequest("page_token is not a valid cursor") from err
+    except OverflowError as err:
+        raise InvalidRequest(cursors.INVALID) from err
 
 
 @contextmanager

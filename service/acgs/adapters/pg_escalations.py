@@ -11,8 +11,6 @@ order and transactions never deadlock on one another. Every method raises
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
 import uuid
@@ -25,6 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from acgs.adapters import cursors
 from acgs.domain import escalation as esc
 from acgs.domain.escalation import Escalation, EscalationEvent, EscalationFilter, EscalationPage
 from acgs.errors import InvalidRequest, NotFound, Unavailable
@@ -238,13 +237,9 @@ def _conditions(where: EscalationFilter) -> tuple[list[sql.Composable], list[Any
 
 
 def _encode(e: Escalation) -> str:
-    raw = json.dumps([e.created_at.isoformat(), e.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii")
+    return cursors.encode([e.created_at.isoformat(), e.id])
 
 
 def _decode(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
-    try:
-        created, key = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-        return dt.datetime.fromisoformat(created), uuid.UUID(key)
-    except (ValueError, TypeError, binascii.Error) as err:
-        raise InvalidRequest("page_token is not a valid cursor") from err
+    created, key = cursors.decode(cursor, (str, str))
+    return cursors.moment(created), cursors.key(key)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from acgs.domain.model import Caller
-from acgs.errors import LimitExceeded
+from acgs.errors import LimitExceeded, whole_ms
 
 _MAX_BUCKETS = 100_000  # callers come from the token table; this only bounds a surprise
 
@@ -66,7 +66,7 @@ class RateLimiter:
         wait_s = (1.0 - bucket.level) / rate.per_s
         raise LimitExceeded(
             f"rate limit of {rate.per_s:g} calls/s (burst {rate.burst:g}) for role "
-            f"{caller.role!r} exceeded; retry in {wait_s * 1000:.0f} ms",
+            f"{caller.role!r} exceeded; retry in {whole_ms(wait_s)} ms",
             retry_after_s=wait_s,
         )
 

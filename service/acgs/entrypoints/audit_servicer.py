@@ -16,6 +16,7 @@ from google.protobuf import timestamp_pb2
 from acgs.domain.audit import AuditRecord, StoredRecord
 from acgs.domain.audit_query import ChainInfo, ChainReport, DecisionFilter, Page
 from acgs.domain.model import Effect, Severity, Violation
+from acgs.entrypoints import timestamps
 from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.status import Context
 from acgs.errors import InvalidRequest
@@ -112,15 +113,15 @@ def report_to_proto(report: ChainReport) -> pb.VerifyChainResponse:
 
 
 def filter_from_proto(f: pb.DecisionFilter) -> DecisionFilter:
-    """A DecisionFilter; InvalidRequest for an unknown effect."""
+    """A DecisionFilter; InvalidRequest for an unknown effect or a time outside years 1-9999."""
     effect = None
     if f.effect:
         if f.effect not in _FROM_PB:
             raise InvalidRequest(f"filter.effect {f.effect} is not an Effect")
         effect = _FROM_PB[f.effect]
     return DecisionFilter(
-        since_us=f.since.ToMicroseconds() if f.HasField("since") else None,
-        until_us=f.until.ToMicroseconds() if f.HasField("until") else None,
+        since_us=timestamps.micros(f, "since", "filter.since"),
+        until_us=timestamps.micros(f, "until", "filter.until"),
         principal_id=f.principal_id, tenant_id=f.tenant_id, effect=effect,
         policy_revision=f.policy_revision, instance_id=f.instance_id,
     )

@@ -198,8 +198,6 @@ def _check_indexed(doc: dict[str, Any], limit: int) -> None:
         if isinstance(value, str) and len(value) > limit:
             raise InvalidRequest(f"input_json: {name} is {len(value)} characters long, over "
                                  f"the limit of {limit}")
-
-
 def _check_nul(value: Any) -> None:
     if isinstance(value, str):
         checked_text(value, "input_json", len(value))

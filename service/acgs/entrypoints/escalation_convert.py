@@ -14,6 +14,7 @@ from acgs.domain.escalation import (
     Verdict,
 )
 from acgs.domain.model import Effect, Severity
+from acgs.entrypoints import timestamps
 from acgs.errors import InvalidRequest
 from acgs.v1 import escalations_pb2 as pb
 from acgs.v1 import governance_pb2 as gpb
@@ -72,7 +73,8 @@ def event_to_proto(event: EscalationEvent) -> pb.EscalationEvent:
 
 
 def filter_from_proto(r: pb.ListEscalationsRequest) -> EscalationFilter:
-    """An EscalationFilter; InvalidRequest for an unknown state."""
+    """An EscalationFilter; InvalidRequest for an unknown state or a time outside years
+    1-9999."""
     state = None
     if r.state:
         if r.state not in _STATES_FROM_PB:
@@ -80,8 +82,8 @@ def filter_from_proto(r: pb.ListEscalationsRequest) -> EscalationFilter:
         state = _STATES_FROM_PB[r.state]
     return EscalationFilter(
         state=state, reason=r.reason, tenant_id=r.tenant_id,
-        since=r.since.ToDatetime(tzinfo=dt.UTC) if r.HasField("since") else None,
-        until=r.until.ToDatetime(tzinfo=dt.UTC) if r.HasField("until") else None,
+        since=timestamps.moment(r, "since", "since"),
+        until=timestamps.moment(r, "until", "until"),
     )
 
 

@@ -17,6 +17,7 @@ from google.protobuf import timestamp_pb2
 
 from acgs.domain import canonical
 from acgs.domain.policy_version import ActivationOutcome, InstanceInfo, PolicyVersion
+from acgs.entrypoints import timestamps
 from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.status import Context
 from acgs.errors import InvalidRequest
@@ -119,8 +120,8 @@ class PolicyAdminServicer:
             raise InvalidRequest("sample is a fraction between 0 and 1 (0: every decision)")
         reports = self._replayer.replay(
             revision=request.revision,
-            since_us=request.since.ToMicroseconds() if request.HasField("since") else None,
-            until_us=request.until.ToMicroseconds() if request.HasField("until") else None,
+            since_us=timestamps.micros(request, "since", "since"),
+            until_us=timestamps.micros(request, "until", "until"),
             limit=request.limit or _DEFAULT_REPLAY_LIMIT, examples=request.examples or 3,
             sample=request.sample or 1.0)
         async for report in reports:

@@ -51,7 +51,16 @@ async def abort_with(context: Context, err: BaseException) -> None:
     if code is None:
         logger.exception("unexpected error in handler", exc_info=err)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-    if isinstance(err, errors.LimitExceeded) and err.retry_after_s is not None:
-        context.set_trailing_metadata((("retry-after-ms", str(int(err.retry_after_s * 1000))),))
+    if isinstance(err, errors.LimitExceeded) and err.retry_after_ms is not None:
+        context.set_trailing_metadata((("retry-after-ms", str(err.retry_after_ms)),))
     assert code is not None
-    await context.abort(code, str(err))
+    await context.abort(code, _short(str(err)))
+
+
+MAX_DETAILS = 1000
+"""Characters of a status message: one that echoes a 70 kB request field would pass gRPC's
+metadata limit (16 kB), and the client would see RESOURCE_EXHAUSTED instead of the code."""
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= MAX_DETAILS else message[:MAX_DETAILS - 1] + "…"

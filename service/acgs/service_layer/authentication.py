@@ -3,9 +3,13 @@
 The table is loaded at start, then reloaded every ``refresh_interval_s``
 (about 1 s), so a revoked token stops working on every server within about
 that long. A well-formed token whose id is not in the copy (created a moment
-ago) waits for an early reload: at most one per ``reload_interval_s`` (0.1 s),
-shared by every such call that arrives meanwhile, so a flood of made-up ids
-costs the database ten small queries a second. When the database is
+ago, or made up) is refused at once, after the same hash and constant-time
+comparison a wrong secret costs (against a dummy hash), so that the time of a
+refusal does not tell a prober whether an id exists; it also starts an early
+reload in the background: at most one per ``reload_interval_s`` (0.1 s), so a
+flood of made-up ids costs the database ten small queries a second, and a token
+created a moment ago works about 0.1 s after its first refused call (within
+``refresh_interval_s`` in any case). When the database is
 unreachable the last copy stays in force (decisions must go on while
 PostgreSQL is down), and revocations made meanwhile apply once it is back.
 """
@@ -21,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from acgs.domain.model import Caller
-from acgs.domain.tokens import TokenRecord, bearer, matches, parse
+from acgs.domain.tokens import TokenRecord, bearer, hash_token, matches, parse
 from acgs.errors import Unauthenticated
 
 logger = logging.getLogger("acgs.auth")
@@ -29,6 +33,9 @@ logger = logging.getLogger("acgs.auth")
 MISSING = "missing bearer token (metadata 'authorization: Bearer <token>')"
 INVALID = "invalid bearer token"  # one message for malformed, unknown, revoked and wrong
 EXPIRED = "bearer token expired"  # its holder had it legitimately: say why it stopped working
+_NOBODY = TokenRecord(id="acgs_0000000000000000", name="", role="",
+                      secret_hash=hash_token("acgs_0000000000000000." + "A" * 43))
+"""What an unknown id's token is compared with; the outcome is ignored, only the time counts."""
 
 
 class TokenSource(Protocol):
@@ -102,18 +109,18 @@ class TokenAuthenticator:
             raise Unauthenticated(INVALID)
         record = self._table.get(token_id)
         if record is None:
-            record = await self._reload_for(token_id)
-        if record is None or record.revoked or not matches(token, record):
+            self._reload_soon()
+            matches(token, _NOBODY)  # the work a wrong secret costs: refusals take one time
+            raise Unauthenticated(INVALID)
+        if not matches(token, record) or record.revoked:
             raise Unauthenticated(INVALID)
         if record.expires_at is not None and record.expired(self._now()):
             raise Unauthenticated(EXPIRED)
         return Caller(id=record.id, role=record.role, identity=record.identity or "")
 
-    async def _reload_for(self, token_id: str) -> TokenRecord | None:
+    def _reload_soon(self) -> None:
         if self._reload is None or self._reload.done():
             self._reload = asyncio.create_task(self._early_load(), name="acgs-token-reload")
-        await asyncio.shield(self._reload)
-        return self._table.get(token_id)
 
     async def _early_load(self) -> None:
         """Load once ``reload_interval_s`` has passed since the last load (now, if it has)."""
