@@ -125,14 +125,17 @@ with Client() as acgs:
 def test_fresh_venv_install_and_five_line_script(shared_server: ServerProcess,
                                                  tokens: RoleTokens, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # Nothing of this checkout may leak in: `make test` exports PYTHONPATH=service:...
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "ACGS_"))}
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=clean)
     pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
                           "--disable-pip-version-check", str(REPO / "clients" / "python")],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, env=clean)
     assert pip.returncode == 0, pip.stderr[-3000:]
     # Only the client and its two dependencies: no server package came along.
     listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list",
-                             "--format=freeze"], capture_output=True, text=True, check=True)
+                             "--format=freeze"], capture_output=True, text=True, check=True,
+                            env=clean)
     names = {line.split("==")[0].lower() for line in listed.stdout.split()}
     assert {"acgs-client", "grpcio", "protobuf"} <= names
     assert not names & {"acgs", "regopy", "psycopg", "redis", "opentelemetry-sdk"}

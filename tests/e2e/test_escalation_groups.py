@@ -43,7 +43,10 @@ def eventually(fn: Callable[[], Any], timeout_s: float = 30.0) -> Any:
         try:
             return fn()
         except (AssertionError, grpc.RpcError) as err:
-            if isinstance(err, grpc.RpcError) and err.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+            # NOT_FOUND: not shipped yet; UNAUTHENTICATED: a token created a moment ago
+            # that this server's copy of the table does not hold yet.
+            if isinstance(err, grpc.RpcError) and err.code() not in (  # type: ignore[attr-defined]
+                    grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED):
                 raise
             if time.monotonic() > deadline:
                 raise

@@ -170,8 +170,11 @@ def test_lifecycle_across_two_servers(fleet: tuple[ServerProcess, ServerProcess,
         assert allow.principal_id == "agent-7" and allow.request_id == "wire-1"
 
 
-def test_refusals_and_incidents(fleet: tuple[ServerProcess, ServerProcess, str],
-                                alice_token: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_refusals_and_incidents(alice_token: str,
+                                fleet: tuple[ServerProcess, ServerProcess, str],
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    # alice_token comes first: stored before the servers start, they know it from their
+    # first table read (a token created later is refused until their next reload).
     a, b, admin2_token = fleet
     with a.channel("agent") as agent, authorized(grpc.insecure_channel(b.address),
                                                  alice_token) as admin_ch:

@@ -35,7 +35,7 @@ from acgs.v1 import governance_pb2 as gpb
 from acgs.v1 import policy_admin_pb2 as ppb
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from tests import fuzz_mutants as fm
@@ -227,8 +227,10 @@ def test_every_method_of_every_service(servers: ServerFactory, tokens: RoleToken
             runner.sending += time.perf_counter() - t1
 
         start = time.monotonic()
+        rounds = 0
         while sum(runner.counts.values()) < TARGET:  # requests without fields have no mutants
-            one_batch()
+            rounds += 1  # a new seed each round: the same seed would draw the same requests
+            seed(rounds)(one_batch)()
         took = time.monotonic() - start
         assert server.proc is not None and server.proc.poll() is None, server.log()
         assert server.health() == 1  # SERVING

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -139,9 +140,13 @@ def test_an_activation_that_fails_safe_on_live_traffic_rolls_itself_back(
 
 
 def decide_all(server: ServerProcess, inputs: list[dict[str, Any]]) -> list[str]:
+    # Fresh request ids every time: a repeated request_id is answered from the idempotency
+    # map (replayed), and a replay is no new decision for the shadow to see.
+    tag = uuid.uuid4().hex[:8]
     with server.channel() as ch:
         decide = gpb_grpc.GovernanceStub(ch).Decide
-        return [effect_name(decide(decide_request(doc, request_id=f"r{n}"), timeout=5).effect)
+        return [effect_name(decide(decide_request(doc, request_id=f"r{tag}-{n}"),
+                                   timeout=5).effect)
                 for n, doc in enumerate(inputs)]
 
 
