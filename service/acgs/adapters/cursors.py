@@ -47,7 +47,13 @@ def _fits(value: object) -> bool:
     """An int PostgreSQL's bigint holds, a str its text holds."""
     if isinstance(value, int):
         return -_INT64 <= value <= _INT64
-    return not isinstance(value, str) or "\0" not in value
+    if not isinstance(value, str):
+        return True
+    try:  # a lone surrogate ("\ud800") is valid JSON but no text PostgreSQL can hold
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\0" not in value
 
 
 def moment(text: str) -> dt.datetime:

@@ -43,6 +43,16 @@ REFUSED_BUILTINS: Mapping[str, str] = {
     "time.now_ns": "changes with the clock, so cached and replayed decisions would differ",
     "rand.intn": "is random, so cached and replayed decisions would differ",
     "uuid.rfc4122": "is random, so cached and replayed decisions would differ",
+    # These read the clock themselves: exp/nbf, or a certificate's validity, against now
+    # (unless told a time, which the engine cannot be made to insist on). Verify the
+    # signature (io.jwt.verify_*), decode, and compare the claims with a time in context.
+    "io.jwt.decode_verify": "checks exp and nbf against the clock, so cached and replayed "
+                            "decisions would differ",
+    "crypto.x509.parse_and_verify_certificates": "checks validity against the clock, so "
+                                                 "cached and replayed decisions would differ",
+    "crypto.x509.parse_and_verify_certificates_with_options": "checks validity against the "
+                                                              "clock, so cached and replayed "
+                                                              "decisions would differ",
 }
 _CHILD_TIMEOUT_S = 60.0
 _EXIT_NO_BUILD = 2  # the child's exit code when the policy does not compile
