@@ -98,6 +98,13 @@ async def build_audit(
                           idempotency_window_s=settings.idempotency_window_s,
                           group_s=settings.escalation_group_s), CHECKPOINTS),
                       stall_s=settings.audit_ship_stall_s)
+    signer = signing_key(settings)
+    checkpointer = Checkpointer(journal=journal, signer=signer, instance_id=settings.instance_id,
+                                constitutional_hash=settings.constitutional_hash,
+                                interval_s=settings.audit_checkpoint_s, on_result=on_checkpoint)
+    loop = asyncio.get_running_loop()
+    shipper.attest = lambda seqs: asyncio.run_coroutine_threadsafe(
+        checkpointer.attest(seqs), loop).result(timeout=30)
     database = database_watch(settings, conninfo=conninfo, pool=pool, prepared=prepared)
     pool.gate = lambda: database.ready  # audit readers wait for the migration and its check
     if prepared:
@@ -107,10 +114,6 @@ async def build_audit(
     closers.append(lambda: asyncio.to_thread(journal.close))
     closers.append(lambda: asyncio.to_thread(shipper.stop))
     closers.append(_flush(journal))
-    signer = signing_key(settings)
-    checkpointer = Checkpointer(journal=journal, signer=signer, instance_id=settings.instance_id,
-                                constitutional_hash=settings.constitutional_hash,
-                                interval_s=settings.audit_checkpoint_s, on_result=on_checkpoint)
     await checkpointer.start()
     closers.append(checkpointer.stop)  # runs first: the final checkpoint, then the flush
     logger.info("audit journal %s at seq %d, %d records to ship (%d adopted journals)",

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from acgs.adapters.audit_signing import CheckpointSigner
 from acgs.adapters.journal import Journal
 from acgs.adapters.journal_files import segment_path
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries
+from acgs.adapters.pg_checkpoints import PROJECTION as CHECKPOINTS
 from acgs.domain.audit_query import ChainReport
+from acgs.service_layer.checkpointer import Checkpointer
 from psycopg_pool import AsyncConnectionPool
 
 from tests.audit_support import append_all, entry, open_journal
@@ -47,6 +50,17 @@ def verify(url: str) -> ChainReport:
             return await AuditQueries(pool=pool, verify_chunk=3).verify_chain("inst-a")
 
     return asyncio.run(go())
+
+
+def attesting(j: Journal, pg_url: str, tmp_path: Path, **kw: object) -> Shipper:
+    """A shipper wired as the server wires it: before a damaged line of its journal is
+    quarantined, a signed checkpoint attesting it is journaled (and shipped like any)."""
+    shipper = Shipper(journal=j, conninfo=pg_url, projections=(CHECKPOINTS,), **kw)  # type: ignore[arg-type]
+    checkpointer = Checkpointer(journal=j, signer=CheckpointSigner.development(tmp_path),
+                                instance_id=j.instance_id, constitutional_hash="c" * 16,
+                                interval_s=0)
+    shipper.attest = lambda seqs: asyncio.run(checkpointer.attest(seqs))
+    return shipper
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -80,8 +94,8 @@ def test_a_record_the_database_refuses_is_quarantined_and_the_rest_ship(
     assert source.startswith("00000000000000000001.jsonl@")
     assert reason.startswith(f"refused by PostgreSQL: {sqlstate}")
     assert shipper.quarantined_records == 1 and j.backlog_records == 0
-    report = verify(pg_url)
-    assert report.ok and report.checked == 6 and report.last_seq == 7
+    report = verify(pg_url)  # the refused line is intact: verified as a record of the chain
+    assert report.ok and report.checked == 7 and report.last_seq == 7
     assert [q.seq for q in report.quarantined] == [3]
     j.close()
 
@@ -107,16 +121,16 @@ def test_a_damaged_line_is_quarantined_by_a_running_shipper(tmp_path: Path, pg_u
     start = sum(len(x) + 1 for x in bytes(data).split(b"\n")[:2])  # seq 3
     data[start + 30] ^= 0x01
     path.write_bytes(bytes(data))
-    shipper = Shipper(journal=j, conninfo=pg_url, idle_s=0.05)
+    shipper = attesting(j, pg_url, tmp_path, idle_s=0.05)
     shipper.start()
     try:
-        wait_for(lambda: j.backlog_records == 0)
-        append_all(j, [[entry(6)]])
-        wait_for(lambda: shipped(pg_url)[-1:] == [6])
+        wait_for(lambda: j.backlog_records == 0)  # 6: the checkpoint attesting seq 3
+        append_all(j, [[entry(7)]])
+        wait_for(lambda: shipped(pg_url)[-1:] == [7])
         assert shipper.restarts == 0 and shipper.last_error is None
     finally:
         shipper.stop()
-    assert shipped(pg_url) == [1, 2, 4, 5, 6]
+    assert shipped(pg_url) == [1, 2, 4, 5, 6, 7]
     [(seq, source, line, reason)] = quarantine(pg_url)
     assert (seq, source, line) == (3, f"{path.name}@{start}", bytes(data).split(b"\n")[2])
     assert "checksum" in reason
@@ -137,20 +151,40 @@ def test_a_damaged_middle_line_before_a_restart_loses_no_intact_line(
     path.write_bytes(bytes(data))
     j = open_journal(tmp_path)
     append_all(j, [[entry(9)]])
-    shipper = Shipper(journal=j, conninfo=pg_url)
-    shipper.ship_once()
+    shipper = attesting(j, pg_url, tmp_path)
+    shipper.ship_once()  # 10: the checkpoint attesting seq 4, journaled before its quarantine
     shipper.close()
     j.close()
     assert shipped(pg_url) == [1, 2, 3, 5, 6, 7, 8, 9]  # every seq once, the damaged one aside
     assert [q[0] for q in quarantine(pg_url)] == [4]
     j = open_journal(tmp_path)  # and again after a restart: no seq is reused
-    append_all(j, [[entry(10)]])
+    append_all(j, [[entry(11)]])
+    shipper = attesting(j, pg_url, tmp_path)
+    shipper.ship_once()
+    shipper.close()
+    j.close()
+    assert shipped(pg_url) == [1, 2, 3, 5, 6, 7, 8, 9, 10, 11]
+    assert verify(pg_url).ok
+
+
+def test_a_forged_quarantine_row_hides_no_deleted_record(tmp_path: Path, pg_url: str) -> None:
+    """A database writer deletes a record and files a quarantine row for its seq: no signed
+    checkpoint attests it, so VerifyChain reports the record missing (found by an
+    attacker's review: the row alone used to be taken on its word)."""
+    j = open_journal(tmp_path)
+    append_all(j, [[entry(i)] for i in range(1, 6)])
     shipper = Shipper(journal=j, conninfo=pg_url)
     shipper.ship_once()
     shipper.close()
     j.close()
-    assert shipped(pg_url) == [1, 2, 3, 5, 6, 7, 8, 9, 10]
-    assert verify(pg_url).ok
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM audit_decisions WHERE instance_id = 'inst-a' AND seq = 3")
+        conn.execute("INSERT INTO audit_quarantine (instance_id, seq, source, line, reason) "
+                     "VALUES ('inst-a', 3, 'x@0', 'garbage', 'line checksum mismatch')")
+    report = verify(pg_url)
+    assert not report.ok and report.broken is not None
+    assert (report.broken.reason, report.broken.missing_seq) == ("missing", 3)
+    assert any("seq 3" in n and "no signed checkpoint attests it" in n for n in report.notes)
 
 
 def test_a_refused_escalation_does_not_block_the_records_around_it(

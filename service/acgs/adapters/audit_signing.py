@@ -48,11 +48,12 @@ class CheckpointSigner:
         self._public_b64 = base64.b64encode(raw_public(self.public_key)).decode("ascii")
 
     def sign(self, *, instance_id: str, signed_seq: int, head_hash: str,
-             signed_at_us: int) -> Checkpoint:
-        """A checkpoint of ``instance_id``'s chain at ``signed_seq``, signed."""
+             signed_at_us: int, damaged: Sequence[int] = ()) -> Checkpoint:
+        """A checkpoint of ``instance_id``'s chain at ``signed_seq``, signed; ``damaged``:
+        the seqs it attests were quarantined as damaged journal lines."""
         cp = Checkpoint(instance_id=instance_id, signed_seq=signed_seq, head_hash=head_hash,
                         signed_at_us=signed_at_us, key_id=self.key_id,
-                        public_key=self._public_b64)
+                        public_key=self._public_b64, damaged=tuple(sorted(set(damaged))))
         signature = base64.b64encode(self._key.sign(cp.message())).decode("ascii")
         return replace(cp, signature=signature)
 

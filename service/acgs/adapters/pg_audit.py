@@ -113,6 +113,9 @@ class Shipper:
         stall_s: float = 30.0,
     ) -> None:
         self._journals = [journal, *orphans]
+        # Called (from this thread) with the seqs of damaged lines of the server's own
+        # journal before they are quarantined: a signed checkpoint must attest them first.
+        self.attest: Callable[[Sequence[int]], object] | None = None
         self._projections = tuple(projections)
         self._conninfo = conninfo
         self._batch = batch
@@ -250,6 +253,8 @@ class Shipper:
 
     def _ship(self, journal: JournalReader, batch: ShipBatch) -> int:
         start = time.perf_counter()
+        if batch.damaged and self.attest is not None and journal is self._journals[0]:
+            self.attest([d.seq for d in batch.damaged])  # durable before the quarantine
         conn = self._connection()
         try:
             with conn.transaction(), conn.cursor() as cur:

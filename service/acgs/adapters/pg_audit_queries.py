@@ -10,6 +10,7 @@ rows present when each page is read. Every method raises
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -22,13 +23,14 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from acgs.adapters import cursors
 from acgs.adapters.audit_signing import TrustedKeys
+from acgs.adapters.journal_lines import DamagedLine, parse_line
 from acgs.adapters.pg_audit import COLUMNS, EPOCH
 from acgs.adapters.pg_checkpoints import SELECT as CHECKPOINTS
 from acgs.adapters.pg_checkpoints import SOURCE, chains_sql
 from acgs.domain.audit import GENESIS_HASH, MISSING, AuditRecord, ChainBreak, StoredRecord
 from acgs.domain.audit_query import ChainInfo, ChainReport, DecisionFilter, Page, Quarantined
 from acgs.domain.chain_verify import ChainVerifier, StoredCheckpoint, stored_of
-from acgs.domain.checkpoint import CheckpointKeys
+from acgs.domain.checkpoint import Checkpoint, CheckpointKeys
 from acgs.domain.model import Effect, Severity, Violation
 from acgs.errors import AuditUnavailable, InvalidRequest, NotFound
 
@@ -187,13 +189,25 @@ class AuditQueries:
             raise NotFound(f"no audit chain of instance {instance_id!r} "
                            "(neither records nor checkpoints)")
         quarantined = await self._quarantined(instance_id, from_seq, to_seq)
+        intact, damaged = _split_quarantine(instance_id, quarantined)
+        attested = await self._attested(instance_id) if damaged else frozenset()
         prev = await self._predecessor(instance_id, from_seq)
         verifier = ChainVerifier(instance_id, keys=self._keys, expect_seq=from_seq,
                                  prev_hash=prev or GENESIS_HASH,
-                                 quarantined=frozenset(q.seq for q in quarantined))
+                                 quarantined=frozenset(damaged) & attested)
         if prev is None:
             verifier.broken = ChainBreak(from_seq, MISSING, f"seq {from_seq - 1} missing "
                                          f"before seq {from_seq}", from_seq - 1)
+        fed: set[int] = set()
+
+        def feed(record: AuditRecord) -> bool:
+            """Feed ``record``, after the intact quarantined records that come before it."""
+            while intact and intact[0].seq < record.seq:
+                if not verifier.feed(intact[0]):
+                    return False
+                fed.add(intact.pop(0).seq)
+            return verifier.feed(record)
+
         last, stored_upto = from_seq - 1, from_seq - 1
         while verifier.broken is None and (not to_seq or last < to_seq):
             rows = await self._fetch(
@@ -206,26 +220,49 @@ class AuditQueries:
             verifier.add_stored(await self._stored_between(instance_id, stored_upto, top + 1))
             stored_upto = top + 1
             for record in map(record_of, rows):
-                if not verifier.feed(record):
+                if not feed(record):
                     break
                 last = record.seq
             if len(rows) < self._chunk:
                 break
+        while intact and verifier.broken is None:  # quarantined records past the last row
+            if verifier.feed(intact[0]):
+                fed.add(intact.pop(0).seq)
         if not to_seq:  # copies past the chain's end (a cut tail): the newest decide
             verifier.add_stored(await self._stored_between(instance_id, stored_upto, 2**62,
                                                            newest=_BEYOND))
         report = verifier.finish(to_end=not to_seq)
-        passed = set(verifier.passed_quarantined)
-        named = tuple(q for q in quarantined if q.seq in passed or q.seq > report.last_seq)
-        return replace(report, quarantined=named)
+        passed = set(verifier.passed_quarantined) | fed
+        named = tuple(q for q, _ in quarantined if q.seq in passed or q.seq > report.last_seq)
+        unattested = sorted(set(damaged) - attested)
+        notes = report.notes + tuple(
+            f"seq {seq} is in audit_quarantine as a damaged journal line, but no signed "
+            "checkpoint attests it: it counts as missing" for seq in unattested[:20])
+        return replace(report, quarantined=named, notes=notes)
 
     async def _quarantined(self, instance_id: str, from_seq: int, to_seq: int
-                           ) -> list[Quarantined]:
-        """The quarantined seqs of a chain in a range (a handful: each one is an incident)."""
+                           ) -> list[tuple[Quarantined, bytes]]:
+        """The quarantined seqs of a chain in a range, with their lines (a handful: each
+        one is an incident)."""
         rows = await self._fetch(sql.SQL(
-            "SELECT seq, source, reason FROM audit_quarantine WHERE instance_id = %s "
+            "SELECT seq, source, reason, line FROM audit_quarantine WHERE instance_id = %s "
             "AND seq >= %s AND seq <= %s ORDER BY seq"), [instance_id, from_seq, to_seq or 2**62])
-        return [Quarantined(r[0], r[1], r[2]) for r in rows]
+        return [(Quarantined(r[0], r[1], r[2]), bytes(r[3] or b"")) for r in rows]
+
+    async def _attested(self, instance_id: str) -> frozenset[int]:
+        """The seqs validly signed checkpoints of ``instance_id`` attest as damaged lines."""
+        rows = await self._fetch(sql.SQL(
+            "SELECT request_json FROM audit_checkpoints WHERE instance_id = %s "
+            "AND request_json LIKE '%%\"damaged\"%%'"), [instance_id])
+        seqs: set[int] = set()
+        for (text,) in rows:
+            try:
+                cp = Checkpoint.from_document(json.loads(text))
+            except (KeyError, TypeError, ValueError):
+                continue  # a malformed copy: the walk names it
+            if cp.instance_id == instance_id and self._keys.problem(cp) is None:
+                seqs.update(cp.damaged)
+        return frozenset(seqs)
 
     async def list_chains(self) -> list[ChainInfo]:
         """Every instance with records or checkpoints: first and last seq, counts."""
@@ -294,3 +331,23 @@ def _conditions(where: DecisionFilter) -> tuple[list[sql.Composable], list[Any]]
 
 def _ts(us: int | None) -> dt.datetime | None:
     return None if us is None else EPOCH + dt.timedelta(microseconds=us)
+
+
+def _split_quarantine(instance_id: str, rows: list[tuple[Quarantined, bytes]]
+                      ) -> tuple[list[AuditRecord], list[int]]:
+    """Quarantined lines that are intact records (PostgreSQL refused them: the chain
+    verifies them like any record) and the seqs of damaged ones (accepted only where a
+    signed checkpoint attests them)."""
+    intact: list[AuditRecord] = []
+    damaged: list[int] = []
+    for q, line in rows:
+        try:
+            record = parse_line(line.rstrip(b"\n"))
+        except (DamagedLine, ValueError):
+            damaged.append(q.seq)
+            continue
+        if record.seq == q.seq and record.instance_id == instance_id:
+            intact.append(record)
+        else:
+            damaged.append(q.seq)
+    return intact, damaged

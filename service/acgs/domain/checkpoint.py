@@ -38,23 +38,33 @@ class Checkpoint:
     key_id: str  # fingerprint of the public key: see acgs.adapters.audit_signing.key_id
     public_key: str = ""
     signature: str = ""
+    # Seqs of this chain the signing server found damaged in its own journal and
+    # quarantined: a verifier accepts a quarantined gap only when a checkpoint attests it
+    # (a quarantine row alone is unsigned database data a writer could forge).
+    damaged: tuple[int, ...] = ()
 
     def message(self) -> bytes:
         """The bytes signed: every field but the signature and the (self-asserted) key."""
-        return canonical.dumps({
+        body: dict[str, Any] = {
             "acgs_checkpoint": _VERSION, "instance_id": self.instance_id,
             "signed_seq": self.signed_seq, "head_hash": self.head_hash,
             "signed_at_us": self.signed_at_us, "key_id": self.key_id,
-        }).encode("utf-8")
+        }
+        if self.damaged:  # absent when empty: checkpoints signed before it still verify
+            body["damaged"] = list(self.damaged)
+        return canonical.dumps(body).encode("utf-8")
 
     def document(self) -> dict[str, Any]:
         """The ``request_json`` document of this checkpoint's record."""
-        return {"checkpoint": {
+        body: dict[str, Any] = {
             "version": _VERSION, "instance_id": self.instance_id,
             "signed_seq": self.signed_seq, "head_hash": self.head_hash,
             "signed_at_us": self.signed_at_us, "key_id": self.key_id,
             "public_key": self.public_key, "signature": self.signature,
-        }}
+        }
+        if self.damaged:
+            body["damaged"] = list(self.damaged)
+        return {"checkpoint": body}
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> Checkpoint:
@@ -71,7 +81,11 @@ class Checkpoint:
         for name in ("instance_id", "head_hash", "key_id", "public_key", "signature"):
             if not isinstance(fields[name], str):
                 raise TypeError(f"checkpoint {name} is not a string")
-        return cls(**fields)
+        damaged = body.get("damaged", [])
+        if not isinstance(damaged, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) for d in damaged):
+            raise TypeError("checkpoint damaged is not a list of integers")
+        return cls(**fields, damaged=tuple(damaged))
 
     @classmethod
     def from_record(cls, record: AuditRecord) -> Checkpoint:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from acgs.domain import canonical
@@ -41,7 +41,7 @@ class Signer(Protocol):
     """Signs checkpoints (:class:`acgs.adapters.audit_signing.CheckpointSigner`)."""
 
     def sign(self, *, instance_id: str, signed_seq: int, head_hash: str,
-             signed_at_us: int) -> Checkpoint: ...
+             signed_at_us: int, damaged: Sequence[int] = ()) -> Checkpoint: ...
 
 
 class Checkpointer:
@@ -90,6 +90,13 @@ class Checkpointer:
         self._last = await self._journal.append_at_head(self._entry)
         return self._last
 
+    async def attest(self, damaged: Sequence[int]) -> int:
+        """Journal a checkpoint that attests ``damaged`` (seqs of this chain quarantined as
+        damaged lines), durably, before they are quarantined; its seq."""
+        self._last = await self._journal.append_at_head(
+            lambda seq, head: self._entry(seq, head, damaged=damaged))
+        return self._last
+
     async def _run(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -110,11 +117,13 @@ class Checkpointer:
         if written is not None and self._on_result is not None:
             self._on_result(True)
 
-    def _entry(self, last_seq: int, last_hash: str) -> AuditEntry:
+    def _entry(self, last_seq: int, last_hash: str,
+               damaged: Sequence[int] = ()) -> AuditEntry:
         """The checkpoint of head (``last_seq``, ``last_hash``) as a journal entry."""
         now_ns = time.time_ns()
         cp = self._signer.sign(instance_id=self._instance_id, signed_seq=last_seq,
-                               head_hash=last_hash, signed_at_us=now_ns // 1000)
+                               head_hash=last_hash, signed_at_us=now_ns // 1000,
+                               damaged=damaged)
         doc = cp.document()
         decision = Decision(
             decision_id=new_decision_id(), request_id=f"checkpoint-{last_seq}",
