@@ -29,7 +29,8 @@ _STATE = "SELECT desired_revision, coalesce(previous_revision, ''), generation F
 
 
 @asynccontextmanager
-async def _reachable() -> AsyncIterator[None]:
+async def reachable() -> AsyncIterator[None]:
+    """The policy database's connection errors as Unavailable (shared by pg_shadow)."""
     try:
         yield
     except (psycopg.OperationalError, PoolTimeout) as err:
@@ -58,7 +59,7 @@ class PgPolicyStore:
     async def insert_version(self, policy: CheckedPolicy, *, signature: str,
                              created_by: str) -> PolicyVersion:
         """Store ``policy`` unless its revision exists already; return the stored version."""
-        async with _reachable(), self._pool.connection() as conn:
+        async with reachable(), self._pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO policy_versions (revision, name, version, modules, data_json, "
                 "manifest_json, signature, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
@@ -70,7 +71,7 @@ class PgPolicyStore:
     async def get_version(self, revision: str, *, full: bool = True) -> PolicyVersion:
         """One version (with its sources when ``full``); NotFound when absent."""
         columns = _COLUMNS + (", modules, data_json, manifest_json" if full else "")
-        async with _reachable(), self._pool.connection() as conn:
+        async with reachable(), self._pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT {columns} FROM policy_versions WHERE revision = %s", (revision,))
             row = await cur.fetchone()
@@ -80,14 +81,14 @@ class PgPolicyStore:
 
     async def list_versions(self) -> list[PolicyVersion]:
         """Every version, newest first, without sources."""
-        async with _reachable(), self._pool.connection() as conn:
+        async with reachable(), self._pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT {_COLUMNS} FROM policy_versions ORDER BY created_at DESC, revision")
             return [_version(row) for row in await cur.fetchall()]
 
     async def state(self) -> FleetState | None:
         """The fleet's desired revision; None before any was set."""
-        async with _reachable(), self._pool.connection() as conn:
+        async with reachable(), self._pool.connection() as conn:
             row = await (await conn.execute(_STATE)).fetchone()
         return FleetState(*row) if row else None
 
@@ -99,7 +100,7 @@ class PgPolicyStore:
         revision is desired already). With ``only_if_unset`` nothing changes
         when a desired revision exists. Raises NotFound for an unknown revision.
         """
-        async with _reachable(), self._pool.connection() as conn, conn.transaction():
+        async with reachable(), self._pool.connection() as conn, conn.transaction():
             try:
                 await conn.execute(
                     "INSERT INTO policy_state AS s (desired_revision, activated_by) "
@@ -121,7 +122,7 @@ class PgPolicyStore:
     async def heartbeat(self, *, instance_id: str, address: str, active_revision: str,
                         serving: bool) -> None:
         """Upsert this server's row with the database's ``now()``."""
-        async with _reachable(), self._pool.connection() as conn:
+        async with reachable(), self._pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO policy_instances (instance_id, address, active_revision, serving) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (instance_id) DO UPDATE SET "
@@ -131,13 +132,13 @@ class PgPolicyStore:
 
     async def leave(self, instance_id: str) -> None:
         """Remove this server from the fleet (it stopped: no activation waits for it)."""
-        async with _reachable(), self._pool.connection() as conn:
+        async with reachable(), self._pool.connection() as conn:
             await conn.execute("DELETE FROM policy_instances WHERE instance_id = %s",
                                (instance_id,))
 
     async def instances(self, *, live_within_s: float) -> list[InstanceInfo]:
         """Every known server, by id; ``live`` when its heartbeat is within ``live_within_s``."""
-        async with _reachable(), self._pool.connection() as conn:
+        async with reachable(), self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT instance_id, address, active_revision, serving, last_heartbeat, "
                 "last_heartbeat >= now() - make_interval(secs => %s) "
@@ -147,7 +148,7 @@ class PgPolicyStore:
 
     async def forget_instances(self, *, older_than: dt.timedelta) -> int:
         """Delete rows of servers silent for ``older_than``; return how many."""
-        async with _reachable(), self._pool.connection() as conn:
+        async with reachable(), self._pool.connection() as conn:
             cur = await conn.execute(
                 "DELETE FROM policy_instances WHERE last_heartbeat < now() - %s", (older_than,))
             return int(cur.rowcount)

@@ -9,29 +9,19 @@ Every method raises :class:`~acgs.errors.Unavailable` when PostgreSQL cannot be 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
-from acgs.adapters.pg_policies import CHANNEL
+from acgs.adapters.pg_policies import CHANNEL, reachable
 from acgs.domain.policy_version import FleetState
-from acgs.errors import NotFound, Unavailable
+from acgs.errors import NotFound
 from acgs.service_layer.policy_shadow import ShadowPlan, ShadowReport
 
 _PLAN = ("SELECT coalesce(candidate_revision, ''), sample, examples, generation "
          "FROM policy_shadow")
 _STATE = "desired_revision, coalesce(previous_revision, ''), generation"
-
-
-@asynccontextmanager
-async def _reachable() -> AsyncIterator[None]:
-    try:
-        yield
-    except (psycopg.OperationalError, PoolTimeout) as err:
-        raise Unavailable(f"policy database unreachable: {err}") from err
 
 
 class PgShadowStore:
@@ -43,14 +33,14 @@ class PgShadowStore:
 
     async def shadow_plan(self) -> ShadowPlan | None:
         """The fleet's plan; None before any shadow was started."""
-        async with _reachable(), self._pool.connection() as conn:
+        async with reachable(), self._pool.connection() as conn:
             row = await (await conn.execute(_PLAN)).fetchone()
         return ShadowPlan(*row) if row else None
 
     async def set_shadow(self, *, revision: str, sample: float, examples: int,
                          changed_by: str) -> ShadowPlan:
         """Replace the plan (``revision`` "": none) with a new generation; notify the fleet."""
-        async with _reachable(), self._pool.connection() as conn, conn.transaction():
+        async with reachable(), self._pool.connection() as conn, conn.transaction():
             try:
                 await conn.execute(
                     "INSERT INTO policy_shadow AS s (candidate_revision, sample, examples, "
@@ -68,7 +58,7 @@ class PgShadowStore:
 
     async def put_shadow_report(self, report: ShadowReport) -> None:
         """Upsert this server's report (one row per server: the latest generation only)."""
-        async with _reachable(), self._pool.connection() as conn:
+        async with reachable(), self._pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO policy_shadow_reports (instance_id, generation, candidate_revision,"
                 " live_revision, evaluated, dropped, counts, examples) VALUES "
@@ -83,7 +73,7 @@ class PgShadowStore:
 
     async def shadow_reports(self, *, generation: int) -> list[ShadowReport]:
         """Every server's report of ``generation``, by instance id."""
-        async with _reachable(), self._pool.connection() as conn:
+        async with reachable(), self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT instance_id, generation, candidate_revision, live_revision, evaluated, "
                 "dropped, counts, examples FROM policy_shadow_reports WHERE generation = %s "
@@ -99,7 +89,7 @@ class PgShadowStore:
         transaction. None when ``revision`` is no longer desired (another server
         or an admin acted first) or there is nothing to roll back to.
         """
-        async with _reachable(), self._pool.connection() as conn, conn.transaction():
+        async with reachable(), self._pool.connection() as conn, conn.transaction():
             # SET sees the row as it was: the two revisions swap places.
             row = await (await conn.execute(
                 "UPDATE policy_state SET desired_revision = previous_revision, "
