@@ -36,7 +36,7 @@ def entry(n: int = 0, *, tenant: str = "t1", principal: str = "p1", effect: Effe
                       "attributes": {"ssn": ssn}},
         "action": {"type": "read", "attributes": {"n": n}},
     }}
-    return AuditEntry("decide", decision, CALLER, json.dumps(doc))
+    return AuditEntry("decision", decision, CALLER, json.dumps(doc))
 
 
 def open_journal(directory: Path, **kw: Any) -> Journal:

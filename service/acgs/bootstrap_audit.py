@@ -31,9 +31,9 @@ from acgs.adapters.journal import Journal, adopt_orphans
 from acgs.adapters.local_snapshot import SnapshotStore
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries
-from acgs.adapters.pg_checkpoints import PROJECTION as CHECKPOINTS
 from acgs.adapters.pg_escalations import projection
 from acgs.adapters.pg_migrations import check_constitution, migrate
+from acgs.adapters.projectors.registry import projectors
 from acgs.bootstrap_offline import database_watch, prepare_database, snapshot_store
 from acgs.config import Settings
 from acgs.errors import ConfigurationError
@@ -96,7 +96,10 @@ async def build_audit(
                       orphans=orphans, on_shipped=on_shipped,
                       projections=(projection(
                           idempotency_window_s=settings.idempotency_window_s,
-                          group_s=settings.escalation_group_s), CHECKPOINTS),
+                          group_s=settings.escalation_group_s),),
+                      projectors=projectors(
+                          idempotency_window_s=settings.idempotency_window_s,
+                          group_s=settings.escalation_group_s),
                       stall_s=settings.audit_ship_stall_s)
     signer = signing_key(settings)
     checkpointer = Checkpointer(journal=journal, signer=signer, instance_id=settings.instance_id,

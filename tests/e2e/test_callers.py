@@ -283,5 +283,5 @@ def test_audit_names_the_token_never_the_body(shared_server: ServerProcess,
     ids = [one.decision_id, batch.decisions[0].decision_id, evaluation.decision_id]
     records = [audit_record(shared_server, i) for i in ids]
     assert [(r.caller_id, r.caller_role) for r in records] == [(tokens.id(tk.AGENT), "agent")] * 3
-    assert [r.kind for r in records] == ["decide", "decide", "evaluate"]
+    assert [r.kind for r in records] == ["decision", "decision", "evaluation"]
     assert records[0].principal_id == tokens.id(tk.AUDITOR)  # the subject, not the caller

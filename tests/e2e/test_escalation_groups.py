@@ -76,7 +76,7 @@ def test_a_thousand_cross_tenant_requests_are_one_escalation(
 
     eventually(lambda: grouped(1000))
     assert rows(server_database, "SELECT count(*), count(DISTINCT decision_id) FROM "
-                "audit_decisions WHERE kind = 'decide' AND escalation_id = %s", eid
+                "audit_decisions WHERE kind = 'decision' AND escalation_id = %s", eid
                 ) == [(1000, 1000)]
     # Approvers see one item with its count, through the API and the command line.
     with b.channel("admin") as ch:

@@ -88,9 +88,9 @@ def test_same_request_id_three_times_is_one_decision(servers: ServerFactory,
 
     def shipped() -> None:
         decided = rows(server_database, "SELECT decision_id FROM audit_decisions "
-                       "WHERE kind = 'decide' AND request_id = 'pay-42'")
+                       "WHERE kind = 'decision' AND request_id = 'pay-42'")
         assert [str(d[0]) for d in decided] == [answers[0].decision_id]
-        assert len(rows(server_database, "SELECT 1 FROM audit_decisions WHERE kind = 'decide' "
+        assert len(rows(server_database, "SELECT 1 FROM audit_decisions WHERE kind = 'decision' "
                         "AND request_id = 'read-1'")) == 1
         assert rows(server_database, "SELECT id::text, count FROM escalations "
                     "WHERE request_id = 'pay-42'") == [(answers[0].escalation_id, 1)]
@@ -152,6 +152,6 @@ def _decisions(server: ServerProcess) -> float:
 
 
 def _assert_rows(url: str, request_id: str, n: int) -> None:
-    found = rows(url, "SELECT 1 FROM audit_decisions WHERE kind = 'decide' AND request_id = %s",
+    found = rows(url, "SELECT 1 FROM audit_decisions WHERE kind = 'decision' AND request_id = %s",
                  request_id)
     assert len(found) == n

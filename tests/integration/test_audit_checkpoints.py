@@ -19,9 +19,9 @@ import psycopg
 import pytest
 from acgs import CONSTITUTIONAL_HASH
 from acgs.adapters.audit_signing import CheckpointSigner, TrustedKeys
-from acgs.adapters.pg_audit import Shipper
+from acgs.adapters.pg_audit import COLUMNS, Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries, record_of
-from acgs.adapters.pg_checkpoints import PROJECTION
+from acgs.adapters.projectors.checkpoints import CheckpointProjector
 from acgs.domain.audit import (
     ALTERED,
     BAD_SIGNATURE,
@@ -51,10 +51,8 @@ pytestmark = pytest.mark.postgres
 SIGNER = CheckpointSigner(private_key=Ed25519PrivateKey.generate())
 OTHER = CheckpointSigner(private_key=Ed25519PrivateKey.generate())
 TRUST = TrustedKeys(keys=[SIGNER.public_key])
-PLAIN = ("SELECT instance_id, seq, decision_id, decided_at, kind, caller_id, caller_role, "
-         "request_id, tenant_id, principal_id, request_json, effect, violations, "
-         "policy_revision, constitutional_hash, cached, latency_us, escalation_id, prev_hash, "
-         "record_hash FROM audit_decisions WHERE instance_id = 'inst-a' ORDER BY seq")
+PLAIN = (f"SELECT {', '.join(COLUMNS)} FROM audit_decisions WHERE instance_id = 'inst-a' "
+         "ORDER BY seq")
 
 
 def build(tmp_path: Path, url: str, *, signer: CheckpointSigner = SIGNER,
@@ -72,7 +70,7 @@ def build(tmp_path: Path, url: str, *, signer: CheckpointSigner = SIGNER,
         assert await checkpointer.checkpoint() is None  # nothing new: no checkpoint
 
     asyncio.run(go())
-    shipper = Shipper(journal=journal, conninfo=url, projections=(PROJECTION,))
+    shipper = Shipper(journal=journal, conninfo=url, projectors=(CheckpointProjector(),))
     shipper.ship_once()
     shipper.close()
     journal.close()
@@ -251,7 +249,7 @@ def test_a_chain_without_checkpoints_says_what_it_cannot_see(tmp_path: Path,
                                                             pg_url: str) -> None:
     journal = open_journal(tmp_path)
     append_all(journal, [[entry(i)] for i in range(4)])
-    shipper = Shipper(journal=journal, conninfo=pg_url, projections=(PROJECTION,))
+    shipper = Shipper(journal=journal, conninfo=pg_url, projectors=(CheckpointProjector(),))
     shipper.ship_once()
     shipper.close()
     journal.close()

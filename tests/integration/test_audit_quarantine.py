@@ -21,7 +21,7 @@ from acgs.adapters.journal import Journal
 from acgs.adapters.journal_files import segment_path
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries
-from acgs.adapters.pg_checkpoints import PROJECTION as CHECKPOINTS
+from acgs.adapters.projectors.checkpoints import CheckpointProjector
 from acgs.domain.audit_query import ChainReport
 from acgs.service_layer.checkpointer import Checkpointer
 from psycopg_pool import AsyncConnectionPool
@@ -55,7 +55,7 @@ def verify(url: str) -> ChainReport:
 def attesting(j: Journal, pg_url: str, tmp_path: Path, **kw: object) -> Shipper:
     """A shipper wired as the server wires it: before a damaged line of its journal is
     quarantined, a signed checkpoint attesting it is journaled (and shipped like any)."""
-    shipper = Shipper(journal=j, conninfo=pg_url, projections=(CHECKPOINTS,), **kw)  # type: ignore[arg-type]
+    shipper = Shipper(journal=j, conninfo=pg_url, projectors=(CheckpointProjector(),), **kw)  # type: ignore[arg-type]
     checkpointer = Checkpointer(journal=j, signer=CheckpointSigner.development(tmp_path),
                                 instance_id=j.instance_id, constitutional_hash="c" * 16,
                                 interval_s=0)

@@ -61,7 +61,7 @@ class Rig:
         escalation_id, opening = self.escalator.opening(
             decision, reason="high_impact_action", caller=AGENT, policy_input=INPUT)
         assert opening is not None
-        decided = AuditEntry("decide", replace(decision, escalation_id=escalation_id), AGENT,
+        decided = AuditEntry("decision", replace(decision, escalation_id=escalation_id), AGENT,
                              json.dumps({"request_id": decision.request_id, "input": INPUT}))
         await self.journal.append([opening, decided])
         await self.ship()
@@ -139,7 +139,7 @@ def test_resolution_rules(tmp_path: Path, pg_url: str) -> None:
             with pytest.raises(InvalidTransition):
                 await r.service.resolve(escalation_id, ADMIN_1, verdict=verdict)
         await r.ship()
-        assert r.kinds()[:2] == [("escalation", "ESCALATE"), ("decide", "ESCALATE")]
+        assert r.kinds()[:2] == [("escalation", "ESCALATE"), ("decision", "ESCALATE")]
         assert r.kinds()[2:] == [("escalation", "ESCALATE"), ("escalation", "ESCALATE"),
                                  ("escalation", "ALLOW"), ("approval", "ALLOW")]
         _, denied_id = await r.escalate(approvals=3)

@@ -111,7 +111,7 @@ def test_a_retry_on_another_server_is_linked_with_one_escalation(
                 (seen.escalation_id, 1)]
             for eid in (first.escalation_id, retry.escalation_id):
                 assert (await store.get(eid))[0].id == seen.escalation_id
-            assert query(pg_url, "SELECT count(*) FROM audit_decisions WHERE kind = 'decide'"
+            assert query(pg_url, "SELECT count(*) FROM audit_decisions WHERE kind = 'decision'"
                          ) == [(2,)]
 
     asyncio.run(body())

@@ -57,7 +57,7 @@ def test_the_timer_signs_the_head_only_when_it_advanced(tmp_path: Path) -> None:
     asyncio.run(go())
     journal.close()
     chain = records(tmp_path / "inst-a")
-    assert [r.kind for r in chain] == ["decide", "decide", KIND, "decide", KIND]
+    assert [r.kind for r in chain] == ["decision", "decision", KIND, "decision", KIND]
     for r in (chain[2], chain[4]):
         cp = Checkpoint.from_record(r)
         assert cp.signed_seq == r.seq - 1 and cp.head_hash == r.prev_hash

@@ -93,8 +93,8 @@ def test_batch_keeps_order_and_audits_each_item() -> None:
     kinds = [e.kind for e in parts["audit"].entries]
     # Each critical DENY (tenant isolation) is preceded by the opening of its escalation
     # (PostgreSQL counts decisions into escalations it already holds).
-    assert kinds.count("decide") == 10 and kinds.count("escalation") == 5
-    assert kinds[:3] == ["escalation", "decide", "decide"]
+    assert kinds.count("decision") == 10 and kinds.count("escalation") == 5
+    assert kinds[:3] == ["escalation", "decision", "decision"]
     assert [d for d in decisions if d.escalation_id] == decisions[0::2]
 
 
@@ -142,7 +142,7 @@ def test_batch_answers_what_the_cache_holds_and_fills_it() -> None:
     again = asyncio.run(service.decide_batch(batch, CALLER, deadline_s=None))
     assert [d.cached for d in again] == [True, True, True]
     assert parts["engine"].calls == calls + 2
-    audited = [e for e in parts["audit"].entries if e.kind == "decide"]
+    audited = [e for e in parts["audit"].entries if e.kind == "decision"]
     assert [e.decision.cached for e in audited] == [False, True, False, False, True, True, True]
 
 

@@ -44,7 +44,7 @@ def req(rid: str, **doc: Any) -> DecisionRequest:
 
 
 def decided(parts: dict[str, Any]) -> int:
-    return sum(1 for e in parts["audit"].entries if e.kind == "decide")
+    return sum(1 for e in parts["audit"].entries if e.kind == "decision")
 
 
 def test_same_request_id_replays_the_decision_without_a_record() -> None:

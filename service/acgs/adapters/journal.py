@@ -29,6 +29,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from acgs.adapters.journal_files import (
@@ -41,9 +42,10 @@ from acgs.adapters.journal_files import (
 )
 from acgs.adapters.journal_lines import checksummed
 from acgs.adapters.journal_writer import JournalWriter
+from acgs.domain import events
 from acgs.domain.audit import GENESIS_HASH, AuditRecord, describe_request
 from acgs.errors import AuditUnavailable, ConfigurationError
-from acgs.service_layer.ports import AuditEntry
+from acgs.service_layer.ports import AuditEntry, Entry, EventEntry
 
 logger = logging.getLogger("acgs.audit.journal")
 
@@ -134,7 +136,7 @@ class Journal(JournalWriter):
 
     # -- the AuditSink port ------------------------------------------------------------------
 
-    async def append(self, entries: Sequence[AuditEntry], *, reserve: bool = False) -> None:
+    async def append(self, entries: Sequence[Entry], *, reserve: bool = False) -> None:
         """Make ``entries`` durable, in order, as the next records of this chain.
 
         Returns once every entry is written (and fsynced, see ``fsync_interval_ms``).
@@ -196,7 +198,7 @@ class Journal(JournalWriter):
         if self.read_only or self._stopping or self._thread is None:
             raise AuditUnavailable("audit journal is not open for appending")
 
-    def _encode(self, entries: Sequence[AuditEntry]) -> tuple[bytes, int, str]:
+    def _encode(self, entries: Sequence[Entry]) -> tuple[bytes, int, str]:
         seq, prev = self._last_seq, self._last_hash
         lines = []
         for entry in entries:
@@ -206,7 +208,13 @@ class Journal(JournalWriter):
         lines.append(b"")
         return b"\n".join(lines), seq, prev
 
-    def _record(self, entry: AuditEntry, *, seq: int, prev_hash: str) -> AuditRecord:
+    def _record(self, entry: Entry, *, seq: int, prev_hash: str) -> AuditRecord:
+        if isinstance(entry, EventEntry):
+            return replace(events.envelope(
+                entry.event, event_id=entry.event_id, instance_id=self.instance_id,
+                at_us=entry.at_ns // 1000, caller_id=entry.caller.id,
+                caller_role=entry.caller.role,
+                constitutional_hash=entry.constitutional_hash), seq=seq, prev_hash=prev_hash)
         request_json, tenant_id, principal_id = describe_request(
             entry.request_json, self._mask, entry.request_doc)
         d = entry.decision
@@ -218,6 +226,7 @@ class Journal(JournalWriter):
             effect=d.effect, violations=d.violations, policy_revision=d.policy_revision,
             constitutional_hash=d.constitutional_hash, cached=d.cached,
             latency_us=d.latency_us, escalation_id=d.escalation_id, prev_hash=prev_hash,
+            schema=events.SCHEMA, data=entry.data,
         )
 
 

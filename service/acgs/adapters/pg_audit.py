@@ -17,11 +17,12 @@ content, is quarantined in the batch's transaction (:mod:`acgs.adapters.pg_quara
 and any other error is retried: the thread never dies. ``stall_note`` says when
 records have waited over ``stall_s`` without a successful round.
 
-``projections`` are SQL statements run in each batch's transaction after the
-insert, reading the batch from the ``acgs_audit_stage`` temporary table: the
-escalations opened by journaled records are created that way
-(:data:`acgs.adapters.pg_escalations.PROJECTION`), exactly once, atomically
-with the records that open them.
+``projectors`` (:mod:`acgs.adapters.projectors`) run in each batch's
+transaction after the insert, over the records that insert added: they are
+the only writers of the tables the events maintain (escalations, idempotency
+keys, checkpoints...), so every projection happens exactly once, atomically
+with the records it comes from. A projector that cannot apply an event gets
+that event's record quarantined, like a record PostgreSQL refuses.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from acgs.adapters.pg_quarantine import (
     refused_for_content,
     ship_bisecting,
 )
+from acgs.adapters.projectors import Projector, run_sync
 from acgs.domain import canonical
 from acgs.domain.audit import AuditRecord
 
@@ -52,14 +54,14 @@ COLUMNS = (
     "instance_id", "seq", "decision_id", "decided_at", "kind", "caller_id", "caller_role",
     "request_id", "tenant_id", "principal_id", "request_json", "effect", "violations",
     "policy_revision", "constitutional_hash", "cached", "latency_us", "escalation_id",
-    "prev_hash", "record_hash",
+    "prev_hash", "record_hash", "schema", "data",
 )
 _COLS = ", ".join(COLUMNS)
 _STAGE = ("CREATE TEMP TABLE IF NOT EXISTS acgs_audit_stage "
           "(LIKE audit_decisions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
 _COPY = f"COPY acgs_audit_stage ({_COLS}) FROM STDIN"
 _INSERT = (f"INSERT INTO audit_decisions ({_COLS}) SELECT {_COLS} FROM acgs_audit_stage "
-           "ON CONFLICT (instance_id, seq) DO NOTHING")
+           "ON CONFLICT (instance_id, seq) DO NOTHING RETURNING seq")
 _FORKED = ("SELECT s.instance_id, s.seq FROM acgs_audit_stage s JOIN audit_decisions a "
            "ON a.instance_id = s.instance_id AND a.seq = s.seq "
            "WHERE a.record_hash <> s.record_hash ORDER BY s.seq LIMIT 1")
@@ -78,7 +80,7 @@ def row_of(record: AuditRecord) -> tuple[object, ...]:
         record.request_json, record.effect.value,
         canonical.dumps([v.as_dict() for v in record.violations]), record.policy_revision,
         record.constitutional_hash, record.cached, record.latency_us, record.escalation_id,
-        record.prev_hash, record.record_hash,
+        record.prev_hash, record.record_hash, record.schema, record.data,
     )
 
 
@@ -110,6 +112,7 @@ class Shipper:
         connect_timeout_s: int = 3,
         on_shipped: Callable[[int, float], None] | None = None,
         projections: Sequence[str] = (),
+        projectors: Sequence[Projector] = (),
         stall_s: float = 30.0,
     ) -> None:
         self._journals = [journal, *orphans]
@@ -117,6 +120,7 @@ class Shipper:
         # journal before they are quarantined: a signed checkpoint must attest them first.
         self.attest: Callable[[Sequence[int]], object] | None = None
         self._projections = tuple(projections)
+        self._projectors = tuple(projectors)
         self._conninfo = conninfo
         self._batch = batch
         self._idle_s = idle_s
@@ -279,7 +283,7 @@ class Shipper:
 
     def _insert(self, cur: psycopg.Cursor[TupleRow], records: Sequence[AuditRecord], *,
                 fresh: bool = False) -> int:
-        """Stage ``records``, insert them, run the projections; rows inserted.
+        """Stage ``records``, insert them, project those inserted; rows inserted.
 
         ``fresh``: empty the stage first (slices of a batch, within one transaction).
         """
@@ -289,16 +293,18 @@ class Shipper:
             for record in records:
                 copy.write_row(row_of(record))
         cur.execute(_INSERT)
-        inserted = max(0, cur.rowcount)
+        added = {int(row[0]) for row in cur.fetchall()}
         for projection in self._projections:
             cur.execute(projection.encode("utf-8"))
+        if added and self._projectors:
+            run_sync(cur, self._projectors, [r for r in records if r.seq in added])
         forked = cur.execute(_FORKED).fetchone()
         if forked is not None:
             raise ChainConflict(
                 f"PostgreSQL holds another record at instance {forked[0]!r} seq {forked[1]}; "
                 "was this instance id reused after its journal was lost?"
             )
-        return inserted
+        return len(added)
 
     def _retire_if_drained(self, journal: JournalReader) -> None:
         if journal is self._journals[0] or journal.shipped_seq < journal.synced_seq:

@@ -65,6 +65,7 @@ def record_of(row: tuple[Any, ...], *, source: str = "") -> AuditRecord:
         policy_revision=doc["policy_revision"], constitutional_hash=doc["constitutional_hash"],
         cached=doc["cached"], latency_us=doc["latency_us"], escalation_id=doc["escalation_id"],
         prev_hash=doc["prev_hash"], record_hash=doc["record_hash"],
+        schema=doc["schema"], data=doc["data"],
         malformed="; ".join(problems), source=source,
     )
 

@@ -1,9 +1,6 @@
-"""Signed checkpoints in PostgreSQL (migration 0007): the shipper's copy, and reading it.
+"""Signed checkpoints in PostgreSQL (migration 0007): reading the shipper's copy.
 
-``PROJECTION`` runs in each shipped batch's transaction (see
-:class:`acgs.adapters.pg_audit.Shipper`): it copies the batch's checkpoint
-records, verbatim, to ``audit_checkpoints``. It parses nothing, so no record's
-content can make it fail.
+The copy is made by :mod:`acgs.adapters.projectors.checkpoints`.
 """
 
 from __future__ import annotations
@@ -11,15 +8,6 @@ from __future__ import annotations
 from psycopg import sql
 
 from acgs.adapters.pg_audit import COLUMNS
-from acgs.domain.checkpoint import KIND
-
-_COLS = ", ".join(COLUMNS)
-
-PROJECTION = (
-    f"INSERT INTO audit_checkpoints ({_COLS}) SELECT {_COLS} FROM acgs_audit_stage "
-    f"WHERE kind = '{KIND}' ON CONFLICT (instance_id, seq) DO NOTHING"
-)
-"""Run by the audit shipper in each batch's transaction: keeps the checkpoints apart."""
 
 SELECT = sql.SQL("SELECT {} FROM audit_checkpoints").format(
     sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS))

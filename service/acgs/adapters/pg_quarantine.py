@@ -22,6 +22,7 @@ from psycopg.rows import TupleRow
 
 from acgs.adapters.journal_lines import Damaged
 from acgs.adapters.journal_reader import ShipBatch
+from acgs.adapters.projectors import ProjectionError
 
 logger = logging.getLogger("acgs.audit.shipper")
 
@@ -41,7 +42,9 @@ def refused_for_content(err: BaseException) -> bool:
     """True when PostgreSQL (or the encoding on the way) refused data, not the connection."""
     # UnicodeError: a string no encoding can carry; psycopg's own DataError (no SQLSTATE):
     # a value it will not send, such as NUL in text.
-    if isinstance(err, (UnicodeError, psycopg.DataError, psycopg.IntegrityError)):
+    # ProjectionError: an event its projector cannot apply (acgs.adapters.projectors).
+    if isinstance(err, (UnicodeError, psycopg.DataError, psycopg.IntegrityError,
+                        ProjectionError)):
         return True
     sqlstate = getattr(err, "sqlstate", None) if isinstance(err, psycopg.Error) else None
     return isinstance(sqlstate, str) and sqlstate[:2] in _CONTENT_CLASSES
@@ -81,7 +84,8 @@ def ship_bisecting(conn: psycopg.Connection[TupleRow], instance_id: str, batch: 
 def _refused(instance_id: str, batch: ShipBatch, i: int, err: BaseException) -> Damaged:
     line, source = batch.lines[i]
     seq = batch.records[i].seq
-    reason = f"refused by PostgreSQL: {describe(err)}"
+    reason = (f"projection failed: {err}" if isinstance(err, ProjectionError)
+              else f"refused by PostgreSQL: {describe(err)}")
     logger.critical("audit record %s seq %d quarantined: %s", instance_id, seq, reason)
     return Damaged(seq, source, line, reason)
 

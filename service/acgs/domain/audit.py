@@ -38,7 +38,8 @@ BAD_SIGNATURE = "bad_signature"  # a checkpoint not signed by a trusted key
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
-    """One decision (or evaluation) as kept by the audit trail."""
+    """One event of the audit trail (a decision, an evaluation, an escalation's opening...:
+    see :mod:`acgs.domain.events`); the envelope's columns keep their decision names."""
 
     decision_id: str
     instance_id: str
@@ -60,6 +61,10 @@ class AuditRecord:
     escalation_id: str
     prev_hash: str
     record_hash: str = ""
+    # Typed events (acgs.domain.events): the payload's schema version (0: a record written
+    # before typed events, hashed without these two fields) and its canonical JSON.
+    schema: int = 0
+    data: str = ""
 
     # Read side only (see StoredRecord); plain properties here, not fields, because
     # every extra field costs the journal's hot path one more setattr per record.
@@ -75,7 +80,7 @@ class AuditRecord:
 
     def body(self) -> dict[str, Any]:
         """Every field the hash covers, as canonical-JSON-ready values."""
-        return {
+        body: dict[str, Any] = {
             "decision_id": self.decision_id,
             "instance_id": self.instance_id,
             "decided_at_us": self.decided_at_us,
@@ -95,6 +100,10 @@ class AuditRecord:
             "escalation_id": self.escalation_id,
             "prev_hash": self.prev_hash,
         }
+        if self.schema:
+            body["schema"] = self.schema
+            body["data"] = self.data
+        return body
 
     def computed_hash(self) -> str:
         """The hash this record's content calls for (compare with ``record_hash``)."""
@@ -123,6 +132,8 @@ class AuditRecord:
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> AuditRecord:
         """Rebuild a record; raises KeyError, ValueError or TypeError when ``doc`` is not one."""
+        if not doc.get("schema") and doc.get("data"):
+            raise ValueError("a record of schema 0 carries no data")
         return cls(
             decision_id=_str(doc["decision_id"]),
             instance_id=_str(doc["instance_id"]),
@@ -147,6 +158,8 @@ class AuditRecord:
             escalation_id=_str(doc["escalation_id"]),
             prev_hash=_str(doc["prev_hash"]),
             record_hash=_str(doc["record_hash"]),
+            schema=_int(doc.get("schema", 0)),
+            data=_str(doc.get("data", "")),
         )
 
     @classmethod

@@ -140,7 +140,7 @@ def record_to_proto(r: AuditRecord) -> pb.AuditRecord:
         policy_revision=r.policy_revision, constitutional_hash=r.constitutional_hash,
         cached=r.cached, latency_us=r.latency_us, escalation_id=r.escalation_id,
         prev_hash=r.prev_hash, record_hash=r.record_hash, malformed=r.malformed,
-        source=r.source,
+        source=r.source, schema=r.schema, data=r.data,
     )
 
 
@@ -159,4 +159,5 @@ def record_from_proto(r: pb.AuditRecord) -> StoredRecord:
         policy_revision=r.policy_revision, constitutional_hash=r.constitutional_hash,
         cached=r.cached, latency_us=r.latency_us, escalation_id=r.escalation_id,
         prev_hash=r.prev_hash, record_hash=r.record_hash, malformed=r.malformed, source=r.source,
+        schema=r.schema, data=r.data,
     )

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from acgs.domain import canonical
+from acgs.domain import canonical, events
 from acgs.domain import escalation as esc
 from acgs.domain.cache_key import cache_key_of_json, canonical_input
 from acgs.domain.model import (
@@ -262,7 +262,8 @@ class DecisionService:
             decided_at_ns=time.time_ns(),
         )
         if self._audit is not None:
-            await self._audit.append([AuditEntry("evaluate", decision, caller, request_json)])
+            await self._audit.append(
+                [AuditEntry(events.EVALUATION, decision, caller, request_json)])
         return evaluation, decision.decision_id
 
     # -- internals -------------------------------------------------------------------------
@@ -342,7 +343,7 @@ class DecisionService:
                 openings.append(opening)
                 entries.append(opening)
             doc = {"request_id": request.request_id, "input": request.policy_input}
-            entries.append(AuditEntry("decide", decision, caller,
+            entries.append(AuditEntry(events.DECISION, decision, caller,
                                       _request_json(doc, input_json), request_doc=doc))
         try:
             await self._audit.append(entries)

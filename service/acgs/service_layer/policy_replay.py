@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from acgs.domain import events
 from acgs.domain.audit import AuditRecord
 from acgs.domain.audit_query import DecisionFilter
 from acgs.domain.model import EngineResult
@@ -136,7 +137,8 @@ def _sampled(decision_id: str, fraction: float) -> bool:
 
 def _input(record: AuditRecord) -> Mapping[str, Any] | None:
     """The recorded input of a replayable decision, else None."""
-    if record.kind != "decide" or any(v.principle in _NOT_POLICY for v in record.violations):
+    if (record.kind not in ("decide", events.DECISION) or record.data
+            or any(v.principle in _NOT_POLICY for v in record.violations)):
         return None
     try:
         doc = json.loads(record.request_json)

@@ -6,11 +6,13 @@ composition root (:mod:`acgs.bootstrap`) passes the real adapters.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from acgs.domain.model import Caller, Decision, EngineResult, Violation
+from acgs.domain.events import Event
+from acgs.domain.model import Caller, Decision, EngineResult, Violation, new_decision_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,24 +65,40 @@ class DecisionCache(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """What the audit trail keeps of one decision or evaluation."""
+    """What the audit trail keeps of one decision or evaluation (or a checkpoint)."""
 
-    kind: str  # "decide" | "evaluate" | "escalation" (a change of one) | "approval" (its ALLOW)
+    kind: str  # acgs.domain.events: DECISION, EVALUATION or CHECKPOINT
     decision: Decision
     caller: Caller
     request_json: str  # canonical JSON of the request (masked where configured)
     # The document request_json encodes, when the caller has it at hand: the sink reads
     # tenant and principal from it instead of parsing request_json again. Never mutated.
     request_doc: Mapping[str, Any] | None = None
+    data: str = ""  # the typed payload of a decision that has one (events.ApprovalOf)
+
+
+@dataclass(frozen=True, slots=True)
+class EventEntry:
+    """What the audit trail keeps of an event that is not a decision (acgs.domain.events):
+    ``event`` done by ``caller``, journaled before it takes effect or is answered."""
+
+    event: Event
+    caller: Caller
+    event_id: str = field(default_factory=new_decision_id)
+    at_ns: int = field(default_factory=time.time_ns)
+    constitutional_hash: str = ""
+
+
+Entry = AuditEntry | EventEntry
 
 
 class AuditSink(Protocol):
-    """Makes decisions durable. ``append`` returns only once every entry is durable.
+    """Makes events durable. ``append`` returns only once every entry is durable.
 
     Raises :class:`~acgs.errors.AuditUnavailable` when it cannot take them.
     """
 
-    async def append(self, entries: Sequence[AuditEntry]) -> None: ...
+    async def append(self, entries: Sequence[Entry]) -> None: ...
 
 
 class Escalator(Protocol):

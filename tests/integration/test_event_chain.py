@@ -1,0 +1,159 @@
+"""Events in PostgreSQL's admin chain, and projections that fail: nothing is lost or skipped.
+
+- An admin event commits with the change it records, or not at all; the chain it
+  forms verifies like any journal chain and is tampering-evident the same way.
+- A projector that cannot apply an event gets that event's record quarantined with
+  the reason, in the transaction that ships the batch; the records around it ship
+  and are projected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import psycopg
+import pytest
+from acgs.adapters import pg_event_chain
+from acgs.adapters.pg_audit import Shipper
+from acgs.adapters.pg_audit_queries import AuditQueries
+from acgs.adapters.projectors import Plan, ProjectionError, Statement, typed
+from acgs.domain import events
+from acgs.domain.audit import AuditRecord
+from acgs.domain.audit_query import ChainReport
+from acgs.domain.model import Caller
+from acgs.service_layer.ports import EventEntry
+from psycopg_pool import AsyncConnectionPool
+
+from tests.audit_support import append_all, entry, open_journal
+
+pytestmark = pytest.mark.postgres
+
+ADMIN = Caller(id="tok-admin", role="admin", identity="alice@example")
+
+
+def verify(url: str, instance: str) -> ChainReport:
+    async def go() -> ChainReport:
+        async with AsyncConnectionPool(url, min_size=1, max_size=2, open=False) as pool:
+            return await AuditQueries(pool=pool).verify_chain(instance)
+
+    return asyncio.run(go())
+
+
+def revoked(token: str) -> EventEntry:
+    return EventEntry(events.TokenRevoked(token, "ci"), ADMIN)
+
+
+def test_admin_events_commit_with_their_change_or_not_at_all(pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:
+        with conn.transaction(), conn.cursor() as cur:
+            first = pg_event_chain.append_sync(cur, [revoked("t1"), revoked("t2")])
+        with pytest.raises(RuntimeError), conn.transaction(), conn.cursor() as cur:
+            pg_event_chain.append_sync(cur, [revoked("t3")])
+            raise RuntimeError("the change failed")  # the event goes with it
+        with conn.transaction(), conn.cursor() as cur:
+            later = pg_event_chain.append_sync(cur, [revoked("t4")])
+        rows = conn.execute("SELECT seq, kind, caller_id, schema, data FROM audit_decisions "
+                            "WHERE instance_id = 'admin' ORDER BY seq").fetchall()
+    assert [r.seq for r in first + later] == [1, 2, 3]
+    assert later[0].prev_hash == first[1].record_hash
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        (1, "token.revoked", "tok-admin", 1), (2, "token.revoked", "tok-admin", 1),
+        (3, "token.revoked", "tok-admin", 1)]
+    assert [events.decode(r[1], r[4]) for r in rows] == [
+        events.TokenRevoked("t1", "ci"), events.TokenRevoked("t2", "ci"),
+        events.TokenRevoked("t4", "ci")]
+    report = verify(pg_url, "admin")
+    assert report.ok and report.checked == 3
+
+
+def test_an_edited_admin_event_is_named(pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:
+        with conn.transaction(), conn.cursor() as cur:
+            pg_event_chain.append_sync(cur, [revoked("t1"), revoked("t2")])
+        conn.execute("UPDATE audit_decisions SET data = replace(data, 't1', 'tX') "
+                     "WHERE instance_id = 'admin' AND seq = 1")
+        conn.commit()
+    report = verify(pg_url, "admin")
+    assert not report.ok and report.broken is not None
+    assert report.broken.seq == 1 and report.broken.reason == "altered"
+
+
+def test_concurrent_admin_appends_form_one_gapless_chain(pg_url: str) -> None:
+    async def one(pool: AsyncConnectionPool, n: int) -> None:
+        async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await pg_event_chain.append_async(cur, [revoked(f"t{n}")])
+
+    async def go() -> None:
+        async with AsyncConnectionPool(pg_url, min_size=4, max_size=8, open=False) as pool:
+            await asyncio.gather(*(one(pool, n) for n in range(20)))
+
+    asyncio.run(go())
+    report = verify(pg_url, "admin")
+    assert report.ok and report.checked == 20
+
+
+class RefusesToken:
+    """Projects token.revoked events into a scratch table; refuses the token "bad"."""
+
+    kinds = frozenset({events.TOKEN_REVOKED})
+
+    def project(self, records: Sequence[AuditRecord]) -> Plan:
+        for record in records:
+            event = typed(record)
+            assert isinstance(event, events.TokenRevoked)
+            if event.token_id == "bad":
+                raise ProjectionError(record, "token bad cannot be revoked")
+            yield Statement("INSERT INTO scratch_revoked VALUES (%s)", (event.token_id,))
+
+
+def test_an_event_its_projector_refuses_is_quarantined_and_the_rest_ship(
+        tmp_path: Path, pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS scratch_revoked (token text)")
+        conn.execute("TRUNCATE scratch_revoked")
+    try:
+        journal = open_journal(tmp_path)
+        append_all(journal, [[entry(1), revoked("a"), revoked("bad"), entry(2), revoked("c")]])
+        shipper = Shipper(journal=journal, conninfo=pg_url, projectors=(RefusesToken(),))
+        assert shipper.ship_once() == 5
+        shipper.close()
+        with psycopg.connect(pg_url) as conn:
+            shipped = [r[0] for r in conn.execute(
+                "SELECT seq FROM audit_decisions WHERE instance_id = 'inst-a' ORDER BY seq")]
+            held = conn.execute("SELECT seq, reason FROM audit_quarantine").fetchall()
+            projected = [r[0] for r in conn.execute(
+                "SELECT token FROM scratch_revoked ORDER BY token")]
+        assert shipped == [1, 2, 4, 5]
+        assert [h[0] for h in held] == [3]
+        assert "projection failed" in held[0][1] and "token bad cannot be revoked" in held[0][1]
+        assert projected == ["a", "c"]
+        report = verify(pg_url, "inst-a")
+        assert report.ok, report  # the quarantined record is verified in its place
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS scratch_revoked")
+
+
+def test_a_batch_shipped_again_is_not_projected_again(tmp_path: Path, pg_url: str) -> None:
+    seen: list[int] = []
+
+    class Counting:
+        kinds = frozenset({events.TOKEN_REVOKED})
+
+        def project(self, records: Sequence[AuditRecord]) -> Plan:
+            seen.extend(r.seq for r in records)
+            yield from ()
+
+    journal = open_journal(tmp_path)
+    append_all(journal, [[revoked("a"), revoked("b")]])
+    batch = journal.read_unshipped(10)
+    shipper = Shipper(journal=journal, conninfo=pg_url, projectors=(Counting(),))
+    with psycopg.connect(pg_url) as conn, conn.transaction(), conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS acgs_audit_stage "
+                    "(LIKE audit_decisions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        shipper._insert(cur, batch.records)  # shipped, but the marker was not advanced
+    assert shipper.ship_once() == 0  # sent again: the rows exist, nothing is projected twice
+    shipper.close()
+    assert seen == [1, 2]
