@@ -10,17 +10,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
 import pytest
 from acgs.adapters import pg_event_chain
-from acgs.adapters.pg_audit import Shipper
-from acgs.adapters.pg_audit_queries import AuditQueries
+from acgs.adapters.audit_signing import CheckpointSigner, TrustedKeys
+from acgs.adapters.pg_audit import COLUMNS, Shipper
+from acgs.adapters.pg_audit_queries import AuditQueries, record_of
 from acgs.adapters.projectors import Plan, ProjectionError, Statement, typed
 from acgs.domain import events
-from acgs.domain.audit import AuditRecord
+from acgs.domain.audit import GENESIS_HASH, AuditRecord
 from acgs.domain.audit_query import ChainReport
 from acgs.domain.model import Caller
 from acgs.service_layer.ports import EventEntry
@@ -157,3 +159,74 @@ def test_a_batch_shipped_again_is_not_projected_again(tmp_path: Path, pg_url: st
     assert shipper.ship_once() == 0  # sent again: the rows exist, nothing is projected twice
     shipper.close()
     assert seen == [1, 2]
+
+
+def signed_admin_chain(pg_url: str, tmp_path: Path) -> CheckpointSigner:
+    signer = CheckpointSigner.development(tmp_path)
+
+    async def go() -> list[int | None]:
+        async with AsyncConnectionPool(pg_url, min_size=1, max_size=2, open=False) as pool:
+            signing = pg_event_chain.AdminChainCheckpoints(
+                pool=pool, signer=signer, instance_id="srv-1", constitutional_hash="c" * 16)
+            done = [await signing.checkpoint_once()]  # nothing to sign yet
+            async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                await pg_event_chain.append_async(cur, [revoked("t1"), revoked("t2")])
+            done.append(await signing.checkpoint_once())
+            done.append(await signing.checkpoint_once())  # head is a checkpoint: no-op
+            async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                await pg_event_chain.append_async(cur, [revoked("t3")])
+            done.append(await signing.checkpoint_once())
+            return done
+
+    assert asyncio.run(go()) == [None, 3, None, 5]
+    return signer
+
+
+def verify_signed(url: str, signer: CheckpointSigner) -> ChainReport:
+    async def go() -> ChainReport:
+        async with AsyncConnectionPool(url, min_size=1, max_size=2, open=False) as pool:
+            keys = TrustedKeys(keys=[signer.public_key])
+            return await AuditQueries(pool=pool, keys=keys).verify_chain("admin")
+
+    return asyncio.run(go())
+
+
+def test_servers_sign_the_admin_chain_like_their_own(pg_url: str, tmp_path: Path) -> None:
+    signer = signed_admin_chain(pg_url, tmp_path)
+    report = verify_signed(pg_url, signer)
+    assert report.ok and report.checkpoint_seq == 4 and report.checkpoints_checked == 2
+    with psycopg.connect(pg_url) as conn:
+        copies = [r[0] for r in conn.execute(
+            "SELECT seq FROM audit_checkpoints WHERE instance_id = 'admin' ORDER BY seq")]
+    assert copies == [3, 5]
+
+
+def test_a_rechained_edit_of_an_admin_event_is_named(pg_url: str, tmp_path: Path) -> None:
+    signer = signed_admin_chain(pg_url, tmp_path)
+    # The attacker edits event 1 and recomputes every hash after it (no key to re-sign).
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM audit_decisions "
+                            "WHERE instance_id = 'admin' ORDER BY seq").fetchall()
+        records = [record_of(r) for r in rows]
+        prev = GENESIS_HASH
+        for r in records:
+            data = r.data.replace("t1", "tX") if r.seq == 1 else r.data
+            fixed = dataclasses.replace(r, data=data).sealed(seq=r.seq, prev_hash=prev)
+            prev = fixed.record_hash
+            conn.execute("UPDATE audit_decisions SET data = %s, prev_hash = %s, "
+                         "record_hash = %s WHERE instance_id = 'admin' AND seq = %s",
+                         (fixed.data, fixed.prev_hash, fixed.record_hash, r.seq))
+        conn.commit()
+    report = verify_signed(pg_url, signer)
+    assert not report.ok and report.broken is not None
+    assert report.broken.reason == "rechained"
+
+
+def test_a_cut_tail_of_the_admin_chain_is_named(pg_url: str, tmp_path: Path) -> None:
+    signer = signed_admin_chain(pg_url, tmp_path)
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("DELETE FROM audit_decisions WHERE instance_id = 'admin' AND seq >= 3")
+        conn.commit()
+    report = verify_signed(pg_url, signer)
+    assert not report.ok and report.broken is not None
+    assert report.broken.reason == "truncated"
