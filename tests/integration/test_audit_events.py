@@ -30,7 +30,7 @@ from acgs.domain.audit import ALTERED, GENESIS_HASH, AuditRecord
 from acgs.domain.audit_export import export_line, read_export, verify_export
 from acgs.domain.audit_query import DecisionFilter, EventFilter, Page, event_kinds
 from acgs.domain.model import Caller, Effect
-from acgs.entrypoints.audit_servicer import AuditServicer
+from acgs.entrypoints.audit_servicer import AuditServicer, record_from_proto
 from acgs.entrypoints.callers import AnonymousAuthenticator, CallerResolver
 from acgs.entrypoints.grpc_server import GrpcServer
 from acgs.errors import InvalidRequest, NotFound
@@ -332,5 +332,11 @@ def test_list_events_over_grpc(trail: str) -> None:
                 await stub.ListEvents(request)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert words in (err.value.details() or "")
+        # What `acgs audit export` writes (through the proto) verifies offline, every kind.
+        exported = [export_line(record_from_proto(r))
+                    async for r in stub.ExportDecisions(pb.ExportDecisionsRequest())]
+        reports = verify_export(read_export(exported), TrustedKeys(keys=[SIGNER.public_key]))
+        assert [(r.instance_id, r.ok, r.checked) for r in reports] == [
+            ("admin", True, 2), ("inst-e", True, 11), ("legacy", True, 5)]
 
     asyncio.run(_grpc(trail, calls))
