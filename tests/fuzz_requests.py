@@ -220,6 +220,30 @@ def list_decisions(seen: Seen) -> st.SearchStrategy[Call]:
     return draw_one()
 
 
+KINDS = ("decision", "evaluation", "escalation.opened", "escalation.changed",
+         "incident.opened", "policy.version_created", "policy.activated",
+         "policy.rolled_back", "token.created", "token.revoked", "checkpoint")
+
+
+def list_events(seen: Seen) -> st.SearchStrategy[Call]:
+    @st.composite
+    def draw_one(draw: st.DrawFn) -> Call:
+        since, until = draw(times), draw(times)
+        kinds = draw(st.lists(st.one_of(st.sampled_from(KINDS), odd_strings), max_size=3))
+        f = apb.EventFilter(kinds=kinds, actor=draw(odd_strings),
+                            instance_id=draw(st.one_of(odd_strings, st.just("admin"))))
+        if since is not None:
+            f.since.CopyFrom(since)
+        if until is not None:
+            f.until.CopyFrom(until)
+        msg = apb.ListEventsRequest(filter=f, page_size=draw(st.sampled_from((*INT32, 7))),
+                                    page_token=draw(page_tokens(seen)))
+        # A kind that is none is INVALID_ARGUMENT, like a time outside years 1-9999.
+        bad = bad_time(since, until) or any(k not in KINDS for k in kinds)
+        return _call("acgs.v1.Audit/ListEvents", "auditor", msg, invalid=bad)
+    return draw_one()
+
+
 @st.composite
 def export_decisions(draw: st.DrawFn) -> Call:
     f, bad = decision_filter(draw)
@@ -329,7 +353,7 @@ def every_method(seen: Seen) -> st.SearchStrategy[Call]:
     """A Call to any acgs.v1 method, with odd values (``seen`` supplies real ids)."""
     branches = [
         decide(), decide_near_allow(), decide_batch(), evaluate(), get_decision(seen),
-        list_decisions(seen), export_decisions(), verify_chain(seen),
+        list_decisions(seen), list_events(seen), export_decisions(), verify_chain(seen),
         st.just(_call("acgs.v1.Audit/ListChains", "auditor", apb.ListChainsRequest())),
         list_escalations(seen), *escalation_calls(seen), *policy_calls(seen),
     ]
@@ -342,10 +366,13 @@ def known_code(method: str, msg: Message) -> frozenset[grpc.StatusCode] | None:
     """INVALID_ARGUMENT where a time is outside years 1-9999 (or Evaluate's input holds a
     number past a double); None where the test does not know the answer."""
     stamps: tuple[Any, ...] = ()
-    if method in ("acgs.v1.Audit/ListDecisions", "acgs.v1.Audit/ExportDecisions"):
+    if method in ("acgs.v1.Audit/ListDecisions", "acgs.v1.Audit/ExportDecisions",
+                  "acgs.v1.Audit/ListEvents"):
         f = msg.filter  # type: ignore[attr-defined]
         stamps = (f.since if f.HasField("since") else None,
                   f.until if f.HasField("until") else None)
+        if method == "acgs.v1.Audit/ListEvents" and any(k not in KINDS for k in f.kinds):
+            return frozenset({INVALID})
     elif method == "acgs.v1.Escalations/ListEscalations" or (
             method == "acgs.v1.PolicyAdmin/ReplayDecisions"
             and msg.revision and 0 <= msg.sample <= 1):  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ from acgs.bootstrap_audit import open_database
 from acgs.bootstrap_offline import SnapshotTokenSource
 from acgs.config import Settings
 from acgs.domain import tokens
+from acgs.domain.model import Caller
 from acgs.domain.rate_limit import Rate, RateLimiter
 from acgs.entrypoints.access import ACCESS
 from acgs.entrypoints.callers import AnonymousAuthenticator, CallerResolver
@@ -171,15 +172,18 @@ async def _dev_tokens(settings: Settings, store: PgTokenStore,
         return None
     path = settings.data_dir / "dev-tokens"
     if await ensure_dev_tokens(path, store=store, known=authenticator.records,
-                               created_by=f"dev-bootstrap {settings.instance_id}"):
+                               created_by=f"dev-bootstrap {settings.instance_id}",
+                               actor=Caller(id=f"acgs-server:{settings.instance_id}",
+                                            role="system")):
         await authenticator.load()
     return path
 
 
 async def ensure_dev_tokens(path: Path, *, store: PgTokenStore, created_by: str,
-                            known: Mapping[str, tokens.TokenRecord]) -> bool:
-    """Keep the tokens of ``path`` that are still valid, issue the missing ones; True if any
-    was issued (then ``path`` is rewritten, mode 0600). Raises OSError, psycopg.Error."""
+                            known: Mapping[str, tokens.TokenRecord], actor: Caller) -> bool:
+    """Keep the tokens of ``path`` that are still valid, issue the missing ones (each a
+    ``token.created`` event done by ``actor``, the server); True if any was issued (then
+    ``path`` is rewritten, mode 0600). Raises OSError, psycopg.Error."""
     current = dev_tokens.read(path)
     kept: dict[str, str] = {}
     for role in tokens.ROLES:
@@ -189,7 +193,7 @@ async def ensure_dev_tokens(path: Path, *, store: PgTokenStore, created_by: str,
             kept[role] = token
             continue
         issued = tokens.issue(role=role, name=f"development {role}", created_by=created_by)
-        await store.insert(issued.record)
+        await store.insert(issued.record, actor=actor)
         kept[role] = issued.token
     if kept == current:
         return False

@@ -166,6 +166,10 @@ class Runner:
             if page.next_page_token:
                 seen.page_tokens.add(page.next_page_token)
             seen.instances.update(r.instance_id for r in page.decisions[:2])
+        elif method == "acgs.v1.Audit/ListEvents":
+            events = apb.ListEventsResponse.FromString(replies[0])
+            seen.page_tokens.update(t for t in (events.next_page_token, events.resume_token) if t)
+            seen.instances.update(r.instance_id for r in events.events[:2])
         elif method == "acgs.v1.Escalations/ListEscalations":
             esc = epb.ListEscalationsResponse.FromString(replies[0])
             if esc.next_page_token:

@@ -103,6 +103,8 @@ OTHER_FIELDS: list[tuple[Any, str, str, int]] = [
     (audit_pb2.GetDecisionRequest, "decision_id", "decision_id", 40),
     (audit_pb2.ListDecisionsRequest, "filter.principal_id", "filter.principal_id", 40),
     (audit_pb2.ListDecisionsRequest, "page_token", "page_token", 100),
+    (audit_pb2.ListEventsRequest, "filter.actor", "filter.actor", 40),
+    (audit_pb2.ListEventsRequest, "page_token", "page_token", 100),
     (audit_pb2.VerifyChainRequest, "instance_id", "instance_id", 40),
     (escalations_pb2.AcknowledgeEscalationRequest, "escalation_id", "escalation_id", 40),
     (escalations_pb2.AcknowledgeEscalationRequest, "comment", "comment", 100),

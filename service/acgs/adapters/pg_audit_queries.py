@@ -3,7 +3,10 @@
 Pages are in ``(decided_at, instance_id, seq)`` order, a total order over
 every instance's records, and the cursor is the last key seen: paging is
 stable while other servers keep inserting, with no gaps or repeats among the
-rows present when each page is read. Every method raises
+rows present when each page is read. The decision reads (``get_decision``,
+``list_decisions``) see the records that are decisions or evaluations
+(:data:`acgs.domain.events.DECISION_KINDS`); ``list_events`` reads every kind;
+exports and chain checks cover whole chains, every kind included. Every method raises
 :class:`~acgs.errors.AuditUnavailable` when PostgreSQL cannot be reached.
 """
 
@@ -27,8 +30,17 @@ from acgs.adapters.journal_lines import DamagedLine, parse_line
 from acgs.adapters.pg_audit import COLUMNS, EPOCH
 from acgs.adapters.pg_checkpoints import SELECT as CHECKPOINTS
 from acgs.adapters.pg_checkpoints import SOURCE, chains_sql
+from acgs.domain import events
 from acgs.domain.audit import GENESIS_HASH, MISSING, AuditRecord, ChainBreak, StoredRecord
-from acgs.domain.audit_query import ChainInfo, ChainReport, DecisionFilter, Page, Quarantined
+from acgs.domain.audit_query import (
+    ChainInfo,
+    ChainReport,
+    DecisionFilter,
+    EventFilter,
+    Page,
+    Quarantined,
+    stored_kinds,
+)
 from acgs.domain.chain_verify import ChainVerifier, StoredCheckpoint, stored_of
 from acgs.domain.checkpoint import Checkpoint, CheckpointKeys
 from acgs.domain.model import Effect, Severity, Violation
@@ -38,6 +50,7 @@ _SELECT = sql.SQL("SELECT {} FROM audit_decisions").format(
     sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS))
 _ORDER = sql.SQL(" ORDER BY decided_at, instance_id, seq LIMIT %s")
 _US = dt.timedelta(microseconds=1)
+_DECISION_KINDS = sorted(events.DECISION_KINDS)
 _BEYOND = 100  # copies of checkpoints past a cut tail worth reading: the newest decide
 T = TypeVar("T")
 
@@ -132,17 +145,60 @@ class AuditQueries:
         rows = await self._fetch(query, [key, 1])
         if not rows:
             raise NotFound(f"no decision {decision_id} in the audit trail")
-        return record_of(rows[0])
+        record = record_of(rows[0])
+        if record.kind not in events.DECISION_KINDS:
+            raise NotFound(f"{decision_id} is a {record.kind} event, not a decision "
+                           "(ListEvents reads every kind)")
+        return record
 
     async def list_decisions(self, where: DecisionFilter, *, page_size: int = 100,
                              cursor: str = "") -> Page:
-        """One page of records matching ``where``, oldest first, after ``cursor``.
+        """One page of decision records matching ``where``, oldest first, after ``cursor``.
 
         Raises InvalidRequest for a bad cursor, page size or time range.
         """
+        conds, params = _conditions(where)
+        conds.append(sql.SQL("kind = ANY(%s)"))
+        params.append(_DECISION_KINDS)
+        return await self._page(conds, params, page_size, cursor)
+
+    async def list_events(self, where: EventFilter, *, page_size: int = 100,
+                          cursor: str = "") -> Page:
+        """One page of events (every kind, legacy records by the event they are) matching
+        ``where``, oldest first, after ``cursor``; ``resume_cursor`` follows the last
+        record read. Raises InvalidRequest for a bad cursor, page size or time range.
+
+        A legacy "escalation" record is an opening or a change by its request: rows of
+        the other one are read and passed over (SQL never parses a record's JSON), so a
+        page may take more than one query to fill."""
+        conds, params = _time_conditions(where.since_us, where.until_us)
+        for column, value in (("caller_id", where.actor), ("instance_id", where.instance_id)):
+            if value:
+                conds.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+                params.append(value)
+        if where.kinds:
+            conds.append(sql.SQL("kind = ANY(%s)"))
+            params.append(sorted(stored_kinds(where.kinds)))
+        out: list[AuditRecord] = []
+        last, resume = cursor, cursor
+        while True:
+            page = await self._page(conds, params, page_size, last)
+            for record in page.records:
+                resume = encode_cursor(record)
+                if where.matches(record):
+                    out.append(record)
+                if len(out) == page_size:
+                    return Page(out, resume, resume)
+            if not page.next_cursor:
+                return Page(out, "", resume)
+            last = page.next_cursor
+
+    async def _page(self, conds: list[sql.Composable], params: list[Any], page_size: int,
+                    cursor: str) -> Page:
+        """One page of the rows that meet ``conds``, after ``cursor``."""
         if page_size < 1 or page_size > self._max_page:
             raise InvalidRequest(f"page_size must be between 1 and {self._max_page}")
-        conds, params = _conditions(where)
+        conds, params = list(conds), list(params)
         if cursor:
             conds.append(sql.SQL("(decided_at, instance_id, seq) > (%s, %s, %s)"))
             params.extend(decode_cursor(cursor))
@@ -155,15 +211,16 @@ class AuditQueries:
 
     async def export(self, where: DecisionFilter, *, page_size: int = 500
                      ) -> AsyncIterator[AuditRecord]:
-        """Every record matching ``where``, oldest first, read page by page.
+        """Every record (of every kind) matching ``where``, oldest first, page by page.
 
         When ``where`` selects whole chains (no filter, or only an instance), the
         checkpoints' own copies follow (``source`` "audit_checkpoints"), so that
         an export can be verified offline exactly as VerifyChain verifies.
         """
         cursor = ""
+        conds, params = _conditions(where)
         while True:
-            page = await self.list_decisions(where, page_size=page_size, cursor=cursor)
+            page = await self._page(conds, params, page_size, cursor)
             for record in page.records:
                 yield record
             if not page.next_cursor:
@@ -312,20 +369,29 @@ class AuditQueries:
                 return list(await cur.fetchall())
 
 
-def _conditions(where: DecisionFilter) -> tuple[list[sql.Composable], list[Any]]:
+def _time_conditions(since_us: int | None, until_us: int | None
+                     ) -> tuple[list[sql.Composable], list[Any]]:
+    """``since`` (inclusive) and ``until`` (exclusive); InvalidRequest for an empty range."""
+    if since_us is not None and until_us is not None and until_us <= since_us:
+        raise InvalidRequest("the time range is empty: until must be after since")
     conds: list[sql.Composable] = []
     params: list[Any] = []
-    if where.since_us is not None and where.until_us is not None \
-            and where.until_us <= where.since_us:
-        raise InvalidRequest("the time range is empty: until must be after since")
-    for column, op, value in (
-        ("decided_at", ">=", _ts(where.since_us)), ("decided_at", "<", _ts(where.until_us)),
-        ("principal_id", "=", where.principal_id), ("tenant_id", "=", where.tenant_id),
-        ("effect", "=", where.effect.value if where.effect else None),
-        ("policy_revision", "=", where.policy_revision), ("instance_id", "=", where.instance_id),
+    for op, value in ((">=", _ts(since_us)), ("<", _ts(until_us))):
+        if value:
+            conds.append(sql.SQL("decided_at {} %s").format(sql.SQL(op)))
+            params.append(value)
+    return conds, params
+
+
+def _conditions(where: DecisionFilter) -> tuple[list[sql.Composable], list[Any]]:
+    conds, params = _time_conditions(where.since_us, where.until_us)
+    for column, value in (
+        ("principal_id", where.principal_id), ("tenant_id", where.tenant_id),
+        ("effect", where.effect.value if where.effect else None),
+        ("policy_revision", where.policy_revision), ("instance_id", where.instance_id),
     ):
         if value:
-            conds.append(sql.SQL("{} {} %s").format(sql.Identifier(column), sql.SQL(op)))
+            conds.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
             params.append(value)
     return conds, params
 

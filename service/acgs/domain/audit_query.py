@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from acgs.domain import events
 from acgs.domain.audit import AuditRecord, ChainBreak
 from acgs.domain.model import Effect
+from acgs.errors import InvalidRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,9 +25,49 @@ class DecisionFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events to list; empty fields match everything. ``kinds`` are event kinds
+    (:data:`acgs.domain.events.KINDS`), ``actor`` a caller id, ``until_us`` exclusive."""
+
+    kinds: frozenset[str] = frozenset()
+    actor: str = ""
+    since_us: int | None = None
+    until_us: int | None = None
+    instance_id: str = ""
+
+    def matches(self, record: AuditRecord) -> bool:
+        """Whether ``record`` is an event of ``kinds`` (a legacy record by the event it is)."""
+        return not self.kinds or events.kind_of(
+            record.kind, record.schema, record.request_json) in self.kinds
+
+
+def event_kinds(names: Iterable[str]) -> frozenset[str]:
+    """``names`` as a set of event kinds; InvalidRequest naming the first unknown one."""
+    kinds = frozenset(names)
+    for name in sorted(kinds):
+        if name not in events.KINDS:
+            raise InvalidRequest(f"unknown event kind {name!r}; kinds are "
+                                 f"{', '.join(events.KINDS)}")
+    return kinds
+
+
+def stored_kinds(kinds: frozenset[str]) -> frozenset[str]:
+    """The values of the records' ``kind`` column that may hold events of ``kinds``: the
+    kinds themselves and the legacy kinds (schema 0) that :func:`events.kind_of` maps to
+    them. A legacy "escalation" may be opened or changed: :meth:`EventFilter.matches`
+    tells, from the record."""
+    stored = set(kinds)
+    stored.update(old for old, new in events.LEGACY_KINDS.items() if new in kinds)
+    if kinds & {events.ESCALATION_OPENED, events.ESCALATION_CHANGED}:
+        stored.add("escalation")
+    return frozenset(stored)
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     records: list[AuditRecord]
     next_cursor: str  # "" after the last page
+    resume_cursor: str = ""  # after the last record read (events: to follow the trail)
 
 
 @dataclass(frozen=True, slots=True)

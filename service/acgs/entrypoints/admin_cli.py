@@ -7,24 +7,17 @@ against any server of the fleet, local or behind HAProxy.
 from __future__ import annotations
 
 import argparse
-import collections
-import datetime as dt
-import json
 import os
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, timestamp_pb2
 
 from acgs import CONSTITUTIONAL_HASH
 from acgs.adapters import dev_tokens
-from acgs.entrypoints import audit_export_cli
+from acgs.entrypoints import audit_events_cli, audit_export_cli
 from acgs.v1 import audit_pb2, audit_pb2_grpc
-from acgs.v1 import governance_pb2 as gov_pb
 
 
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
@@ -121,67 +114,6 @@ def _print_report(name: str, report: audit_pb2.VerifyChainResponse) -> int:
     return 0 if report.ok else 1
 
 
-def _records(stub: audit_pb2_grpc.AuditStub, args: argparse.Namespace,
-             since: dt.datetime) -> Iterator[audit_pb2.AuditRecord]:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(since)
-    token = ""
-    while True:
-        page = stub.ListDecisions(
-            audit_pb2.ListDecisionsRequest(
-                filter=audit_pb2.DecisionFilter(since=ts), page_size=500, page_token=token),
-            metadata=metadata(args),
-        )
-        yield from page.decisions
-        token = page.next_page_token
-        if not token:
-            return
-
-
-def _line(r: audit_pb2.AuditRecord) -> str:
-    when = r.decided_at.ToDatetime(tzinfo=dt.UTC).isoformat(timespec="milliseconds")
-    principles = ",".join(v.principle for v in r.violations) or "-"
-    return (f"{when} {r.instance_id}#{r.seq} {gov_pb.Effect.Name(r.effect):8} "
-            f"{r.kind:8} principal={r.principal_id or '-'} tenant={r.tenant_id or '-'} "
-            f"violations={principles} cached={str(r.cached).lower()} id={r.decision_id}")
-
-
-def cmd_audit_tail(args: argparse.Namespace) -> int:
-    """Print the last N decisions of the trail; with --follow keep printing new ones."""
-    since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=args.minutes)
-    seen: collections.OrderedDict[str, None] = collections.OrderedDict()
-    with channel(args) as ch:
-        stub = audit_pb2_grpc.AuditStub(ch)
-        try:
-            last = collections.deque(_records(stub, args, since), maxlen=args.n)
-            for record in last:
-                _emit(record, args, seen)
-            while args.follow:
-                time.sleep(1.0)
-                start = last[-1].decided_at.ToDatetime(tzinfo=dt.UTC) if last else since
-                for record in _records(stub, args, start):
-                    if record.decision_id not in seen:
-                        last.append(record)
-                        _emit(record, args, seen)
-        except grpc.RpcError as err:
-            return fail(err)
-        except KeyboardInterrupt:
-            return 0
-    return 0
-
-
-def _emit(record: audit_pb2.AuditRecord, args: argparse.Namespace,
-          seen: collections.OrderedDict[str, None]) -> None:
-    seen[record.decision_id] = None
-    while len(seen) > 100_000:
-        seen.popitem(last=False)
-    if args.json:
-        doc: dict[str, Any] = json_format.MessageToDict(record)
-        print(json.dumps(doc, sort_keys=True), flush=True)
-    else:
-        print(_line(record), flush=True)
-
-
 def register(sub: Any) -> None:
     """Add the ``audit`` command group to the CLI's sub-parsers."""
     audit = sub.add_parser("audit", help="read and verify the audit trail (acgs.v1.Audit)")
@@ -203,10 +135,20 @@ def register(sub: Any) -> None:
     export.add_argument("-o", "--out", required=True, help="the file to write")
     add_connection_args(export)
     export.set_defaults(func=cmd_audit_export)
-    tail = group.add_parser("tail", help="show the latest decisions")
+    tail = group.add_parser("tail", help="show the latest events (decisions, escalations, "
+                            "policy and token changes...), one line each (ListEvents)")
     tail.add_argument("-n", type=int, default=20, help="how many (default 20)")
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new ones")
-    tail.add_argument("--minutes", type=float, default=60.0, help="look back this far (60)")
-    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit_events_cli.add_filter_args(tail, default_since="1h")
     add_connection_args(tail)
-    tail.set_defaults(func=cmd_audit_tail)
+    tail.set_defaults(func=lambda a: audit_events_cli.cmd_tail(a, channel=channel,
+                                                               metadata=metadata))
+    listing = group.add_parser("events", help="list events (ListEvents): a page, or --all")
+    audit_events_cli.add_filter_args(listing, default_since=None)
+    listing.add_argument("--all", action="store_true", help="every page, not just the first")
+    listing.add_argument("--page-size", type=int, default=100, help="events a page (100)")
+    listing.add_argument("--page-token", default="", help="the page to read (printed after "
+                         "the previous one)")
+    add_connection_args(listing)
+    listing.set_defaults(func=lambda a: audit_events_cli.cmd_events(a, channel=channel,
+                                                                    metadata=metadata))

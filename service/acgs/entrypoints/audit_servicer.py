@@ -14,7 +14,14 @@ from typing import Protocol
 from google.protobuf import timestamp_pb2
 
 from acgs.domain.audit import AuditRecord, StoredRecord
-from acgs.domain.audit_query import ChainInfo, ChainReport, DecisionFilter, Page
+from acgs.domain.audit_query import (
+    ChainInfo,
+    ChainReport,
+    DecisionFilter,
+    EventFilter,
+    Page,
+    event_kinds,
+)
 from acgs.domain.model import Effect, Severity, Violation
 from acgs.entrypoints import timestamps
 from acgs.entrypoints.callers import CallerResolver
@@ -39,6 +46,9 @@ class AuditReader(Protocol):
     async def list_decisions(self, where: DecisionFilter, *, page_size: int = ...,
                              cursor: str = ...) -> Page: ...
 
+    async def list_events(self, where: EventFilter, *, page_size: int = ...,
+                          cursor: str = ...) -> Page: ...
+
     def export(self, where: DecisionFilter, *, page_size: int = ...
                ) -> AsyncIterator[AuditRecord]: ...
 
@@ -49,7 +59,7 @@ class AuditReader(Protocol):
 
 
 class AuditServicer:
-    """GetDecision, ListDecisions, VerifyChain, ExportDecisions and ListChains."""
+    """GetDecision, ListDecisions, ListEvents, VerifyChain, ExportDecisions and ListChains."""
 
     def __init__(self, *, reader: AuditReader, callers: CallerResolver) -> None:
         self._reader = reader
@@ -69,6 +79,16 @@ class AuditServicer:
         )
         return pb.ListDecisionsResponse(decisions=[record_to_proto(r) for r in page.records],
                                         next_page_token=page.next_cursor)
+
+    async def ListEvents(self, request: pb.ListEventsRequest, context: Context
+                         ) -> pb.ListEventsResponse:
+        await self._callers.resolve(context, "acgs.v1.Audit/ListEvents")
+        page = await self._reader.list_events(
+            event_filter_from_proto(request.filter),
+            page_size=request.page_size or DEFAULT_PAGE, cursor=request.page_token)
+        return pb.ListEventsResponse(events=[record_to_proto(r) for r in page.records],
+                                     next_page_token=page.next_cursor,
+                                     resume_token=page.resume_cursor)
 
     async def VerifyChain(self, request: pb.VerifyChainRequest, context: Context
                           ) -> pb.VerifyChainResponse:
@@ -125,6 +145,14 @@ def filter_from_proto(f: pb.DecisionFilter) -> DecisionFilter:
         principal_id=f.principal_id, tenant_id=f.tenant_id, effect=effect,
         policy_revision=f.policy_revision, instance_id=f.instance_id,
     )
+
+
+def event_filter_from_proto(f: pb.EventFilter) -> EventFilter:
+    """An EventFilter; InvalidRequest for an unknown kind or a time outside years 1-9999."""
+    return EventFilter(
+        kinds=event_kinds(f.kinds), actor=f.actor,
+        since_us=timestamps.micros(f, "since", "filter.since"),
+        until_us=timestamps.micros(f, "until", "filter.until"), instance_id=f.instance_id)
 
 
 def record_to_proto(r: AuditRecord) -> pb.AuditRecord:

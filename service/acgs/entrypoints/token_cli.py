@@ -5,6 +5,12 @@ under ``ACGS_DATA_DIR``), not to a server: the first token must be creatable
 before any token exists, and whoever can reach the database can read the
 audit trail and rewrite the table anyway. Servers pick changes up within about
 ``ACGS_TOKEN_REFRESH_S`` (1 s).
+
+Every creation and revocation is recorded in the audit trail (``token.created``,
+``token.revoked`` on the ``admin`` chain, in the transaction that makes it). No
+token authenticates these commands, so the actor recorded is the operating-system
+account that ran them, ``user@host``, with role ``admin`` (who reaches the
+database holds the admin's power): :func:`actor`.
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ from typing import Any
 
 from acgs.config import Settings
 from acgs.domain import tokens
+from acgs.domain.model import Caller
 
 
-def _who() -> str:
+def actor() -> Caller:
+    """Who runs this command, as the audit trail names them: ``user@host``, role admin."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    return f"{user}@{socket.gethostname()} (acgs token create)"
+    return Caller(id=f"{user}@{socket.gethostname()}", role=tokens.ADMIN)
 
 
 def _quiet() -> None:
@@ -39,10 +47,12 @@ async def _create(settings: Settings, role: str, name: str, expires_at: dt.datet
                   identity: str | None) -> tokens.IssuedToken:
     from acgs.bootstrap_auth import token_store
 
-    issued = tokens.issue(role=role, name=name, created_by=_who(), expires_at=expires_at,
-                          identity=identity)
+    who = actor()
+    issued = tokens.issue(role=role, name=name, created_by=f"{who.id} (acgs token create)",
+                          expires_at=expires_at, identity=identity)
     async with token_store(settings) as store:
-        await store.insert(issued.record)
+        if not await store.insert(issued.record, actor=who):
+            raise ValueError(f"token id {issued.record.id} is taken; run the command again")
     return issued
 
 
@@ -100,14 +110,15 @@ async def _revoke(settings: Settings, token_id: str) -> bool:
     from acgs.bootstrap_auth import token_store
 
     async with token_store(settings) as store:
-        return await store.revoke(token_id)
+        return await store.revoke(token_id, actor=actor())
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    """Revoke a token by id; exit 1 when no active token has that id."""
+    """Revoke a token by id; exit 1 (and nothing recorded) when no unrevoked token has it."""
     _quiet()
     if not asyncio.run(_revoke(Settings.from_env(), args.id)):
-        print(f"acgs: no active token {args.id!r}", file=sys.stderr)
+        print(f"acgs: no active token {args.id!r} (unknown or already revoked); "
+              "nothing revoked, nothing recorded", file=sys.stderr)
         return 1
     print(f"acgs: revoked {args.id}; servers refuse it within a few seconds")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -20,10 +21,13 @@ from acgs_client.types import (
     DecisionRequest,
     Escalation,
     Evaluation,
+    EventPage,
     decision_request,
     evaluation_of,
+    list_events_request,
 )
 from acgs_client.v1 import (
+    audit_pb2_grpc,
     escalations_pb2,
     escalations_pb2_grpc,
     governance_pb2,
@@ -45,6 +49,7 @@ class AsyncClient:
         self._metadata = self.config.metadata()
         self._governance = governance_pb2_grpc.GovernanceStub(self._channel)
         self._escalations = escalations_pb2_grpc.EscalationsStub(self._channel)
+        self._audit = audit_pb2_grpc.AuditStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -80,6 +85,16 @@ class AsyncClient:
         proto = escalations_pb2.GetEscalationRequest(escalation_id=escalation_id)
         return Escalation.from_proto(
             await self._call(self._escalations.GetEscalation, proto, timeout_s))
+
+    async def list_events(self, *, kinds: Iterable[str] = (), actor: str = "",
+                          since: dt.datetime | None = None, until: dt.datetime | None = None,
+                          instance_id: str = "", page_size: int = 0, page_token: str = "",
+                          timeout_s: float | None = None) -> EventPage:
+        """A page of the audit trail's events: see :meth:`acgs_client.Client.list_events`."""
+        proto = list_events_request(kinds=kinds, actor=actor, since=since, until=until,
+                                    instance_id=instance_id, page_size=page_size,
+                                    page_token=page_token)
+        return EventPage.from_proto(await self._call(self._audit.ListEvents, proto, timeout_s))
 
     async def wait_for_escalation(self, escalation_id: str, timeout_s: float) -> Escalation:
         """Wait until a human resolves the escalation; TimeoutError after ``timeout_s``."""

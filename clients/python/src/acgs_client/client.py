@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -17,10 +18,13 @@ from acgs_client.types import (
     DecisionRequest,
     Escalation,
     Evaluation,
+    EventPage,
     decision_request,
     evaluation_of,
+    list_events_request,
 )
 from acgs_client.v1 import (
+    audit_pb2_grpc,
     escalations_pb2,
     escalations_pb2_grpc,
     governance_pb2,
@@ -48,6 +52,7 @@ class Client:
         self._metadata = self.config.metadata()
         self._governance = governance_pb2_grpc.GovernanceStub(self._channel)
         self._escalations = escalations_pb2_grpc.EscalationsStub(self._channel)
+        self._audit = audit_pb2_grpc.AuditStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -89,6 +94,19 @@ class Client:
         proto = escalations_pb2.GetEscalationRequest(escalation_id=escalation_id)
         return Escalation.from_proto(self._call(self._escalations.GetEscalation, proto,
                                                 timeout_s))
+
+    def list_events(self, *, kinds: Iterable[str] = (), actor: str = "",
+                    since: dt.datetime | None = None, until: dt.datetime | None = None,
+                    instance_id: str = "", page_size: int = 0, page_token: str = "",
+                    timeout_s: float | None = None) -> EventPage:
+        """A page of the audit trail's events (an auditor's token), oldest first: of
+        ``kinds`` ("policy.activated", "token.revoked", ...; "decision" also finds the
+        older "decide" records), done by ``actor`` (a caller id), ``since`` (inclusive) to
+        ``until`` (exclusive), in one chain. Read-only: retried like any safe call."""
+        proto = list_events_request(kinds=kinds, actor=actor, since=since, until=until,
+                                    instance_id=instance_id, page_size=page_size,
+                                    page_token=page_token)
+        return EventPage.from_proto(self._call(self._audit.ListEvents, proto, timeout_s))
 
     def wait_for_escalation(self, escalation_id: str, timeout_s: float) -> Escalation:
         """Block until a human resolves the escalation (APPROVED, DENIED or EXPIRED) and

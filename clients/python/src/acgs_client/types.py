@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import struct_pb2
 
-from acgs_client.v1 import escalations_pb2, governance_pb2
+from acgs_client.v1 import audit_pb2, escalations_pb2, governance_pb2
 
 #: The principle a fail-safe DENY names (engine error, time-out, undefined decision).
 FAIL_SAFE = "fail_safe"
@@ -164,6 +165,79 @@ class Escalation:
             resolution_comment=e.resolution_comment,
             approval=Decision.from_proto(e.approval) if e.HasField("approval") else None,
             last_event_seq=e.last_event_seq)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One record of the audit trail (``ListEvents``): what happened, who did it, when, and
+    its place in its hash chain (``instance_id``: a server, or "admin" for policy and token
+    changes). ``kind`` is as the chain holds it: "decision", "token.revoked", ...; records
+    written before typed events (``schema`` 0) say "decide", "evaluate", "escalation" or
+    "approval". ``data`` is the typed payload ({} for a decision, whose fields are the
+    record's own)."""
+
+    event_id: str
+    instance_id: str
+    seq: int
+    at: dt.datetime
+    kind: str
+    actor_id: str
+    actor_role: str
+    schema: int
+    data_json: str
+    effect: str  # a decision's; DENY for every other event
+    request_id: str
+    tenant_id: str
+    principal_id: str
+    escalation_id: str
+    policy_revision: str
+    record_hash: str
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """The payload decoded (the server hands it out as canonical JSON)."""
+        value = json.loads(self.data_json) if self.data_json else {}
+        return value if isinstance(value, dict) else {}
+
+    @classmethod
+    def from_proto(cls, r: audit_pb2.AuditRecord) -> Event:
+        return cls(
+            event_id=r.decision_id, instance_id=r.instance_id, seq=r.seq,
+            at=r.decided_at.ToDatetime(tzinfo=dt.timezone.utc),  # noqa: UP017 (3.9+)
+            kind=r.kind,
+            actor_id=r.caller_id, actor_role=r.caller_role, schema=r.schema,
+            data_json=r.data, effect=governance_pb2.Effect.Name(r.effect),
+            request_id=r.request_id, tenant_id=r.tenant_id, principal_id=r.principal_id,
+            escalation_id=r.escalation_id, policy_revision=r.policy_revision,
+            record_hash=r.record_hash)
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """A page of events, oldest first. Pass ``next_page_token`` back for the next page
+    (empty after the last); ``resume_token`` reads the events recorded later (follow)."""
+
+    events: tuple[Event, ...]
+    next_page_token: str
+    resume_token: str
+
+    @classmethod
+    def from_proto(cls, response: audit_pb2.ListEventsResponse) -> EventPage:
+        return cls(tuple(Event.from_proto(r) for r in response.events),
+                   response.next_page_token, response.resume_token)
+
+
+def list_events_request(*, kinds: Iterable[str], actor: str, since: dt.datetime | None,
+                        until: dt.datetime | None, instance_id: str, page_size: int,
+                        page_token: str) -> audit_pb2.ListEventsRequest:
+    """The request of ``list_events`` (times must be timezone-aware)."""
+    f = audit_pb2.EventFilter(kinds=list(kinds), actor=actor, instance_id=instance_id)
+    for name, moment in (("since", since), ("until", until)):
+        if moment is not None:
+            if moment.tzinfo is None:
+                raise ValueError(f"{name} must be timezone-aware")
+            getattr(f, name).FromDatetime(moment)
+    return audit_pb2.ListEventsRequest(filter=f, page_size=page_size, page_token=page_token)
 
 
 def evaluation_of(response: governance_pb2.EvaluateResponse) -> Evaluation:
