@@ -23,8 +23,8 @@ from acgs import CONSTITUTIONAL_HASH
 from acgs.adapters.journal import Journal
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_escalations import PgEscalationStore, projection
-from acgs.adapters.projectors.registry import projectors
 from acgs.adapters.pg_notify import PgBell
+from acgs.adapters.projectors.registry import projectors
 from acgs.domain.escalation import Verdict
 from acgs.domain.model import Caller, Decision, DecisionRequest
 from acgs.metrics import NullTelemetry
