@@ -433,3 +433,69 @@ def test_an_incident_no_journal_takes_is_recorded_in_the_admin_chain_with_its_ro
         assert report.ok and report.checked == 1
 
     run(tmp_path, pg_url, body)
+
+
+def test_the_allow_of_a_superseded_approval_is_quarantined_with_it(tmp_path: Path,
+                                                                   pg_url: str) -> None:
+    async def body(r: Rig) -> None:
+        failing = EscalationService(
+            store=CommitFails(pool=r.pool), audit=r.journal, bell=PgBell(conninfo=r.url),
+            telemetry=NullTelemetry(), instance_id="inst-a",
+            constitutional_hash=CONSTITUTIONAL_HASH)
+        _, escalation_id = await r.escalate()
+        with pytest.raises(Unavailable):  # the approval and its ALLOW journaled, not applied
+            await failing.resolve(escalation_id, ADMIN_1, verdict=Verdict.APPROVE)
+        await r.service.resolve(escalation_id, ADMIN_2, verdict=Verdict.DENY)
+        await r.ship()
+        held = r.query("SELECT reason FROM audit_quarantine ORDER BY seq")
+        assert len(held) == 2
+        assert "superseded" in held[0][0]
+        assert f"escalation {escalation_id} was not approved by this decision" in held[1][0]
+        assert [row for row in r.records(events.DECISION) if row[4]] == []  # no stray ALLOW
+        assert r.query("SELECT state, approval_decision_id FROM escalations") == [
+            ("denied", None)]
+
+    run(tmp_path, pg_url, body)
+
+
+def test_concurrent_approvals_both_count(tmp_path: Path, pg_url: str) -> None:
+    async def body(r: Rig) -> None:
+        _, escalation_id = await r.escalate(approvals=2)
+        await asyncio.gather(
+            r.service.resolve(escalation_id, ADMIN_1, verdict=Verdict.APPROVE),
+            r.service.resolve(escalation_id, ADMIN_2, verdict=Verdict.APPROVE))
+        e = await r.service.get(escalation_id, ADMIN_1)
+        assert e.state is State.APPROVED
+        assert sorted(a.approver_id for a in e.approvals) == [ADMIN_1.id, ADMIN_2.id]
+        await r.ship()
+        # A change computed on a state another approver changed first was computed again;
+        # the first computation's record, if any, is held as superseded, never applied.
+        held = r.query("SELECT reason FROM audit_quarantine")
+        assert all("superseded" in h[0] for h in held) and len(held) <= 1
+        made = changes(r)
+        assert [(eid, kind) for eid, kind, _, _ in r.projected()][1:] == [
+            (escalation_id, p.change) for _, _, _, p in made] == [
+            (escalation_id, "approval"), (escalation_id, "approved")]
+
+    run(tmp_path, pg_url, body)
+
+
+def test_a_second_pending_incident_of_a_dedup_key_reads_as_the_first(
+        tmp_path: Path, pg_url: str) -> None:
+    async def body(r: Rig) -> None:
+        violation = Violation("constitution_mismatch", Severity.HIGH, "another constitution")
+        ids = []
+        for server in ("inst-a", "inst-b"):  # each server raises it once, neither journal takes it
+            escalator = JournalEscalator(journal=Refusing(), store=r.store,
+                                         telemetry=NullTelemetry(), instance_id=server,
+                                         constitutional_hash=CONSTITUTIONAL_HASH)
+            ids.append(await escalator.incident(reason="constitution_mismatch",
+                                                key="constitution_mismatch:agent",
+                                                caller=AGENT, violation=violation))
+        assert ids[0] != ids[1]
+        assert r.query("SELECT id::text FROM escalations") == [(ids[0],)]
+        assert (await r.service.get(ids[1], ADMIN_1)).id == ids[0]
+        assert r.query("SELECT kind FROM audit_decisions WHERE instance_id = 'admin'") == [
+            ("incident.opened",), ("incident.opened",)]
+
+    run(tmp_path, pg_url, body)
