@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
+from acgs.domain import events
+from acgs.domain.escalation import Escalation, State
 from acgs.domain.model import Caller, Decision, Effect, EngineResult, Severity, Violation
 from acgs.errors import AuditUnavailable, EngineError
-from acgs.service_layer.ports import AuditEntry, Evaluation, PolicyInfo
+from acgs.service_layer.ports import AuditEntry, Entry, Evaluation, EventEntry, PolicyInfo
 
 
 @dataclass
@@ -62,10 +65,10 @@ class FakeCache:
 
 @dataclass
 class FakeAudit:
-    entries: list[AuditEntry] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
     full: bool = False
 
-    async def append(self, entries: Sequence[AuditEntry]) -> None:
+    async def append(self, entries: Sequence[Entry]) -> None:
         if self.full:
             raise AuditUnavailable("journal full")
         self.entries.extend(entries)
@@ -80,17 +83,24 @@ class FakeEscalator:
     _pending: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def opening(self, decision: Decision, *, reason: str, caller: Caller,
-                policy_input: Mapping[str, Any]) -> tuple[str, AuditEntry | None]:
+                policy_input: Mapping[str, Any]) -> tuple[str, EventEntry | None]:
         escalation_id = f"esc-{len(self._pending) + 1}"
         self._pending[escalation_id] = (decision.decision_id, reason)
-        record = replace(decision, decision_id=f"open-{escalation_id}",
-                         escalation_id=escalation_id)
-        return escalation_id, AuditEntry("escalation", record, caller, '{"escalation": {}}')
+        now = dt.datetime.now(dt.UTC)
+        e = Escalation(
+            id=escalation_id, decision_id=decision.decision_id, reason=reason,
+            severity=Severity.HIGH, message="", state=State.OPEN, requester_id=caller.id,
+            requester_role=caller.role, principal_id="", tenant_id="",
+            request_id=decision.request_id, effect=decision.effect,
+            violations=decision.violations, policy_revision=decision.policy_revision,
+            instance_id="fake", constitutional_hash=decision.constitutional_hash,
+            required_approvals=1, created_at=now, expires_at=now)
+        return escalation_id, EventEntry(events.EscalationOpened(e), caller)
 
-    def opened(self, entries: Sequence[AuditEntry]) -> None:
-        self.durable.extend(self._pending[e.decision.escalation_id] for e in entries)
+    def opened(self, entries: Sequence[EventEntry]) -> None:
+        self.durable.extend(self._pending[opened_id(e)] for e in entries)
 
-    def abandoned(self, entries: Sequence[AuditEntry]) -> None:
+    def abandoned(self, entries: Sequence[EventEntry]) -> None:
         pass
 
     async def incident(self, *, reason: str, key: str, caller: Caller, violation: Violation,
@@ -113,3 +123,14 @@ class FakeTelemetry:
 
     def audit_refused(self) -> None:
         self.refusals += 1
+
+
+def kind(entry: Entry) -> str:
+    """The event kind of an entry."""
+    return entry.kind if isinstance(entry, AuditEntry) else entry.event.KIND
+
+
+def opened_id(entry: EventEntry) -> str:
+    """The escalation an ``escalation.opened`` entry opens."""
+    assert isinstance(entry.event, events.EscalationOpened)
+    return entry.event.escalation.id

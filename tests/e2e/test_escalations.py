@@ -97,6 +97,22 @@ def db_events(url: str) -> list[tuple[int, str]]:
         return conn.execute("SELECT seq, kind FROM escalation_events ORDER BY seq").fetchall()
 
 
+def shipped_changes(url: str, n: int) -> list[tuple[str, str, str, str]]:
+    """(event id, actor id, actor role, change) of the escalation.changed events shipped
+    to PostgreSQL, once there are ``n`` of them, with the escalation event each projected
+    (exactly one per event id)."""
+    def ready() -> list[tuple[str, str, str, str]]:
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "SELECT a.decision_id::text, a.caller_id, a.caller_role, v.kind "
+                "FROM audit_decisions a JOIN escalation_events v ON v.event_id = a.decision_id "
+                "WHERE a.kind = 'escalation.changed' ORDER BY v.seq").fetchall()
+        assert len(rows) == n, rows
+        return rows
+
+    return list(wait_for(ready))
+
+
 @pytest.fixture
 def fleet(servers: ServerFactory, server_database: str
           ) -> Iterator[tuple[ServerProcess, ServerProcess, str]]:
@@ -166,8 +182,15 @@ def test_lifecycle_across_two_servers(fleet: tuple[ServerProcess, ServerProcess,
         audit = audit_pb2_grpc.AuditStub(ch["auditor"])
         allow = wait_for(lambda: audit.GetDecision(audit_pb2.GetDecisionRequest(
             decision_id=done.approval_decision_id), timeout=10))
-        assert (allow.effect, allow.kind, allow.escalation_id) == (gpb.ALLOW, "approval", eid)
+        assert (allow.effect, allow.kind, allow.escalation_id) == (gpb.ALLOW, "decision", eid)
         assert allow.principal_id == "agent-7" and allow.request_id == "wire-1"
+        # Each change is an event of the audit trail, by the admin who made it.
+        changes = shipped_changes(server_database, 3)
+        assert [(actor, role, kind) for _, actor, role, kind in changes] == [
+            (b.tokens.id(tk.ADMIN), "admin", "acknowledged"),
+            (b.tokens.id(tk.ADMIN), "admin", "approval"),
+            (changes[2][1], "admin", "approved")]
+        assert changes[2][1] not in (b.tokens.id(tk.ADMIN), a.tokens.id(tk.ADMIN))
 
 
 def test_refusals_and_incidents(alice_token: str,
@@ -237,3 +260,6 @@ def test_expiry_while_every_server_is_stopped(servers: ServerFactory,
         assert code_of(lambda: resolve(admin, eid, pb.VERDICT_APPROVE)
                        ) == grpc.StatusCode.FAILED_PRECONDITION
     assert [k for _, k in db_events(server_database)] == ["opened", "expired"]
+    expired = shipped_changes(server_database, 1)  # by the server that expired it
+    assert [(c[1], c[2], c[3]) for c in expired] == [
+        (f"acgs-server:{second.env['ACGS_INSTANCE_ID']}", "system", "expired")]

@@ -9,9 +9,18 @@ import pytest
 from acgs.domain.model import Caller, DecisionRequest, Effect
 from acgs.errors import ConstitutionMismatch
 from acgs.service_layer.decisions import DecisionService
+from acgs.service_layer.ports import AuditEntry, EventEntry
 
 from tests.client import HASH, allow_input
-from tests.fakes import FakeAudit, FakeCache, FakeEngine, FakeEscalator, FakeTelemetry
+from tests.fakes import (
+    FakeAudit,
+    FakeCache,
+    FakeEngine,
+    FakeEscalator,
+    FakeTelemetry,
+    kind,
+    opened_id,
+)
 
 CALLER = Caller(id="svc-a", role="agent")
 
@@ -90,11 +99,11 @@ def test_batch_keeps_order_and_audits_each_item() -> None:
     assert [d.effect for d in decisions] == [
         Effect.ALLOW if i % 2 else Effect.DENY for i in range(10)
     ]
-    kinds = [e.kind for e in parts["audit"].entries]
+    kinds = [kind(e) for e in parts["audit"].entries]
     # Each critical DENY (tenant isolation) is preceded by the opening of its escalation
     # (PostgreSQL counts decisions into escalations it already holds).
-    assert kinds.count("decision") == 10 and kinds.count("escalation") == 5
-    assert kinds[:3] == ["escalation", "decision", "decision"]
+    assert kinds.count("decision") == 10 and kinds.count("escalation.opened") == 5
+    assert kinds[:3] == ["escalation.opened", "decision", "decision"]
     assert [d for d in decisions if d.escalation_id] == decisions[0::2]
 
 
@@ -104,8 +113,9 @@ def test_escalation_opens_in_the_same_durable_write_as_its_decision() -> None:
         service.decide(req(allow_input(action={"type": "fund_transfer"})), CALLER)
     )
     opening, decided = parts["audit"].entries
+    assert isinstance(decided, AuditEntry) and isinstance(opening, EventEntry)
     assert decided.decision == decision and decision.escalation_id == "esc-1"
-    assert opening.kind == "escalation" and opening.decision.escalation_id == "esc-1"
+    assert kind(opening) == "escalation.opened" and opened_id(opening) == "esc-1"
     assert parts["escalator"].durable == [(decision.decision_id, "high_impact_action")]
 
 

@@ -14,7 +14,7 @@ from acgs.service_layer.decisions import DecisionService
 from acgs.service_layer.idempotency import IdempotencyMap
 
 from tests.client import HASH, allow_input
-from tests.fakes import FakeAudit, FakeCache, FakeEngine, FakeEscalator, FakeTelemetry
+from tests.fakes import FakeAudit, FakeCache, FakeEngine, FakeEscalator, FakeTelemetry, kind
 
 CALLER = Caller(id="svc-a", role="agent")
 OTHER = Caller(id="svc-b", role="agent")
@@ -44,7 +44,7 @@ def req(rid: str, **doc: Any) -> DecisionRequest:
 
 
 def decided(parts: dict[str, Any]) -> int:
-    return sum(1 for e in parts["audit"].entries if e.kind == "decision")
+    return sum(1 for e in parts["audit"].entries if kind(e) == "decision")
 
 
 def test_same_request_id_replays_the_decision_without_a_record() -> None:

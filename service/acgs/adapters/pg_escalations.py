@@ -1,18 +1,25 @@
-"""Escalations in PostgreSQL (migration 0003): the EscalationStore port.
+"""Escalations in PostgreSQL (migrations 0003, 0008, 0012): the EscalationStore port.
 
 Rows are read as ``to_jsonb(row)`` and turned into domain objects by
 :func:`acgs.domain.escalation.from_row`, together with the database's
-``now()``: every expiry decision uses the database clock. Writes happen in
-:meth:`PgEscalationStore.transaction`, which first takes the advisory lock
-that orders event seqs (see the migration), so that seqs become visible in
-order and transactions never deadlock on one another. Every method raises
+``now()``: every expiry decision uses the database clock.
+
+Nothing here writes escalations, their events or their aliases directly: the
+escalation projector (:mod:`acgs.adapters.projectors.escalations`) is their one
+writer. A change a server must answer with is journaled first, then applied
+by :meth:`PgTransaction.apply`, which runs that projector in the server's own
+transaction (the shipper's later run of it is a no-op: same event id). An
+incident no journal would take is recorded by :meth:`PgEscalationStore.open_incident`
+in PostgreSQL's admin chain (:mod:`acgs.adapters.pg_event_chain`), projected in
+the same transaction. Write transactions first take the advisory lock that
+orders event seqs (see migration 0012), so that seqs become visible in order
+and writers never deadlock on one another. Every method raises
 :class:`~acgs.errors.Unavailable` when PostgreSQL cannot be reached.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -23,32 +30,30 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from acgs.adapters import cursors
+from acgs.adapters import cursors, pg_event_chain
+from acgs.adapters.projectors import ProjectionError, drive_async
+from acgs.adapters.projectors.escalations import LOCK_KEY, EscalationProjector
 from acgs.domain import escalation as esc
+from acgs.domain import events
 from acgs.domain.escalation import Escalation, EscalationEvent, EscalationFilter, EscalationPage
 from acgs.errors import InvalidRequest, NotFound, Unavailable
+from acgs.service_layer.ports import EventEntry
 
-LOCK_KEY = 0x4AC6E5C1  # the advisory lock of the migration's functions
 
 def projection(*, idempotency_window_s: float, group_s: float) -> str:
-    """The SQL the audit shipper runs in each batch's transaction (``acgs_project_batch``,
-    migrations/0008): links retried requests, opens (or groups) the journaled escalations
-    and counts the decisions that joined them."""
+    """The SQL the audit shipper runs in each batch's transaction before the projectors
+    (``acgs_project_batch``, migrations 0008 and 0012): links retried requests. The
+    decision projector replaces it (migration 0013)."""
     return (f"SELECT acgs_project_batch({float(idempotency_window_s)!r}::float8, "
             f"{float(group_s)!r}::float8)")
 
 
 PROJECTION = projection(idempotency_window_s=600.0, group_s=0.0)
-"""The projection with the default idempotency window and no grouping (for tests)."""
+"""The projection with the default idempotency window (for tests)."""
 
 _EFFECTIVE = ("(CASE WHEN state IN ('open', 'acknowledged') AND expires_at <= now() "
               "THEN 'expired' ELSE state END)")
 _SELECT = "SELECT to_jsonb(e), now() FROM escalations e"
-_UPDATE = (
-    "UPDATE escalations SET state = %s, approvals = %s, acknowledged_by = %s, "
-    "acknowledged_at = %s, resolved_by = %s, resolved_at = %s, resolution_comment = %s, "
-    "approval_decision_id = %s, updated_at = now() WHERE id = %s"
-)
 
 
 @contextmanager
@@ -75,20 +80,10 @@ def _event(row: tuple[Any, ...]) -> EscalationEvent:
 class PgTransaction:
     """One write transaction (see :meth:`PgEscalationStore.transaction`)."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any],
+                 projector: EscalationProjector) -> None:
         self._conn = conn
-
-    async def lock(self, escalation_id: str) -> tuple[Escalation, dt.datetime]:
-        """The escalation, locked until the end of the transaction, and the database's now.
-
-        Raises InvalidRequest (not a UUID) or NotFound."""
-        cur = await self._conn.execute(_SELECT + " WHERE id = acgs_escalation_target(%s) "
-                                       "FOR UPDATE",
-                                       (_key(escalation_id),))
-        row = await cur.fetchone()
-        if row is None:
-            raise NotFound(f"no escalation {escalation_id}")
-        return esc.from_row(row[0]), row[1]
+        self._projector = projector
 
     async def due(self, *, limit: int) -> tuple[list[Escalation], dt.datetime]:
         """Up to ``limit`` pending escalations past their expiry, locked (others skip them)."""
@@ -99,26 +94,26 @@ class PgTransaction:
         now = rows[0][1] if rows else dt.datetime.now(dt.UTC)
         return [esc.from_row(r[0]) for r in rows], now
 
-    async def request_json(self, decision_id: str) -> str | None:
-        """The audited request of ``decision_id`` (shipped with the escalation), if any."""
-        cur = await self._conn.execute(
-            "SELECT request_json FROM audit_decisions WHERE decision_id = %s AND kind = 'decide' "
-            "LIMIT 1", (uuid.UUID(decision_id),))
-        row = await cur.fetchone()
-        return None if row is None else str(row[0])
-
-    async def save(self, e: Escalation, *, event: str, actor: str) -> Escalation:
-        """Write ``e``'s changeable fields and record ``event``; ``e`` with its event seq."""
-        await self._conn.execute(_UPDATE, (
-            e.state.value, json.dumps(esc.approvals_json(e)), e.acknowledged_by or None,
-            e.acknowledged_at, e.resolved_by or None, e.resolved_at, e.resolution_comment,
-            uuid.UUID(e.approval_decision_id) if e.approval_decision_id else None,
-            uuid.UUID(e.id)))
-        cur = await self._conn.execute("SELECT acgs_escalation_event(%s, %s, %s)",
-                                       (uuid.UUID(e.id), event, actor))
-        row = await cur.fetchone()
-        assert row is not None
-        return replace(e, last_event_seq=int(row[0]))
+    async def apply(self, entry: EventEntry) -> Escalation | None:
+        """Apply the journaled change ``entry`` with the escalation projector; the escalation
+        after it (with its event seq), or None when the escalation moved on since the change
+        was computed (the change is not applied; the shipper will quarantine its record)."""
+        if not isinstance(entry.event, events.EscalationChanged):
+            raise TypeError(f"not an escalation change: {entry.event.KIND}")
+        record = events.envelope(entry.event, event_id=entry.event_id, instance_id="",
+                                 at_us=entry.at_ns // 1000, caller_id=entry.caller.id,
+                                 caller_role=entry.caller.role,
+                                 constitutional_hash=entry.constitutional_hash)
+        async with self._conn.cursor() as cur:
+            try:
+                await drive_async(cur, self._projector.project([record]))
+            except ProjectionError:
+                return None
+            await cur.execute(_SELECT + " WHERE id = acgs_escalation_target(%s)",
+                              (_key(entry.event.escalation_id),))
+            row = await cur.fetchone()
+        assert row is not None  # the projector found it, under a row lock
+        return esc.from_row(row[0])
 
 
 class PgEscalationStore:
@@ -127,6 +122,8 @@ class PgEscalationStore:
     def __init__(self, *, pool: AsyncConnectionPool[Any], max_page: int = 1000) -> None:
         self._pool = pool
         self._max_page = max_page
+        # Changes and incidents only: grouping applies to openings, which the shipper applies.
+        self._projector = EscalationProjector()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgTransaction]:
@@ -134,7 +131,7 @@ class PgEscalationStore:
         with _reachable():
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-                yield PgTransaction(conn)
+                yield PgTransaction(conn, self._projector)
 
     async def get(self, escalation_id: str) -> tuple[Escalation, dt.datetime]:
         """One escalation and the database's now; InvalidRequest or NotFound. An id that
@@ -200,12 +197,20 @@ class PgEscalationStore:
         ids = {str(v) for r in rows for v in r[1:] if v is not None}
         return ids, last
 
-    async def insert(self, e: Escalation) -> None:
-        """Open ``e`` directly (for an incident the journal refused); a no-op if it exists."""
+    async def request_json(self, decision_id: str) -> str | None:
+        """The audited request of decision ``decision_id`` (shipped with its escalation)."""
+        rows = await self._fetch(
+            "SELECT request_json FROM audit_decisions WHERE decision_id = %s "
+            "AND kind IN ('decide', 'decision') LIMIT 1", (uuid.UUID(decision_id),))
+        return str(rows[0][0]) if rows else None
+
+    async def open_incident(self, entry: EventEntry) -> None:
+        """Record the ``incident.opened`` event ``entry`` (one no journal took) in the admin
+        chain and open its escalation, in one transaction; a no-op if it is open already."""
         with _reachable():
-            async with self._pool.connection() as conn, conn.transaction():
-                await conn.execute("SELECT acgs_open_escalation(%s::jsonb)",
-                                   (json.dumps(e.spec()),))
+            async with self._pool.connection() as conn, conn.transaction(), \
+                    conn.cursor() as cur:
+                await pg_event_chain.append_async(cur, [entry], projectors=(self._projector,))
 
     async def _fetch(self, query: Any, params: Any) -> list[tuple[Any, ...]]:
         with _reachable():

@@ -130,7 +130,7 @@ class Escalation:
         return expire(self, now=now, by="") if self.is_due(now) else self
 
     def spec(self) -> dict[str, Any]:
-        """The opening fields as JSON values, keyed by column (what acgs_open_escalation reads)."""
+        """The opening fields as JSON values, keyed by column (an escalation.opened payload)."""
         return {
             "id": self.id, "decision_id": self.decision_id or None, "reason": self.reason,
             "severity": self.severity.value, "message": self.message,

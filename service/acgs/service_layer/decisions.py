@@ -47,8 +47,10 @@ from acgs.service_layer.ports import (
     AuditEntry,
     AuditSink,
     DecisionCache,
+    Entry,
     Escalator,
     Evaluation,
+    EventEntry,
     PolicyEngine,
     Telemetry,
 )
@@ -329,8 +331,8 @@ class DecisionService:
         request's canonical input, where already encoded."""
         if self._audit is None:
             return decisions
-        entries: list[AuditEntry] = []
-        openings: list[AuditEntry] = []
+        entries: list[Entry] = []
+        openings: list[EventEntry] = []
         encoded = input_jsons if input_jsons is not None else [None] * len(requests)
         for i, (decision, request, input_json) in enumerate(
                 zip(decisions, requests, encoded, strict=True)):
@@ -358,7 +360,7 @@ class DecisionService:
         return decisions
 
     def _opening(self, decision: Decision, request: DecisionRequest,
-                 caller: Caller) -> tuple[str, AuditEntry | None]:
+                 caller: Caller) -> tuple[str, EventEntry | None]:
         reason = esc.reason_for(decision) if self._escalator is not None else ""
         if self._escalator is None or not reason:
             return "", None

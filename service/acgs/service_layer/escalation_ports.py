@@ -10,24 +10,19 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from acgs.domain.escalation import Escalation, EscalationEvent, EscalationFilter, EscalationPage
-from acgs.service_layer.ports import AuditEntry
+from acgs.service_layer.ports import Entry, EventEntry
 
 
 class Transaction(Protocol):
     """One write transaction of the store; committed when its block ends normally."""
 
-    async def lock(self, escalation_id: str) -> tuple[Escalation, dt.datetime]:
-        """The escalation (locked) and the database's now; InvalidRequest, NotFound."""
-        ...
-
     async def due(self, *, limit: int) -> tuple[list[Escalation], dt.datetime]:
         """Pending escalations past their expiry (locked; other servers skip them)."""
         ...
 
-    async def request_json(self, decision_id: str) -> str | None: ...
-
-    async def save(self, e: Escalation, *, event: str, actor: str) -> Escalation:
-        """Store ``e``'s changes and record ``event``; ``e`` with its event seq."""
+    async def apply(self, entry: EventEntry) -> Escalation | None:
+        """Apply the journaled ``escalation.changed`` event ``entry`` (as the shipper will);
+        the escalation after it, or None when it moved on since (nothing applied)."""
         ...
 
 
@@ -51,7 +46,11 @@ class EscalationStore(Protocol):
 
     async def closed_after(self, seq: int, *, limit: int = 1000) -> tuple[set[str], int]: ...
 
-    async def insert(self, e: Escalation) -> None: ...
+    async def request_json(self, decision_id: str) -> str | None: ...
+
+    async def open_incident(self, entry: EventEntry) -> None:
+        """Record ``entry`` (``incident.opened``) and open its escalation, in one step."""
+        ...
 
 
 class Bell(Protocol):
@@ -67,7 +66,7 @@ class Bell(Protocol):
 class ReservingSink(Protocol):
     """The audit journal: an AuditSink that can take a record past its backlog bound."""
 
-    async def append(self, entries: Sequence[AuditEntry], *, reserve: bool = False) -> None: ...
+    async def append(self, entries: Sequence[Entry], *, reserve: bool = False) -> None: ...
 
 
 class EscalationTelemetry(Protocol):

@@ -1,48 +1,56 @@
 """The escalation use cases: list, get, watch, acknowledge, resolve, and expiry.
 
-Every change happens in one store transaction that locks the escalation,
-applies a rule of :mod:`acgs.domain.escalation` with the database's ``now``,
-appends its audit record(s) to the journal (durable before the commit), then
-saves it with an event. An approval that reaches ``required_approvals`` also
-appends an audited ALLOW decision (kind "approval", a new decision id, linked
-both ways with the escalation), which is how the requester's action becomes
-allowed. If the commit fails after the journal took the records, the audit
-trail holds the record of a change that did not happen; the escalation, which
-is what is enforced, stays as it was.
+Every change is an ``escalation.changed`` event (acgs.domain.events): the
+change is computed by a rule of :mod:`acgs.domain.escalation` on the
+escalation as read, with the database's ``now``; its event is journaled
+(durable first, with the caller as its actor); then it is applied in a store
+transaction by the escalation projector, the one writer of escalations (the
+same that the shipper runs later, when applying it again is a no-op: same
+event id), so that the answer shows the new state. No lock is held while the
+journal syncs. An approval that reaches ``required_approvals`` also journals
+an ALLOW decision (a ``decision`` whose ``data`` names the escalation it
+approves: events.ApprovalOf, a new decision id, linked both ways with the
+escalation), which is how the requester's action becomes allowed.
+
+The projector applies a change only to the escalation as it was when the
+change was computed (same state, same approvals). If another change came
+first (another approver at the same moment), the change is computed again on
+the new state and journaled again; the superseded event's record is
+quarantined by the shipper, so the audit trail holds it with the reason. If
+the apply fails after the journal took the event (PostgreSQL down), the
+caller gets UNAVAILABLE and the shipper applies the event later if the
+escalation is still as the change found it (else quarantines it).
 
 Expiry: a pending escalation past ``expires_at`` is reported as expired on
-every read, made so (audited, with an event) by :meth:`EscalationService.sweep`
-(run by each server at start and periodically) and by the read or change that
-finds it due. Resolving or acknowledging it then is FAILED_PRECONDITION.
+every read, made so (an ``escalation.changed`` event by this server's system
+caller) by :meth:`EscalationService.sweep` (run by each server at start and
+periodically) and by the read or change that finds it due. Resolving or
+acknowledging it then is FAILED_PRECONDITION. The sweep holds the rows it
+expires (other servers' sweeps skip them) across its journal write, so two
+servers never journal the same expiry.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
-from acgs.domain import canonical
+from acgs.domain import canonical, events
 from acgs.domain import escalation as esc
 from acgs.domain.escalation import Escalation, EscalationEvent, EscalationFilter, EscalationPage
 from acgs.domain.model import Caller, Decision, Effect, new_decision_id
 from acgs.domain.tokens import AGENT
 from acgs.errors import AuditUnavailable, InvalidTransition, NotFound, Unavailable
-from acgs.service_layer.escalation_ports import (
-    Bell,
-    EscalationStore,
-    EscalationTelemetry,
-    Transaction,
-)
-from acgs.service_layer.escalator import escalation_entry
-from acgs.service_layer.ports import AuditEntry, AuditSink
+from acgs.service_layer.escalation_ports import Bell, EscalationStore, EscalationTelemetry
+from acgs.service_layer.ports import AuditEntry, AuditSink, EventEntry
 
 logger = logging.getLogger("acgs.escalations")
 
 SYSTEM_ROLE = "system"
+ATTEMPTS = 5  # computing a change again after another one came first
 Step = Callable[[Escalation, dt.datetime], tuple[Escalation, str]]
 
 
@@ -137,14 +145,14 @@ class EscalationService:
         while await self._store.any_due():
             async with self._store.transaction() as tx:
                 due, now = await tx.due(limit=self._sweep_batch)
-                changed = [esc.expire(e, now=now, by=self.system.id) for e in due]
-                if changed:
-                    await self._audit.append([
-                        escalation_entry(e, event=esc.EXPIRED, caller=self.system,
-                                         constitutional_hash=self._hash) for e in changed])
-                saved = [await tx.save(e, event=esc.EXPIRED, actor=self.system.id)
-                         for e in changed]
-            expired.extend(saved)
+                entries = [self._event(e, esc.expire(e, now=now, by=self.system.id),
+                                       esc.EXPIRED, self.system) for e in due]
+                if entries:
+                    await self._audit.append(entries)
+                for entry in entries:
+                    saved = await tx.apply(entry)
+                    if saved is not None:
+                        expired.append(saved)
             if len(due) < self._sweep_batch:
                 break  # the rest, if any, is locked by another server's sweep
         self._resolved(expired)
@@ -155,51 +163,59 @@ class EscalationService:
 
     async def _change(self, escalation_id: str, caller: Caller, step: Step,
                       comment: str) -> Escalation:
-        expired: Escalation | None = None
-        async with self._store.transaction() as tx:
-            e, now = await tx.lock(escalation_id)
+        for _ in range(ATTEMPTS):
+            e, now = await self._store.get(escalation_id)
             if e.is_due(now):
-                expired = await self._apply(tx, esc.expire(e, now=now, by=self.system.id),
-                                            esc.EXPIRED, self.system)
-            else:
-                changed, event = step(e, now)
-                if not event:
-                    return e  # nothing changed (an approver approving again)
-                saved = await self._apply(tx, changed, event, caller, comment)
-        if expired is not None:  # committed: the expiry stands, the change is refused
-            self._resolved([expired])
-            raise InvalidTransition(
-                f"escalation {escalation_id} expired at {expired.expires_at.isoformat()}")
-        self._resolved([saved])
-        return saved
+                expired = await self._commit(e, esc.expire(e, now=now, by=self.system.id),
+                                             esc.EXPIRED, self.system)
+                if expired is None:
+                    continue  # changed meanwhile: look again
+                self._resolved([expired])  # the expiry stands, the change is refused
+                raise InvalidTransition(
+                    f"escalation {escalation_id} expired at {expired.expires_at.isoformat()}")
+            changed, change = step(e, now)
+            if not change:
+                return e  # nothing changed (an approver approving again)
+            saved = await self._commit(e, changed, change, caller, comment)
+            if saved is not None:
+                self._resolved([saved])
+                return saved
+        raise Unavailable(f"escalation {escalation_id} keeps changing; try again")
 
-    async def _apply(self, tx: Transaction, e: Escalation, event: str, caller: Caller,
-                     comment: str = "") -> Escalation:
-        """Journal ``event`` of ``e`` (and, on approval, its ALLOW decision), then save it."""
+    async def _commit(self, before: Escalation, after: Escalation, change: str, caller: Caller,
+                      comment: str = "") -> Escalation | None:
+        """Journal the change of ``before`` into ``after`` (and, on approval, its ALLOW
+        decision), then apply it; None when another change came first."""
         approval: list[AuditEntry] = []
-        if event == esc.APPROVED and e.decision_id:
-            e, entry = await self._approval(tx, e, caller)
-            approval.append(entry)
-        await self._audit.append([
-            escalation_entry(e, event=event, caller=caller, constitutional_hash=self._hash,
-                             comment=comment), *approval])
-        return await tx.save(e, event=event, actor=caller.id)
+        if change == esc.APPROVED and after.decision_id:
+            after, allow = await self._approval(after, caller)
+            approval.append(allow)
+        entry = self._event(before, after, change, caller, comment)
+        await self._audit.append([entry, *approval])
+        async with self._store.transaction() as tx:
+            return await tx.apply(entry)
 
-    async def _approval(self, tx: Transaction, e: Escalation,
-                        caller: Caller) -> tuple[Escalation, AuditEntry]:
+    def _event(self, before: Escalation, after: Escalation, change: str, caller: Caller,
+               comment: str = "") -> EventEntry:
+        return EventEntry(events.EscalationChanged.of(before, after, change=change,
+                                                      comment=comment),
+                          caller, constitutional_hash=self._hash)
+
+    async def _approval(self, e: Escalation, caller: Caller) -> tuple[Escalation, AuditEntry]:
         """The audited ALLOW an approval produces: the escalated request, allowed."""
-        request_json = await tx.request_json(e.decision_id)
-        doc = json.loads(request_json) if request_json else {
-            "request_id": e.request_id,
-            "input": {"tenant_id": e.tenant_id, "principal": {"id": e.principal_id}}}
-        doc["escalation"] = {"event": esc.APPROVED, "id": e.id, "decision_id": e.decision_id,
-                             "approvers": [a.approver_id for a in e.approvals]}
+        request_json = await self._store.request_json(e.decision_id)
+        if not request_json:
+            request_json = canonical.dumps({
+                "request_id": e.request_id,
+                "input": {"tenant_id": e.tenant_id, "principal": {"id": e.principal_id}}})
         decision = Decision(
             decision_id=new_decision_id(), request_id=e.request_id, effect=Effect.ALLOW,
             violations=(), policy_revision=e.policy_revision, constitutional_hash=self._hash,
             cached=False, latency_us=0, decided_at_ns=time.time_ns(), escalation_id=e.id)
         e = replace(e, approval_decision_id=decision.decision_id)
-        return e, AuditEntry("approval", decision, caller, canonical.dumps(doc))
+        data = events.encode(events.ApprovalOf(e.id, e.decision_id,
+                                               tuple(a.approver_id for a in e.approvals)))
+        return e, AuditEntry(events.DECISION, decision, caller, request_json, data=data)
 
     def _resolved(self, escalations: list[Escalation]) -> None:
         for e in escalations:

@@ -4,52 +4,55 @@ Why through the journal. A decision that needs a human must carry its
 escalation id, and that escalation must survive anything the decision
 survives, including PostgreSQL being down and the server being killed right
 after answering. So the escalation is opened *in-process*: its id is a new
-UUID, its fields are computed here, and its opening is one more audit record
-("escalation", event "opened") appended in the same group-committed, fsynced
-journal write as the decision itself. Decide adds no database round trip.
-The shipper that copies the journal to PostgreSQL creates the escalation row
-in the same transaction as the audit rows (:data:`acgs.adapters.pg_escalations.PROJECTION`),
-exactly once; a journal left by a dead server is shipped, and its escalations
-opened, by the next server on the host.
+UUID, its fields are computed here, and its opening is one more event
+(``escalation.opened``, every field of the new escalation) appended in the
+same group-committed, fsynced journal write as the decision itself. Decide
+adds no database round trip. The shipper that copies the journal to
+PostgreSQL creates the escalation row in the same transaction as the audit
+rows, with the escalation projector (:mod:`acgs.adapters.projectors.escalations`,
+the one writer of escalations), exactly once; a journal left by a dead server
+is shipped, and its escalations opened, by the next server on the host.
 
 Grouping (:mod:`acgs.domain.escalation_group`). A decision whose group has an
 escalation this server opened within ``group_window_s`` joins it: it carries
 that escalation's id and journals no opening (its own audit record is what
-PostgreSQL counts). Across servers, PostgreSQL merges an opening into the
-pending escalation of the same group (``acgs_open_escalation``, migration
-0008): the later id becomes an alias that reads as the earlier escalation.
+the projector counts). Across servers, the projector merges an opening into
+the pending escalation of the same group opened within the window: the later
+id becomes an alias that reads as the earlier escalation.
 
 Incidents (a request naming another constitution, the audit trail refusing
 decisions) answer no durable decision. They are opened once per key at a
-time (``incident_window_s``), in the journal past its backlog bound (a full
-journal is what they report), else directly in PostgreSQL, else kept in an
-outbox retried by the sweeper. The condition that raised them is detected
-again after a restart, so an incident the outbox lost to a crash is raised anew.
+time (``incident_window_s``) by an ``incident.opened`` event: in the journal
+past its backlog bound (a full journal is what they report); else, when the
+journal refuses it, in PostgreSQL's admin chain together with the escalation
+row, in one transaction (``EscalationStore.open_incident``);
+else kept in an outbox retried by the sweeper. The condition that raised them
+is detected again after a restart, so an incident the outbox lost to a crash
+is raised anew.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from acgs.domain import canonical
 from acgs.domain import escalation as esc
+from acgs.domain import events
 from acgs.domain.escalation import Escalation, State
 from acgs.domain.escalation_group import OpenGroups, group_key
-from acgs.domain.model import Caller, Decision, Effect, Violation, new_decision_id
+from acgs.domain.model import Caller, Decision, Effect, Violation
 from acgs.errors import AuditUnavailable, Unavailable
 from acgs.service_layer.escalation_ports import (
     EscalationStore,
     EscalationTelemetry,
     ReservingSink,
 )
-from acgs.service_layer.ports import AuditEntry
+from acgs.service_layer.ports import EventEntry
 
 logger = logging.getLogger("acgs.escalations")
 
@@ -58,35 +61,12 @@ _FLEET_DEDUP = frozenset({esc.CONSTITUTION_MISMATCH})
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def escalation_entry(e: Escalation, *, event: str, caller: Caller, constitutional_hash: str,
-                     comment: str = "", decided_at_ns: int | None = None) -> AuditEntry:
-    """The audit record of ``event`` of ``e`` (kind "escalation"), by ``caller``.
-
-    Its request names the escalation's tenant and principal; an "opened" record
-    carries the whole opening (what the shipper's projection reads).
-    """
-    detail: dict[str, Any] = {"event": event, "id": e.id, "state": e.state.value,
-                              "reason": e.reason, "decision_id": e.decision_id}
-    if event == esc.OPENED:
-        detail = {**detail, **e.spec()}
-    elif comment:
-        detail["comment"] = comment
-    decision = Decision(
-        decision_id=new_decision_id(), request_id=e.request_id, effect=esc.outcome_effect(e),
-        violations=e.violations, policy_revision=e.policy_revision,
-        constitutional_hash=constitutional_hash, cached=False, latency_us=0,
-        decided_at_ns=decided_at_ns or time.time_ns(), escalation_id=e.id)
-    subject = {"tenant_id": e.tenant_id, "principal": {"id": e.principal_id}}
-    request_json = canonical.dumps({"escalation": detail, "input": subject})
-    return AuditEntry("escalation", decision, caller, request_json)
-
-
 class JournalEscalator:
     """Opens escalations through the audit journal (see the module docstring).
 
     ``ttl_s``: lifetime of an escalation (``ACGS_ESCALATION_TTL_S``);
     ``required_approvals``: approvals needed when the policy names none;
-    ``direct_timeout_s``: budget of the direct insert of an incident;
+    ``direct_timeout_s``: budget of recording an incident in PostgreSQL;
     ``group_window_s``: how long after its opening an escalation takes in the later
     decisions of its group (``ACGS_ESCALATION_GROUP_S``; 0: never).
     """
@@ -113,8 +93,8 @@ class JournalEscalator:
         self.outbox: list[Escalation] = []
 
     def opening(self, decision: Decision, *, reason: str, caller: Caller,
-                policy_input: Mapping[str, Any]) -> tuple[str, AuditEntry | None]:
-        """The escalation ``decision`` belongs to, and the record opening it (None when it
+                policy_input: Mapping[str, Any]) -> tuple[str, EventEntry | None]:
+        """The escalation ``decision`` belongs to, and the event opening it (None when it
         joins one this server opened for its group). No I/O."""
         key = group_key(reason=reason, caller=caller, policy_input=policy_input,
                         violations=decision.violations) if self._groups.enabled else ""
@@ -125,19 +105,19 @@ class JournalEscalator:
                       policy_input=policy_input, decision=decision, group=key)
         if key:
             self._groups.put(key, e.id)
-        return e.id, escalation_entry(e, event=esc.OPENED, caller=caller,
-                                      constitutional_hash=self._hash,
-                                      decided_at_ns=decision.decided_at_ns)
+        return e.id, EventEntry(events.EscalationOpened(e), caller,
+                                at_ns=decision.decided_at_ns, constitutional_hash=self._hash)
 
-    def opened(self, entries: Sequence[AuditEntry]) -> None:
-        """Count escalations whose opening records are durable."""
+    def opened(self, entries: Sequence[EventEntry]) -> None:
+        """Count escalations whose opening events are durable."""
         for entry in entries:
-            reason = json.loads(entry.request_json)["escalation"]["reason"]
-            self._telemetry.escalation_created(reason=str(reason))
+            assert isinstance(entry.event, events.EscalationOpened)
+            self._telemetry.escalation_created(reason=entry.event.escalation.reason)
 
-    def abandoned(self, entries: Sequence[AuditEntry]) -> None:
+    def abandoned(self, entries: Sequence[EventEntry]) -> None:
         """Openings the journal refused: their groups open anew next time."""
-        self._groups.forget({entry.decision.escalation_id for entry in entries})
+        self._groups.forget({entry.event.escalation.id for entry in entries
+                             if isinstance(entry.event, events.EscalationOpened)})
 
     def closed(self, escalation_id: str) -> None:
         """An escalation was resolved here: later decisions of its group open a new one."""
@@ -192,17 +172,17 @@ class JournalEscalator:
             requester_identity=caller.identity, group_key=group, last_seen_at=created)
 
     async def _make_durable(self, e: Escalation) -> None:
-        """Journal ``e`` (past the bound), else insert it directly, else keep it in the outbox."""
+        """Journal ``e``'s opening (past the bound), else record it with the row in
+        PostgreSQL, else keep it in the outbox."""
         caller = Caller(id=e.requester_id, role=e.requester_role, identity=e.requester_identity)
-        entry = escalation_entry(e, event=esc.OPENED, caller=caller,
-                                 constitutional_hash=self._hash)
+        entry = EventEntry(events.IncidentOpened(e), caller, constitutional_hash=self._hash)
         try:
             await self._journal.append([entry], reserve=True)
             return
         except AuditUnavailable as err:
             logger.error("journal refused incident escalation %s (%s): %s", e.id, e.reason, err)
         try:
-            await asyncio.wait_for(self._store.insert(e), self._direct_timeout_s)
+            await asyncio.wait_for(self._store.open_incident(entry), self._direct_timeout_s)
         except (Unavailable, TimeoutError) as err:
             logger.error("incident escalation %s kept in memory until the database answers: %s",
                          e.id, err)

@@ -105,11 +105,11 @@ class Escalator(Protocol):
     """Hands decisions to humans (:mod:`acgs.service_layer.escalator`).
 
     ``opening`` does no I/O: it returns the id of the escalation ``decision``
-    belongs to and the audit entry that opens it (None when the decision joins
-    an escalation of its group opened before). The escalation exists once that
-    entry is durable, so the caller appends it with the decision's own entry,
-    then reports them with ``opened`` (or, when the journal refused them,
-    ``abandoned``).
+    belongs to and the ``escalation.opened`` event that opens it (None when the
+    decision joins an escalation of its group opened before). The escalation
+    exists once that event is durable, so the caller appends it before the
+    decision's own entry, then reports them with ``opened`` (or, when the
+    journal refused them, ``abandoned``).
     ``incident`` opens an escalation that no durable decision carries (a
     request naming another constitution, the audit trail refusing decisions):
     once per ``key`` at a time, durable before it returns when the journal or
@@ -118,11 +118,11 @@ class Escalator(Protocol):
     """
 
     def opening(self, decision: Decision, *, reason: str, caller: Caller,
-                policy_input: Mapping[str, Any]) -> tuple[str, AuditEntry | None]: ...
+                policy_input: Mapping[str, Any]) -> tuple[str, EventEntry | None]: ...
 
-    def opened(self, entries: Sequence[AuditEntry]) -> None: ...
+    def opened(self, entries: Sequence[EventEntry]) -> None: ...
 
-    def abandoned(self, entries: Sequence[AuditEntry]) -> None: ...
+    def abandoned(self, entries: Sequence[EventEntry]) -> None: ...
 
     async def incident(self, *, reason: str, key: str, caller: Caller, violation: Violation,
                        policy_input: Mapping[str, Any] | None = None) -> str: ...
