@@ -85,6 +85,16 @@ class PgTransaction:
         self._conn = conn
         self._projector = projector
 
+    async def lock(self, escalation_id: str) -> tuple[Escalation, dt.datetime]:
+        """The escalation (an alias reads as its target), locked until the end of the
+        transaction, and the database's now. Raises InvalidRequest or NotFound."""
+        cur = await self._conn.execute(_SELECT + " WHERE id = acgs_escalation_target(%s) "
+                                       "FOR UPDATE", (_key(escalation_id),))
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no escalation {escalation_id}")
+        return esc.from_row(row[0]), row[1]
+
     async def due(self, *, limit: int) -> tuple[list[Escalation], dt.datetime]:
         """Up to ``limit`` pending escalations past their expiry, locked (others skip them)."""
         cur = await self._conn.execute(

@@ -20,6 +20,12 @@ class Transaction(Protocol):
         """Pending escalations past their expiry (locked; other servers skip them)."""
         ...
 
+    async def lock(self, escalation_id: str) -> tuple[Escalation, dt.datetime]:
+        """The escalation, locked until the end of the transaction, and the database's now.
+
+        Raises InvalidRequest (not a UUID) or NotFound."""
+        ...
+
     async def apply(self, entry: EventEntry) -> Escalation | None:
         """Apply the journaled ``escalation.changed`` event ``entry`` (as the shipper will);
         the escalation after it, or None when it moved on since (nothing applied)."""

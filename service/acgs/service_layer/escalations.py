@@ -1,25 +1,27 @@
 """The escalation use cases: list, get, watch, acknowledge, resolve, and expiry.
 
-Every change is an ``escalation.changed`` event (acgs.domain.events): the
-change is computed by a rule of :mod:`acgs.domain.escalation` on the
-escalation as read, with the database's ``now``; its event is journaled
-(durable first, with the caller as its actor); then it is applied in a store
-transaction by the escalation projector, the one writer of escalations (the
-same that the shipper runs later, when applying it again is a no-op: same
-event id), so that the answer shows the new state. No lock is held while the
-journal syncs. An approval that reaches ``required_approvals`` also journals
-an ALLOW decision (a ``decision`` whose ``data`` names the escalation it
-approves: events.ApprovalOf, a new decision id, linked both ways with the
-escalation), which is how the requester's action becomes allowed.
+Every change is an ``escalation.changed`` event (acgs.domain.events), made
+in one store transaction: the escalation is locked, the change is computed
+by a rule of :mod:`acgs.domain.escalation` with the database's ``now``, its
+event is journaled (durable first, with the caller as its actor), then it is
+applied by the escalation projector, the one writer of escalations (the same
+that the shipper runs later, when applying it again is a no-op: same event
+id), so that the answer shows the new state. The lock is held across the
+journal write (admin actions are human-paced; an fsync is milliseconds), so
+no other change can come between: two approvers at the same moment are
+applied one after the other, never one "superseded". An approval that
+reaches ``required_approvals`` also journals an ALLOW decision (a
+``decision`` whose ``data`` names the escalation it approves:
+events.ApprovalOf, a new decision id, linked both ways with the escalation),
+which is how the requester's action becomes allowed.
 
 The projector applies a change only to the escalation as it was when the
-change was computed (same state, same approvals). If another change came
-first (another approver at the same moment), the change is computed again on
-the new state and journaled again; the superseded event's record is
-quarantined by the shipper, so the audit trail holds it with the reason. If
-the apply fails after the journal took the event (PostgreSQL down), the
-caller gets UNAVAILABLE and the shipper applies the event later if the
-escalation is still as the change found it (else quarantines it).
+change was computed (same state, same approvals). If the commit fails after
+the journal took the event (PostgreSQL down), the caller gets UNAVAILABLE and
+the shipper applies the event later if the escalation is still as the change
+found it; if another change came first, the shipper quarantines the event's
+record with the reason "superseded", so the trail keeps it and says why it
+never took effect.
 
 Expiry: a pending escalation past ``expires_at`` is reported as expired on
 every read, made so (an ``escalation.changed`` event by this server's system
@@ -44,13 +46,17 @@ from acgs.domain.escalation import Escalation, EscalationEvent, EscalationFilter
 from acgs.domain.model import Caller, Decision, Effect, new_decision_id
 from acgs.domain.tokens import AGENT
 from acgs.errors import AuditUnavailable, InvalidTransition, NotFound, Unavailable
-from acgs.service_layer.escalation_ports import Bell, EscalationStore, EscalationTelemetry
+from acgs.service_layer.escalation_ports import (
+    Bell,
+    EscalationStore,
+    EscalationTelemetry,
+    Transaction,
+)
 from acgs.service_layer.ports import AuditEntry, AuditSink, EventEntry
 
 logger = logging.getLogger("acgs.escalations")
 
 SYSTEM_ROLE = "system"
-ATTEMPTS = 5  # computing a change again after another one came first
 Step = Callable[[Escalation, dt.datetime], tuple[Escalation, str]]
 
 
@@ -163,37 +169,41 @@ class EscalationService:
 
     async def _change(self, escalation_id: str, caller: Caller, step: Step,
                       comment: str) -> Escalation:
-        for _ in range(ATTEMPTS):
-            e, now = await self._store.get(escalation_id)
+        """Lock the escalation, journal its change, apply it, commit: no other change can
+        come between, so a journaled change is superseded only when its commit fails (then
+        the shipper applies it later, or quarantines it if another change came first)."""
+        expired: Escalation | None = None
+        async with self._store.transaction() as tx:
+            e, now = await tx.lock(escalation_id)
             if e.is_due(now):
-                expired = await self._commit(e, esc.expire(e, now=now, by=self.system.id),
+                expired = await self._commit(tx, e, esc.expire(e, now=now, by=self.system.id),
                                              esc.EXPIRED, self.system)
-                if expired is None:
-                    continue  # changed meanwhile: look again
-                self._resolved([expired])  # the expiry stands, the change is refused
-                raise InvalidTransition(
-                    f"escalation {escalation_id} expired at {expired.expires_at.isoformat()}")
-            changed, change = step(e, now)
-            if not change:
-                return e  # nothing changed (an approver approving again)
-            saved = await self._commit(e, changed, change, caller, comment)
-            if saved is not None:
-                self._resolved([saved])
-                return saved
-        raise Unavailable(f"escalation {escalation_id} keeps changing; try again")
+            else:
+                changed, change = step(e, now)
+                if not change:
+                    return e  # nothing changed (an approver approving again)
+                saved = await self._commit(tx, e, changed, change, caller, comment)
+        if expired is not None:  # committed: the expiry stands, the change is refused
+            self._resolved([expired])
+            raise InvalidTransition(
+                f"escalation {escalation_id} expired at {expired.expires_at.isoformat()}")
+        self._resolved([saved])
+        return saved
 
-    async def _commit(self, before: Escalation, after: Escalation, change: str, caller: Caller,
-                      comment: str = "") -> Escalation | None:
-        """Journal the change of ``before`` into ``after`` (and, on approval, its ALLOW
-        decision), then apply it; None when another change came first."""
+    async def _commit(self, tx: Transaction, before: Escalation, after: Escalation,
+                      change: str, caller: Caller, comment: str = "") -> Escalation:
+        """Journal the change of ``before`` (locked by ``tx``) into ``after`` (and, on
+        approval, its ALLOW decision), then apply it in ``tx``."""
         approval: list[AuditEntry] = []
         if change == esc.APPROVED and after.decision_id:
             after, allow = await self._approval(after, caller)
             approval.append(allow)
         entry = self._event(before, after, change, caller, comment)
         await self._audit.append([entry, *approval])
-        async with self._store.transaction() as tx:
-            return await tx.apply(entry)
+        saved = await tx.apply(entry)
+        if saved is None:  # cannot happen under the lock: a bug, never a silent loss
+            raise RuntimeError(f"escalation {before.id} changed under its lock")
+        return saved
 
     def _event(self, before: Escalation, after: Escalation, change: str, caller: Caller,
                comment: str = "") -> EventEntry:
