@@ -17,7 +17,9 @@ logged (with its traceback, or as one warning per distinct message for the
 ``expected`` errors, e.g. "database unreachable"), counted as a restart, marked
 down, and run again after an exponential back-off (``backoff_s``, doubled per
 failure up to its bound, reset once the part reports itself healthy again).
-Each task's liveness and restarts are readable at any time (:meth:`states`):
+A task is up while it runs; after a failure it is down until it shows it works
+again (a round succeeds, the listener listens, the thread lives). Each task's
+liveness and restarts are readable at any time (:meth:`states`):
 ``acgs_task_up{task}`` and ``acgs_task_restarts_total{task}``, and a line in
 ``/ready``'s body while a task is down.
 
@@ -36,7 +38,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 logger = logging.getLogger("acgs.lifecycle")
 
@@ -89,6 +91,7 @@ class Part:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._last_logged = ""
+        self._failing = False  # crashed since it last showed it works
         self.started = False
         self.stopped = False
         self.up = False
@@ -116,12 +119,13 @@ class Part:
         if not self.up and self.restarts:
             logger.info("task %s is up again", self.name)
         self.up = True
+        self._failing = False
         self._delay = self._backoff_s[0]
         self._last_logged = ""
 
     def crashed(self, err: BaseException) -> None:
         """Count and log one failure of the work; it goes on after :meth:`pause`."""
-        self.up = False
+        self.up, self._failing = False, True
         self.restarts += 1
         self.last_error = f"{type(err).__name__}: {err}".strip()
         if isinstance(err, self._expected):
@@ -147,18 +151,23 @@ class Part:
         if seconds <= 0 or self.stopping:
             return
         stopping = asyncio.ensure_future(self._stopping.wait())
-        waiters: set[asyncio.Future[object]] = {stopping}  # type: ignore[arg-type]
+        waiters: list[asyncio.Future[Any]] = [stopping]
         if ring is not None:
-            waiters.add(ring)  # type: ignore[arg-type]
+            waiters.append(ring)
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
 
     async def _supervise(self) -> None:
+        body = self._body
+        assert body is not None  # only parts with background work have a task
         while not self.stopping:
+            # Up while it runs (a task waiting for its next round or its next item is up);
+            # after a crash, down until it shows it works again (``healthy``).
+            self.up = not self._failing
             try:
-                await self._body(self)  # type: ignore[misc]
+                await body(self)
                 return  # ended by itself (only when stopping)
             except asyncio.CancelledError:
                 raise
