@@ -5,29 +5,18 @@ budget (lifecycle.database)."""
 from __future__ import annotations
 
 import re
-import time
 import urllib.request
-from collections.abc import Callable
 
 import psycopg
 import pytest
 
-from tests.e2e.test_start_offline import _decide
+from tests.e2e.test_start_offline import _decide, _wait
 from tests.plugins.servers import ServerFactory, ServerProcess
 
 pytestmark = pytest.mark.postgres
 
 TASKS = ("shipper", "checkpointer", "token-refresh", "escalation-sweeper", "shadow",
          "policy-sync", "listener", "database-watch")
-
-
-def _wait(what: str, check: Callable[[], object], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _tasks(server: ServerProcess, name: str) -> dict[str, float]:

@@ -270,6 +270,7 @@ def test_ready_names_a_task_that_is_down() -> None:
 
         parts.every("sweeper", broken, interval_s=1, first="now")
         await parts.start()
+        assert parts.down_note() == ""  # running: up from its start
         await _until(lambda: parts.down_note())
         body = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics.port}/ready")
         assert body == ("SERVING\ntask sweeper down (restarts 1): RuntimeError: no such table\n")

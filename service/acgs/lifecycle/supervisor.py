@@ -111,6 +111,7 @@ class Part:
             await self._start_step()
         self.started = True
         if self._body is not None:
+            self.up = not self._failing  # running from now (unless its first round failed)
             self._task = asyncio.get_running_loop().create_task(
                 self._supervise(), name=f"acgs-{self.name}")
 
@@ -194,8 +195,12 @@ class Part:
             step = asyncio.ensure_future(self._stop_step())
             if not await _ended(step, timeout_s):
                 self._supervisor.did_not_stop(self.name, timeout_s)
-            elif not step.cancelled() and step.exception() is not None:
-                logger.error("stopping %s failed", self.name, exc_info=step.exception())
+            elif not step.cancelled() and (err := step.exception()) is not None:
+                if isinstance(err, self._expected):
+                    logger.warning("stopping %s failed: %s: %s", self.name,
+                                   type(err).__name__, err)
+                else:
+                    logger.error("stopping %s failed", self.name, exc_info=err)
 
 
 async def _ended(task: asyncio.Future[None], timeout_s: float) -> bool:

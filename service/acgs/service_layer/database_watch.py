@@ -53,8 +53,7 @@ class DatabaseWatch:
         """Why the database was refused (it is then never used); empty otherwise."""
 
     def defer(self, steps: Sequence[Step]) -> None:
-        """Run ``steps`` once the database is ready (now-ish if it already is: call before
-        ``start``)."""
+        """Run ``steps`` once the database is ready (at the first round if it already is)."""
         self._deferred.extend(steps)
 
     def note(self) -> str:
