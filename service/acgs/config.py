@@ -1,7 +1,7 @@
 """Settings: one frozen object, built once from the ``ACGS_*`` environment.
 
 Only :func:`Settings.from_env` reads the environment; everything else receives
-the object (or the values it needs) from :mod:`acgs.bootstrap`.
+the object (or the values it needs) from :mod:`acgs.lifecycle`.
 """
 
 from __future__ import annotations
@@ -163,8 +163,11 @@ class Settings:
     tls_client_ca: Path | None = None
     tls_client_map: Path | None = None
     token_refresh_s: float = 1.0
-    # Starting and running while PostgreSQL is unreachable (bootstrap_offline)
+    # Starting and running while PostgreSQL is unreachable (lifecycle.offline)
     database_retry_s: float = 2.0
+    # The connection budget (lifecycle.database): one pool shared by every part
+    db_pool_min: int = 1
+    db_pool_max: int = 8
     rate_limits: RateLimits = (("agent", 2000.0, 4000.0), ("admin", 50.0, 100.0),
                                ("auditor", 100.0, 200.0))
 
@@ -182,6 +185,7 @@ class Settings:
             raise ConfigurationError(
                 f"ACGS_ENV={environment!r}: expected development, production or test"
             )
+        pool_min, pool_max = _pool_sizes(e, d.db_pool_min, d.db_pool_max)
         return cls(
             grpc_addr=e.get("ACGS_GRPC_ADDR", d.grpc_addr),
             metrics_addr=e.get("ACGS_METRICS_ADDR", d.metrics_addr),
@@ -251,7 +255,18 @@ class Settings:
             token_refresh_s=_float(e, "ACGS_TOKEN_REFRESH_S", d.token_refresh_s),
             rate_limits=_rates(e, d.rate_limits),
             database_retry_s=_float(e, "ACGS_DATABASE_RETRY_S", d.database_retry_s),
+            db_pool_min=pool_min,
+            db_pool_max=pool_max,
         )
+
+
+def _pool_sizes(env: Mapping[str, str], least: int, most: int) -> tuple[int, int]:
+    """ACGS_DB_POOL_MIN and ACGS_DB_POOL_MAX (lifecycle.database: the connection budget)."""
+    low = _int(env, "ACGS_DB_POOL_MIN", least, minimum=0)
+    high = _int(env, "ACGS_DB_POOL_MAX", most, minimum=1)
+    if high < low:
+        raise ConfigurationError(f"ACGS_DB_POOL_MAX={high} is below ACGS_DB_POOL_MIN={low}")
+    return low, high
 
 
 def _share(env: Mapping[str, str], name: str, default: float) -> float:

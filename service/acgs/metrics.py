@@ -36,7 +36,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -105,6 +105,19 @@ class ShipperHealth(Protocol):
     def stalled_for_s(self) -> float: ...
 
     def stall_note(self) -> str | None: ...
+
+
+class TaskHealth(Protocol):
+    """One supervised task (:class:`acgs.lifecycle.supervisor.TaskState`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def restarts(self) -> int: ...
 
 
 class _Buckets:
@@ -198,6 +211,7 @@ class Metrics:
         self._policy_revision: Callable[[], str] | None = None
         self._ready: Callable[[], bool] = lambda: False
         self._database: tuple[Callable[[], bool], Callable[[], str]] | None = None
+        self._tasks: tuple[Callable[[], Sequence[TaskHealth]], Callable[[], str]] | None = None
         self._registry = CollectorRegistry(auto_describe=True)
         self._provider = MeterProvider(
             metric_readers=[_Reader(registry=self._registry, extra=self._histograms)],
@@ -269,7 +283,7 @@ class Metrics:
     def _ready_notes(self) -> bytes:
         """Lines after the status in ``/ready``'s body: what is degraded but not fatal
         (decisions go on, so the status stays)."""
-        return self._database_note() + self._shipper_note()
+        return self._database_note() + self._shipper_note() + self._tasks_note()
 
     def _database_note(self) -> bytes:
         try:
@@ -277,6 +291,14 @@ class Metrics:
         except Exception:
             logger.exception("database note callback failed")
             note = "database state unknown"
+        return f"{note}\n".encode() if note else b""
+
+    def _tasks_note(self) -> bytes:
+        try:
+            note = self._tasks[1]() if self._tasks is not None else ""
+        except Exception:
+            logger.exception("task health callback failed")
+            note = "background tasks: health unknown"
         return f"{note}\n".encode() if note else b""
 
     def _shipper_note(self) -> bytes:
@@ -386,6 +408,13 @@ class Metrics:
         """
         self._database = (reachable, note)
 
+    def watch_tasks(self, *, states: Callable[[], Sequence[TaskHealth]],
+                    note: Callable[[], str]) -> None:
+        """Export each supervised task's liveness (``acgs_task_up``) and restarts
+        (``acgs_task_restarts_total``); add ``note()`` (the tasks down) to ``/ready``'s body,
+        whose status stays what readiness says. Both run in scrape threads: cheap, no I/O."""
+        self._tasks = (states, note)
+
     def watch_readiness(self, ready: Callable[[], bool]) -> None:
         """Answer ``GET /ready`` with 200 while ``ready()`` is true, else 503 (the default).
 
@@ -425,6 +454,9 @@ class Metrics:
              "journal lines, records PostgreSQL refused)", self._shipper_obs("quarantined")),
             ("acgs_audit_shipper_restarts", "Audit shipper rounds that failed and were retried",
              self._shipper_obs("restarts")),
+            ("acgs_task_restarts", "Failures of a supervised background task (a crashed "
+             "loop or a failed round), each retried after a back-off, by task",
+             self._task_obs(up=False)),
         ):
             counter(name, [callback], unit="1", description=doc)
         for name, unit, doc, callback in (
@@ -443,6 +475,9 @@ class Metrics:
             ("acgs_instance_info", "1", "This server (value 1)", self._obs_instance),
             ("acgs_database_reachable", "1", "1 while this server can use PostgreSQL, 0 while "
              "it decides without it", self._obs_database),
+            ("acgs_task_up", "1", "1 while a supervised background task runs as it should, 0 "
+             "while it is down (crashed and waiting to restart, or not started), by task",
+             self._task_obs(up=True)),
         ):
             gauge(name, [callback], unit=unit, description=doc)
         self._shipped = meter.create_counter(
@@ -535,6 +570,13 @@ class Metrics:
             return [Observation(value)]
         return observe
 
+    def _task_obs(self, *, up: bool) -> Callable[[CallbackOptions], Observations]:
+        def observe(_: CallbackOptions) -> Observations:
+            states = self._tasks[0]() if self._tasks is not None else ()
+            return [Observation(int(t.up) if up else t.restarts, {"task": t.name})
+                    for t in states]
+        return observe
+
     def _obs_policy(self, _: CallbackOptions) -> Observations:
         if self._policy_revision is None:
             return []
@@ -600,6 +642,10 @@ class NullTelemetry:
         pass
 
     def watch_readiness(self, ready: Callable[[], bool]) -> None:
+        pass
+
+    def watch_tasks(self, *, states: Callable[[], Sequence[TaskHealth]],
+                    note: Callable[[], str]) -> None:
         pass
 
     def watch_database(self, *, reachable: Callable[[], bool], note: Callable[[], str]) -> None:

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from acgs.adapters.gated_pool import GatedPool
 from acgs.adapters.pg_migrations import migrate
-from acgs.bootstrap_offline import database_watch, prepare_database, snapshot_store
 from acgs.config import Settings
 from acgs.errors import Unavailable
+from acgs.lifecycle.database import watching
+from acgs.lifecycle.offline import database_watch, prepare_database, snapshot_store
+from acgs.lifecycle.supervisor import Supervisor
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 pytestmark = pytest.mark.postgres
@@ -66,12 +68,14 @@ def test_a_reachable_database_is_migrated_then_the_deferred_steps_run(
                 ran.append("shipper")
 
             watch.defer([step])
-            await watch.start()
+            parts = Supervisor()
+            watching(parts, watch)
+            await parts.start()
             for _ in range(200):
                 if ran and watch.reachable:
                     break
                 await asyncio.sleep(0.05)
-            await watch.stop()
+            await parts.stop()
             assert watch.ready and watch.note() == ""
         return ran
 
@@ -100,13 +104,15 @@ def test_a_database_of_another_constitution_is_refused_when_it_answers(
 
             watch.on_refused = on_refused
             watch.defer([step])
-            await watch.start()
+            parts = Supervisor()
+            watching(parts, watch)
+            await parts.start()
             for _ in range(200):
                 if refused:
                     break
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.2)
-            await watch.stop()
+            await parts.stop()
             assert not watch.ready and watch.note().startswith("database refused")
         return ran, refused
 

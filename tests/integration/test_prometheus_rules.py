@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from acgs.lifecycle.supervisor import TaskState
 from acgs.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,6 +94,7 @@ def exported_names() -> set[str]:
     m.watch_cache(tier="local", stats=_Stats())
     m.watch_policy(revision=lambda: "rev")
     m.watch_database(reachable=lambda: True, note=lambda: "")
+    m.watch_tasks(states=lambda: [TaskState("shipper", True, 0, "")], note=lambda: "")
     text = m.render().decode()
     m.close()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from acgs.bootstrap_auth import server_credentials
 from acgs.config import Settings
 from acgs.edge import TlsFiles, make_tls
 from acgs.entrypoints.grpc_server import GrpcServer
+from acgs.lifecycle.callers import server_credentials
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec

@@ -14,10 +14,10 @@ import psycopg
 import pytest
 from acgs.adapters.pg_audit_queries import AuditQueries
 from acgs.adapters.pg_tokens import PgTokenStore
-from acgs.bootstrap_auth import ensure_dev_tokens
 from acgs.domain import events
 from acgs.domain import tokens as tk
 from acgs.domain.model import Caller
+from acgs.lifecycle.callers import ensure_dev_tokens
 from psycopg_pool import AsyncConnectionPool
 
 pytestmark = pytest.mark.postgres

@@ -10,12 +10,13 @@ import pytest
 from acgs import CONSTITUTIONAL_HASH
 from acgs.adapters.audit_signing import CheckpointSigner, TrustedKeys, key_id, load_public_keys
 from acgs.adapters.journal_files import list_segments, segment_path
-from acgs.bootstrap_audit import signing_key, trusted_keys
 from acgs.config import Settings
 from acgs.domain.audit import GENESIS_HASH, RECHAINED, AuditRecord
 from acgs.domain.chain_verify import ChainVerifier, StoredCheckpoint
 from acgs.domain.checkpoint import KIND, Checkpoint
 from acgs.errors import AuditUnavailable, ConfigurationError
+from acgs.lifecycle.audit import checkpoints, signing_key, trusted_keys
+from acgs.lifecycle.supervisor import Supervisor
 from acgs.service_layer.checkpointer import Checkpointer
 from acgs.service_layer.ports import AuditEntry
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -40,7 +41,9 @@ def test_the_timer_signs_the_head_only_when_it_advanced(tmp_path: Path) -> None:
                                 on_result=results.append)
 
     async def go() -> None:
-        await checkpointer.start()
+        parts = Supervisor()
+        checkpoints(parts, checkpointer)
+        await parts.start()
         await asyncio.sleep(0.2)  # an empty chain: nothing to sign
         assert journal.last_seq == 0
         await journal.append([entry(1), entry(2)])
@@ -51,7 +54,7 @@ def test_the_timer_signs_the_head_only_when_it_advanced(tmp_path: Path) -> None:
         await asyncio.sleep(0.3)  # then nothing new for several ticks: no checkpoint
         assert journal.last_seq == 3
         await journal.append([entry(3)])
-        await checkpointer.stop()  # the final checkpoint
+        await parts.stop()  # the final checkpoint
         assert journal.last_seq == 5
 
     asyncio.run(go())
@@ -89,9 +92,11 @@ def test_a_failed_checkpoint_is_counted_and_retried(caplog: pytest.LogCaptureFix
                                 on_result=results.append)
 
     async def go() -> None:
-        await checkpointer.start()
+        parts = Supervisor()
+        checkpoints(parts, checkpointer)
+        await parts.start()
         await asyncio.sleep(0.2)
-        await checkpointer.stop()
+        await parts.stop()
 
     asyncio.run(go())
     assert checkpointer.failures == 1 and results == [False, True]

@@ -21,6 +21,8 @@ from acgs.entrypoints import admin_cli
 from acgs.entrypoints.access import ACCESS, allowed_roles
 from acgs.entrypoints.callers import CallerResolver
 from acgs.errors import LimitExceeded, PermissionDenied, Unauthenticated
+from acgs.lifecycle.callers import refreshing
+from acgs.lifecycle.supervisor import Supervisor
 from acgs.service_layer.authentication import TokenAuthenticator
 
 
@@ -217,12 +219,15 @@ def test_database_down_keeps_the_last_copy() -> None:
     auth = TokenAuthenticator(source=table, refresh_interval_s=0.01, clock=Clock())
 
     async def scenario() -> None:
-        await auth.start()
+        parts = Supervisor()
+        refreshing(parts, auth)
+        await auth.load()
+        await parts.start()
         table.down = True
         await asyncio.sleep(0.05)
         assert table.loads > 2
         assert (await auth.authenticate(bearer(agent.token))).role == tk.AGENT
-        await auth.stop()
+        await parts.stop()
 
     asyncio.run(scenario())
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from acgs.bootstrap_auth import require_secure
 from acgs.config import Settings
 from acgs.domain.model import Caller
 from acgs.edge import TlsFiles, make_tls
 from acgs.entrypoints.client_certs import ClientCertMap
 from acgs.errors import ConfigurationError
+from acgs.lifecycle.callers import require_secure
 from cryptography import x509
 
 from tests.tls_support import client_cert

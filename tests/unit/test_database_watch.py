@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 
 from acgs.errors import ConstitutionMismatch, PolicyError, Unavailable
+from acgs.lifecycle.database import watching
+from acgs.lifecycle.supervisor import Supervisor
 from acgs.service_layer.database_watch import DatabaseWatch
 
 
@@ -62,7 +64,9 @@ def test_deferred_steps_run_in_order_once_the_database_returns() -> None:
             ran.append("sweeper")
 
         watch.defer([shipper, policy, broken, sweeper])
-        await watch.start()
+        parts = Supervisor()
+        watching(parts, watch)
+        await parts.start()
         await asyncio.sleep(0.1)
         assert ran == [] and not watch.ready and not watch.reachable
         assert "database unreachable" in watch.note()
@@ -74,7 +78,7 @@ def test_deferred_steps_run_in_order_once_the_database_returns() -> None:
         db.up = True
         await _until(lambda: watch.reachable)
         assert db.prepared == 1  # migrated once per process
-        await watch.stop()
+        await parts.stop()
 
     asyncio.run(run())
 
@@ -93,12 +97,14 @@ def test_a_database_of_another_constitution_is_refused_and_never_used() -> None:
         watch.on_refused = on_refused
         watch.defer([shipper])
         db.up, db.mismatch = True, True
-        await watch.start()
+        parts = Supervisor()
+        watching(parts, watch)
+        await parts.start()
         await _until(lambda: refused)
         await asyncio.sleep(0.1)
         assert ran == [] and not watch.ready
         assert "database refused" in watch.note() and "other" in refused[0]
-        await watch.stop()
+        await parts.stop()
 
     asyncio.run(run())
 
@@ -108,9 +114,11 @@ def test_a_prepared_database_only_probes() -> None:
         db = Db()
         db.up = True
         watch = _watch(db, prepared=True)
-        await watch.start()
+        parts = Supervisor()
+        watching(parts, watch)
+        await parts.start()
         await asyncio.sleep(0.1)
         assert db.prepared == 0 and watch.reachable
-        await watch.stop()
+        await parts.stop()
 
     asyncio.run(run())

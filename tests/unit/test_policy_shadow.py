@@ -11,6 +11,8 @@ from typing import Any
 from acgs.domain.model import Caller, Decision, Effect, EngineResult, Severity, Violation
 from acgs.domain.policy_version import FleetState
 from acgs.errors import EngineError, EngineTimeout
+from acgs.lifecycle.policy import shadowing
+from acgs.lifecycle.supervisor import Supervisor
 from acgs.service_layer.policy_shadow import (
     ShadowEvaluator,
     ShadowPlan,
@@ -87,7 +89,9 @@ def test_the_shadow_counts_the_exact_transitions_and_keeps_masked_examples() -> 
         telemetry = Counting()
         evaluator = ShadowEvaluator(instance_id="s1", telemetry=telemetry,
                                     mask=("principal.ssn",))
-        await evaluator.start()
+        parts = Supervisor()
+        shadowing(parts, evaluator)
+        await parts.start()
         engine = Candidate()
         await evaluator.switch(ShadowPlan("cand", 1.0, 2, 7), engine)
         answers = []
@@ -100,7 +104,7 @@ def test_the_shadow_counts_the_exact_transitions_and_keeps_masked_examples() -> 
             answers.append(d)
         await drained(evaluator)
         report = evaluator.report()
-        await evaluator.stop()
+        await parts.stop()
         return report, telemetry, answers, engine.closed
 
     report, telemetry, answers, closed = asyncio.run(run())
@@ -139,7 +143,9 @@ def test_timeouts_and_audit_refusals_are_not_differences() -> None:
 
     async def run() -> ShadowReport:
         evaluator = ShadowEvaluator(instance_id="s1", telemetry=Counting())
-        await evaluator.start()
+        parts = Supervisor()
+        shadowing(parts, evaluator)
+        await parts.start()
         await evaluator.switch(ShadowPlan("cand", 1.0, 1, 1), Slow())
         refused = Decision("d9", "", Effect.DENY, (Violation(
             "audit_unavailable", Severity.CRITICAL, "journal full"),), "live", "h", False, 1,
@@ -148,7 +154,7 @@ def test_timeouts_and_audit_refusals_are_not_differences() -> None:
         evaluator.offer({"action": "write"}, decision())
         await drained(evaluator)
         report = evaluator.report()
-        await evaluator.stop()
+        await parts.stop()
         return report
 
     report = asyncio.run(run())

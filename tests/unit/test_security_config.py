@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from acgs.bootstrap_auth import rate_limiter, require_secure, server_credentials
 from acgs.config import Settings
 from acgs.errors import ConfigurationError
+from acgs.lifecycle.callers import rate_limiter, require_secure, server_credentials
 
 PRODUCTION = {"ACGS_ENV": "production"}
 TLS = {"ACGS_TLS_CERT": "/etc/acgs/cert.pem", "ACGS_TLS_KEY": "/etc/acgs/key.pem"}

@@ -153,6 +153,11 @@ class Shipper:
         oldest = self._oldest_pending_us
         return 0.0 if oldest is None else max(0.0, time.time() - oldest / 1e6)
 
+    @property
+    def alive(self) -> bool:
+        """True while the shipping thread runs (the supervisor polls it)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="acgs-shipper", daemon=True)
         self._thread.start()

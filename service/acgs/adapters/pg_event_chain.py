@@ -136,6 +136,10 @@ class AdminChainCheckpoints:
         self._instance_id = instance_id
         self._hash = constitutional_hash
 
+    async def round(self) -> None:
+        """One tick of the supervised task."""
+        await self.checkpoint_once()
+
     async def checkpoint_once(self) -> int | None:
         """The seq of the checkpoint written, or None (nothing new to sign)."""
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:

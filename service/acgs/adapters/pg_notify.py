@@ -5,35 +5,32 @@ query for new events and wait on it after finding none, so no notification
 falls between the query and the wait. Notifications are only a wake-up call:
 the events themselves are read from their table, so a notification lost while
 the listening connection reconnects costs latency (the watchers' poll
-interval, and a ring after every reconnect), never an event.
+interval, and a ring after every reconnect), never an event. One
+:class:`PgListener` connection serves every bell of a server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+from collections.abc import Callable, Sequence
 
 import psycopg
 from psycopg import sql
 
-logger = logging.getLogger("acgs.escalations.bell")
-
 
 class PgBell:
-    """Listens on ``channel`` of the database at ``conninfo`` from ``start`` until ``close``.
+    """Rings when ``channel`` is notified (by the :class:`PgListener` it is given to), and
+    at ``close``.
 
     ``closed`` turns true on ``close``, and every pending ring is rung then, so
     watchers end promptly when the server stops.
     """
 
-    def __init__(self, *, conninfo: str, channel: str = "acgs_escalation_events",
-                 backoff_s: tuple[float, float] = (0.1, 5.0)) -> None:
-        self._conninfo = conninfo
-        self._channel = channel
-        self._backoff_s = backoff_s
+    def __init__(self, *, conninfo: str, channel: str = "acgs_escalation_events") -> None:
+        self.conninfo = conninfo
+        self.channel = channel
         self._ring: asyncio.Future[None] | None = None
-        self._task: asyncio.Task[None] | None = None
         self.closed = False
 
     def next_ring(self) -> asyncio.Future[None]:
@@ -49,37 +46,47 @@ class PgBell:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(ring), timeout_s)
 
-    async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._listen(), name="acgs-bell")
-
     async def close(self) -> None:
-        """Stop listening and wake every waiter."""
+        """Wake every waiter; from now on every ring is rung at once."""
         self.closed = True
-        self._wake()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self.ring()
 
-    def _wake(self) -> None:
+    def ring(self) -> None:
+        """Wake the waiters of the current ring."""
         ring, self._ring = self._ring, None
         if ring is not None and not ring.done():
             ring.set_result(None)
 
-    async def _listen(self) -> None:
-        delay = self._backoff_s[0]
-        while not self.closed:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                        self._conninfo, autocommit=True, connect_timeout=5) as conn:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-                    delay = self._backoff_s[0]
-                    self._wake()  # events may have been missed while not listening
-                    async for _ in conn.notifies():
-                        self._wake()
-            except psycopg.Error as err:
-                logger.warning("escalation listener lost its connection, retrying in %.1f s: %s",
-                               delay, err)
-                self._wake()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._backoff_s[1])
+
+class PgListener:
+    """One connection that LISTENs on the channels of ``bells`` and rings the bell notified.
+
+    :meth:`listen` runs until the connection is lost (psycopg.Error; the
+    supervisor restarts it with back-off). Every bell is rung on (re)connection
+    and on loss, as notifications may have been missed meanwhile.
+    """
+
+    def __init__(self, *, bells: Sequence[PgBell]) -> None:
+        if len({bell.conninfo for bell in bells}) != 1:
+            raise ValueError("one listener serves the bells of one database")
+        self._conninfo = bells[0].conninfo
+        self._bells = {bell.channel: bell for bell in bells}
+
+    async def listen(self, healthy: Callable[[], None]) -> None:
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                for channel in self._bells:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                healthy()
+                self._ring_all()
+                async for note in conn.notifies():
+                    bell = self._bells.get(note.channel)
+                    if bell is not None:
+                        bell.ring()
+        finally:
+            self._ring_all()
+
+    def _ring_all(self) -> None:
+        for bell in self._bells.values():
+            bell.ring()

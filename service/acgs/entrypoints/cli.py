@@ -24,10 +24,10 @@ logger = logging.getLogger("acgs.cli")
 
 
 async def _serve(settings: Settings) -> int:
-    from acgs import bootstrap  # imported here: the other commands need no server stack
-    from acgs.bootstrap_auth import dev_token_help
+    from acgs import lifecycle  # imported here: the other commands need no server stack
+    from acgs.lifecycle.callers import dev_token_help
 
-    app = await bootstrap.build(settings)
+    app = await lifecycle.build(settings)
     await app.start()
     # Everything made so far (modules, descriptors, the compiled policy, pools) lives as
     # long as the process: move it out of the collector's way. Otherwise every full
@@ -80,7 +80,7 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from acgs.bootstrap_audit import migrate_database
+    from acgs.lifecycle.database import migrate_database
 
     settings = Settings.from_env()
     applied = asyncio.run(migrate_database(settings))

@@ -45,7 +45,7 @@ def _quiet() -> None:
 
 async def _create(settings: Settings, role: str, name: str, expires_at: dt.datetime | None,
                   identity: str | None) -> tokens.IssuedToken:
-    from acgs.bootstrap_auth import token_store
+    from acgs.lifecycle.callers import token_store
 
     who = actor()
     issued = tokens.issue(role=role, name=name, created_by=f"{who.id} (acgs token create)",
@@ -78,7 +78,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 async def _list(settings: Settings) -> list[tokens.TokenRecord]:
-    from acgs.bootstrap_auth import token_store
+    from acgs.lifecycle.callers import token_store
 
     async with token_store(settings) as store:
         return list(await store.load())
@@ -107,7 +107,7 @@ def _when(t: dt.datetime | None) -> str:
 
 
 async def _revoke(settings: Settings, token_id: str) -> bool:
-    from acgs.bootstrap_auth import token_store
+    from acgs.lifecycle.callers import token_store
 
     async with token_store(settings) as store:
         return await store.revoke(token_id, actor=actor())

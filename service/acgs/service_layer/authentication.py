@@ -45,7 +45,8 @@ class TokenSource(Protocol):
 
 
 class TokenAuthenticator:
-    """Implements the Authenticator port. ``load`` (or ``start``) before the first call."""
+    """Implements the Authenticator port. ``load`` (or ``restore``) before the first call; the
+    composition root runs ``load`` every ``refresh_interval_s`` under its supervisor."""
 
     def __init__(
         self,
@@ -58,13 +59,12 @@ class TokenAuthenticator:
     ) -> None:
         self._source = source
         self._now = now
-        self._refresh_s = refresh_interval_s
+        self.refresh_interval_s = refresh_interval_s
         self._reload_s = reload_interval_s
         self._clock = clock
         self._table: dict[str, TokenRecord] = {}
         self._loaded_at = float("-inf")
         self._reload: asyncio.Task[None] | None = None
-        self._poller: asyncio.Task[None] | None = None
         self.reloads = 0
 
     @property
@@ -83,19 +83,12 @@ class TokenAuthenticator:
         """Take ``records`` (a kept copy of the table) as the table until the next load."""
         self._table = {r.id: r for r in records}
 
-    async def start(self, *, load_first: bool = True) -> None:
-        """Load now (errors propagate; skipped when ``load_first`` is false, after
-        ``restore``), then keep reloading in the background."""
-        if load_first:
-            await self.load()
-        self._poller = asyncio.create_task(self._poll(), name="acgs-token-refresh")
-
     async def stop(self) -> None:
-        for task in (self._poller, self._reload):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """Cancel a reload under way (the periodic refresh is :meth:`load`, supervised)."""
+        if self._reload is not None:
+            self._reload.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reload
 
     async def authenticate(self, metadata: Mapping[str, str]) -> Caller:
         """The caller a token names; Unauthenticated when missing, malformed, unknown, revoked
@@ -131,18 +124,3 @@ class TokenAuthenticator:
             await self.load()
         except Exception as err:
             logger.warning("token table not reloaded, keeping the last copy: %s", err)
-
-    async def _poll(self) -> None:
-        failing = False
-        while True:
-            await asyncio.sleep(self._refresh_s)
-            try:
-                await self.load()
-            except Exception as err:
-                if not failing:
-                    logger.warning("token table not reloaded, keeping the last copy: %s", err)
-                failing = True
-                continue
-            if failing:
-                logger.info("token table reloaded again")
-            failing = False

@@ -1,7 +1,8 @@
 """Signed checkpoints of this server's audit chain, written off the request path.
 
-A background task signs the chain's head every ``interval_s`` (only when the
-chain advanced since the last checkpoint) and once more at shutdown, and
+A supervised background task signs the chain's head every ``interval_s``
+(only when the chain advanced since the last checkpoint) and once more at
+shutdown, and
 journals the checkpoint as the next record of the chain (kind ``checkpoint``;
 see :mod:`acgs.domain.checkpoint`); the shipper carries it to PostgreSQL like
 any record. Decisions never wait for it: it costs one small journal append
@@ -11,8 +12,6 @@ and the next tick tries again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +44,7 @@ class Signer(Protocol):
 
 
 class Checkpointer:
-    """Writes signed checkpoints of ``journal``'s chain; ``start``, then ``stop`` (final one).
+    """Writes signed checkpoints of ``journal``'s chain: :meth:`attempt` every ``interval_s``.
 
     ``on_result(ok)`` is called after every attempt (for metrics).
     """
@@ -57,28 +56,11 @@ class Checkpointer:
         self._signer = signer
         self._instance_id = instance_id
         self._hash = constitutional_hash
-        self._interval_s = interval_s
+        self.interval_s = interval_s
+        """Seconds between rounds; 0: only the final checkpoint at stop."""
         self._on_result = on_result
         self._last = -1  # seq of the last checkpoint record written by this process
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
         self.failures = 0
-
-    async def start(self) -> None:
-        if self._interval_s > 0:
-            self._task = asyncio.create_task(self._run(), name="acgs-checkpoints")
-
-    async def stop(self) -> None:
-        """Stop the timer, then sign the final head (if the chain advanced).
-
-        The timer is let finish an attempt under way rather than cancelled: a
-        cancelled append would still be journaled, unknown to ``checkpoint``.
-        """
-        self._stopping.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-        await self._attempt()
 
     async def checkpoint(self) -> int | None:
         """Journal a checkpoint of the head now, if it advanced; the checkpoint's seq.
@@ -97,20 +79,18 @@ class Checkpointer:
             lambda seq, head: self._entry(seq, head, damaged=damaged))
         return self._last
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
-            if not self._stopping.is_set():
-                await self._attempt()
-
-    async def _attempt(self) -> None:
+    async def attempt(self) -> None:
+        """One round: checkpoint the head if it advanced; a failure is logged, counted and
+        reported to ``on_result`` (the next round tries again). Run every ``interval_s``
+        under the supervisor, and once more at stop (the final checkpoint); a round under
+        way is let finish, not cancelled: a cancelled append would still be journaled,
+        unknown to ``checkpoint``."""
         try:
             written = await self.checkpoint()
         except Exception:  # supervised: log, count, and try again at the next tick
             self.failures += 1
             logger.exception("could not write an audit checkpoint; retrying in %.1f s",
-                             self._interval_s)
+                             self.interval_s)
             if self._on_result is not None:
                 self._on_result(False)
             return

@@ -20,7 +20,6 @@ Which candidate (if any) is shadowed is fleet state, applied by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -95,7 +94,7 @@ class _Item:
 
 
 class ShadowEvaluator:
-    """This server's shadow of the live decisions; ``start`` .. ``stop`` run its worker."""
+    """This server's shadow of the live decisions: ``offer`` samples, ``round`` evaluates."""
 
     def __init__(self, *, instance_id: str, telemetry: ShadowTelemetry,
                  mask: Sequence[str] = (), queue_size: int = 1000, batch: int = 32,
@@ -110,7 +109,6 @@ class ShadowEvaluator:
         self._plan: ShadowPlan | None = None
         self._engine: CandidateEngine | None = None
         self._report = ShadowReport(instance_id=instance_id)
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def plan(self) -> ShadowPlan | None:
@@ -146,25 +144,17 @@ class ShadowEvaluator:
         """A copy of the findings of the current plan."""
         return self._report.snapshot()
 
-    async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="acgs-shadow")
-
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Shadow nothing more (the candidate engine is closed); after the rounds end."""
         await self.switch(None, None)
 
-    async def _run(self) -> None:
-        while True:  # supervised: one failing batch never ends the shadow
-            items = [await self._queue.get()]
-            while len(items) < self._batch and not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            try:
-                await self._evaluate(items)
-            except Exception:
-                logger.exception("shadow evaluation of %d decisions failed", len(items))
+    async def round(self) -> None:
+        """One batch: wait for a sampled decision, take up to ``batch`` queued ones, evaluate
+        them (run back to back under the supervisor; a failing batch is logged there)."""
+        items = [await self._queue.get()]
+        while len(items) < self._batch and not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        await self._evaluate(items)
 
     async def _evaluate(self, items: list[_Item]) -> None:
         plan, engine = self._plan, self._engine

@@ -1,6 +1,6 @@
 """Keeps one server on the fleet's desired policy revision, and tells the fleet it does.
 
-Every ``interval_s`` (sooner when the bell rings: PostgreSQL NOTIFY on an
+Every ``interval_s`` (a supervised round; sooner when the bell rings: PostgreSQL NOTIFY on an
 activation) the server reads the desired revision; when it differs from the
 revision it serves, it loads that version and activates it (``activate``:
 fetch, verify, compile and warm, then one atomic swap), then heartbeats its
@@ -37,11 +37,10 @@ class Bell(Protocol):
 
     def next_ring(self) -> asyncio.Future[None]: ...
 
-    async def wait(self, ring: asyncio.Future[None], *, timeout_s: float) -> None: ...
-
 
 class PolicySync:
-    """One server's reconciler; ``catch_up`` before serving, then ``start`` .. ``stop``."""
+    """One server's reconciler: ``catch_up`` before serving, ``heartbeat``, then ``reconcile``
+    every ``interval_s`` (or at ``next_ring``) under the supervisor; ``leave`` at stop."""
 
     def __init__(self, *, store: PolicyStore, instance_id: str,
                  activate: Callable[[PolicyVersion], Awaitable[None]],
@@ -58,13 +57,12 @@ class PolicySync:
         self._serving = serving
         self._on_fresh = on_fresh
         self._bell = bell
-        self._interval_s = interval_s
+        self.interval_s = interval_s
         self._max_lag_s = max_lag_s
         self._rounds = tuple(rounds)  # more fleet state that follows the same bell (shadow)
         self._desired = ""
         self._lag_since: float | None = None
         self._failed: str = ""
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def desired_revision(self) -> str:
@@ -81,30 +79,15 @@ class PolicySync:
             version = await self._store.get_version(state.desired_revision)
             await self._activate(version)
 
-    async def start(self) -> None:
-        await self._heartbeat()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="acgs-policy-sync")
+    def next_ring(self) -> asyncio.Future[None] | None:
+        """The bell's next ring, taken before a round: a notification during the round
+        starts the next one at once (None without a bell)."""
+        return self._bell.next_ring() if self._bell is not None else None
 
-    async def stop(self) -> None:
-        """Stop reconciling and leave the fleet (no activation waits for a stopped server)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def leave(self) -> None:
+        """Leave the fleet (no activation waits for a stopped server); after the rounds end."""
         with contextlib.suppress(AcgsError):
             await self._store.leave(self._instance_id)
-
-    async def _run(self) -> None:
-        while True:
-            ring = self._bell.next_ring() if self._bell is not None else None
-            try:
-                await self.reconcile()
-            except Exception:  # the loop must outlive any one failure
-                logger.exception("policy reconciliation failed")
-            if ring is not None and self._bell is not None:
-                await self._bell.wait(ring, timeout_s=self._interval_s)
-            else:
-                await asyncio.sleep(self._interval_s)
 
     async def reconcile(self) -> None:
         """One round: read the desired revision, catch up, heartbeat, judge freshness."""
@@ -117,7 +100,7 @@ class PolicySync:
         except AcgsError as err:
             logger.warning("policy reconciliation: %s", err)
         await self._judge_freshness()
-        await self._heartbeat()
+        await self.heartbeat()
         for extra in self._rounds:
             try:
                 await extra()
@@ -144,7 +127,8 @@ class PolicySync:
         stale = self._lag_since is not None and now - self._lag_since > self._max_lag_s
         await self._on_fresh(not stale)
 
-    async def _heartbeat(self) -> None:
+    async def heartbeat(self) -> None:
+        """Tell the fleet the revision served (the first one before the rounds start)."""
         try:
             await self._store.heartbeat(instance_id=self._instance_id, address=self._address(),
                                         active_revision=self._active_revision(),

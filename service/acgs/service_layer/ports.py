@@ -1,7 +1,7 @@
 """The ports the service layer consumes. One adapter module per port and technology.
 
 Every port is a small Protocol; unit tests pass fakes (tests/fakes.py), the
-composition root (:mod:`acgs.bootstrap`) passes the real adapters.
+composition root (:mod:`acgs.lifecycle`) passes the real adapters.
 """
 
 from __future__ import annotations

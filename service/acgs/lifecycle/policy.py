@@ -1,4 +1,4 @@
-"""The policy lifecycle's part of the composition root (called by :mod:`acgs.bootstrap`).
+"""The policy lifecycle's parts (after the escalations: automatic rollbacks open incidents).
 
 Policy versions live in the audit trail's database, so the lifecycle exists
 only with the audit trail. At start, before the server reports SERVING: a
@@ -9,8 +9,14 @@ activation serves the new version from its first answer). Then the
 reconciler runs (see :mod:`acgs.service_layer.policy_sync`). On stop the
 server leaves the fleet as soon as it stops serving. Every version the server
 activates (or serves at start) is kept as the local snapshot; a start while
-the database is unreachable serves that snapshot and defers all of the above
-until the database returns (see :mod:`acgs.bootstrap_offline`).
+the database is unreachable serves that snapshot and holds all of the above
+until the database returns (see :mod:`acgs.lifecycle.offline`).
+
+Parts, in start order: ``policy-seed``, ``policy-catch-up``,
+``policy-snapshot`` (start steps), ``shadow`` (the shadow evaluator's batches)
+and ``policy-sync`` (the reconciler's rounds, every ACGS_POLICY_SYNC_S or when
+an activation is notified); the last two stop as soon as the server stops
+serving (the server then leaves the fleet).
 """
 
 from __future__ import annotations
@@ -20,12 +26,9 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from psycopg_pool import AsyncConnectionPool
-
-from acgs.adapters.gated_pool import GatedPool
 from acgs.adapters.pg_notify import PgBell
 from acgs.adapters.pg_policies import CHANNEL, PgPolicyStore
 from acgs.adapters.pg_shadow import PgShadowStore
@@ -33,7 +36,6 @@ from acgs.adapters.policy_checker import SubprocessPolicyChecker
 from acgs.adapters.policy_signatures import Ed25519Verifier
 from acgs.adapters.rego_source import PolicyBundle, bundle_from_parts
 from acgs.adapters.regopy_engine import RegopyEngine
-from acgs.bootstrap_audit import AuditTrail
 from acgs.config import Settings
 from acgs.domain.policy_version import (
     SIGNATURE_FILE,
@@ -44,6 +46,9 @@ from acgs.domain.policy_version import (
 from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.policy_admin_servicer import PolicyAdminServicer
 from acgs.errors import BadSignature, NotFound, PolicyError, SnapshotInvalid, Unavailable
+from acgs.lifecycle.audit import AuditTrail
+from acgs.lifecycle.offline import UNREACHABLE
+from acgs.lifecycle.supervisor import Supervisor
 from acgs.service_layer.policy_admin import PolicyAdminService
 from acgs.service_layer.policy_replay import PolicyReplayer
 from acgs.service_layer.policy_shadow import ShadowEvaluator, ShadowTelemetry
@@ -58,9 +63,7 @@ from acgs.service_layer.policy_watch import (
 )
 from acgs.v1 import policy_admin_pb2
 
-logger = logging.getLogger("acgs.bootstrap")
-
-Closer = Callable[[], Awaitable[None]]
+logger = logging.getLogger("acgs.lifecycle")
 
 
 class LifecycleTelemetry(ShadowTelemetry, RollbackTelemetry, Protocol):
@@ -78,9 +81,8 @@ class PolicyLifecycle:
     shadow: ShadowAdmin
     observer: PolicyWatch
     """The DecisionService's observer: auto-rollback watch and shadow sampling."""
-    starters: list[Closer] = field(default_factory=list)
-    stoppers: list[Closer] = field(default_factory=list)
-    closers: list[Closer] = field(default_factory=list)
+    bell: PgBell
+    """Rung by the server's listener when an activation is notified."""
 
     def services(self, callers: CallerResolver) -> list[tuple[Any, object]]:
         """acgs.v1.PolicyAdmin for the gRPC server."""
@@ -107,7 +109,7 @@ def stored_bundle(version: PolicyVersion, *, constitutional_hash: str) -> Policy
 
 
 async def build_policy_lifecycle(
-    settings: Settings, *, trail: AuditTrail, engine: RegopyEngine,
+    settings: Settings, parts: Supervisor, *, trail: AuditTrail, engine: RegopyEngine,
     address: Callable[[], str], serving: Callable[[], bool],
     on_fresh: Callable[[bool], Awaitable[None]],
     telemetry: LifecycleTelemetry, incidents: Incidents | None = None,
@@ -118,14 +120,10 @@ async def build_policy_lifecycle(
     """
     verifier = (Ed25519Verifier.from_files(settings.policy_trusted_keys)
                 if settings.policy_trusted_keys else None)
-    pool = GatedPool(trail.conninfo, min_size=1, max_size=3, open=False,
-                     name="acgs-policy", timeout=5.0,
-                     check=AsyncConnectionPool.check_connection, kwargs={"autocommit": True})
-    pool.gate = lambda: trail.database.ready  # not before the migration and its check
-    await pool.open()
-    store = PgPolicyStore(pool=pool)
-    shadow_store = PgShadowStore(pool=pool)
-    bell = PgBell(conninfo=trail.conninfo, channel=CHANNEL)
+    database = trail.database
+    store = PgPolicyStore(pool=database.pool)
+    shadow_store = PgShadowStore(pool=database.pool)
+    bell = PgBell(conninfo=database.conninfo, channel=CHANNEL)
     rollback = AutoRollback(store=shadow_store, instance_id=settings.instance_id,
                             telemetry=telemetry, incidents=incidents)
     watch = rollback.watch = RollbackWatch(
@@ -144,7 +142,7 @@ async def build_policy_lifecycle(
         watch.activated(bundle.revision)
         await _keep(trail, version)
 
-    if trail.offline:
+    if database.offline:
         await _serve_snapshot(settings, trail, engine, verifier)
 
     service = PolicyAdminService(
@@ -184,19 +182,29 @@ async def build_policy_lifecycle(
         except NotFound as err:  # not one of the fleet's versions: nothing to keep
             logger.warning("policy snapshot not written: %s", err)
 
+    held = database.offline
+    parts.step("policy-seed", start=seed, held=held)
+    parts.step("policy-catch-up", start=sync.catch_up, held=held)
+    parts.step("policy-snapshot", start=keep_active, held=held)
+    shadowing(parts, evaluator, held=held)
+    parts.every("policy-sync", sync.reconcile, interval_s=settings.policy_sync_s, first="now",
+                start=sync.heartbeat, wake=sync.next_ring, stop=sync.leave, held=held,
+                serving=True, expected=UNREACHABLE)
     return PolicyLifecycle(service=service, sync=sync, store=store, replayer=replayer,
                            shadow=ShadowAdmin(store=shadow_store, versions=store),
-                           observer=PolicyWatch(rollback=watch, shadow=evaluator),
-                           starters=[seed, bell.start, sync.catch_up, keep_active,
-                                     evaluator.start, sync.start],
-                           stoppers=[sync.stop, evaluator.stop],
-                           closers=[pool.close, bell.close])
+                           observer=PolicyWatch(rollback=watch, shadow=evaluator), bell=bell)
+
+
+def shadowing(parts: Supervisor, evaluator: ShadowEvaluator, *, held: bool = False) -> None:
+    """The shadow's part: batches back to back while serving; then the candidate is closed."""
+    parts.every("shadow", evaluator.round, interval_s=0, first="now", stop=evaluator.stop,
+                held=held, serving=True)
 
 
 async def _keep(trail: AuditTrail, version: PolicyVersion) -> None:
     """Keep ``version`` as the local snapshot (a failed write is logged: serving goes on)."""
     try:
-        await asyncio.to_thread(trail.snapshots.save_policy, version)
+        await asyncio.to_thread(trail.database.snapshots.save_policy, version)
     except OSError as err:
         logger.error("policy snapshot of %s not written: %s", version.revision, err)
 
@@ -208,12 +216,12 @@ async def _serve_snapshot(settings: Settings, trail: AuditTrail, engine: RegopyE
     verify = ((lambda d, sig: verifier.verify(digest=d, signature=sig))
               if verifier is not None else None)
     try:
-        version = await asyncio.to_thread(trail.snapshots.load_policy, verify=verify)
+        version = await asyncio.to_thread(trail.database.snapshots.load_policy, verify=verify)
     except BadSignature as err:
-        raise SnapshotInvalid(f"{trail.snapshots.policy_path}: {err}") from err
+        raise SnapshotInvalid(f"{trail.database.snapshots.policy_path}: {err}") from err
     if version is None:
         raise Unavailable(f"the database is unreachable and there is no policy snapshot "
-                          f"({trail.snapshots.policy_path})")
+                          f"({trail.database.snapshots.policy_path})")
     if version.revision != engine.policy.revision:
         bundle = await asyncio.to_thread(stored_bundle, version,
                                          constitutional_hash=settings.constitutional_hash)

@@ -1,17 +1,19 @@
-"""The callers' part of the composition root (called by :mod:`acgs.bootstrap`).
+"""The callers' part: who may call (after the audit trail, before the servicers).
 
 Builds the CallerResolver (bearer tokens checked against the token table in
 PostgreSQL, the role table, per-caller rate limits), the gRPC server's TLS
 credentials, and refuses an insecure production configuration. In development
 it also makes sure a token per role exists in ``<ACGS_DATA_DIR>/dev-tokens``.
+The token table is reloaded every ACGS_TOKEN_REFRESH_S by the supervised part
+``token-refresh``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -21,8 +23,6 @@ from acgs.adapters import dev_tokens
 from acgs.adapters.local_snapshot import SnapshotStore
 from acgs.adapters.pg_migrations import migrate
 from acgs.adapters.pg_tokens import PgTokenStore
-from acgs.bootstrap_audit import open_database
-from acgs.bootstrap_offline import SnapshotTokenSource
 from acgs.config import Settings
 from acgs.domain import tokens
 from acgs.domain.model import Caller
@@ -31,22 +31,20 @@ from acgs.entrypoints.access import ACCESS
 from acgs.entrypoints.callers import AnonymousAuthenticator, CallerResolver
 from acgs.entrypoints.client_certs import ClientCertMap
 from acgs.errors import ConfigurationError, Unavailable
+from acgs.lifecycle.database import Database, open_database, shared_pool
+from acgs.lifecycle.offline import UNREACHABLE, SnapshotTokenSource
+from acgs.lifecycle.supervisor import Supervisor
 from acgs.service_layer.authentication import TokenAuthenticator
-from acgs.service_layer.database_watch import DatabaseWatch
 
-logger = logging.getLogger("acgs.bootstrap")
-
-Closer = Callable[[], Awaitable[None]]
+logger = logging.getLogger("acgs.lifecycle")
 
 
 @dataclass
 class Callers:
-    """The wired resolver; ``starters`` run before serving, ``closers`` (reversed) after."""
+    """The wired resolver, and the development tokens' file (None outside development)."""
 
     resolver: CallerResolver
     dev_tokens_file: Path | None = None
-    starters: list[Closer] = field(default_factory=list)
-    closers: list[Closer] = field(default_factory=list)
 
 
 def require_secure(settings: Settings) -> None:
@@ -106,13 +104,13 @@ def client_cert_map(settings: Settings) -> ClientCertMap | None:
     return certificates
 
 
-async def build_callers(settings: Settings, *, conninfo: str | None,
-                        snapshots: SnapshotStore | None = None,
-                        database: DatabaseWatch | None = None) -> Callers:
-    """The CallerResolver for ``settings``; ``conninfo`` is the (migrated) database, or None
-    to open and migrate it here. Raises psycopg.Error when the token table cannot be read.
+async def build_callers(settings: Settings, parts: Supervisor, *,
+                        database: Database | None) -> Callers:
+    """The CallerResolver for ``settings`` on ``database`` (the audit trail's), or None to
+    open and migrate the database here. Raises psycopg.Error when the token table cannot be
+    read.
 
-    With ``snapshots`` the table read is also kept there. While ``database`` is not ready
+    With ``database`` the table read is also kept in its snapshots. While it is not ready
     (it was unreachable at start) the kept table is used instead (SnapshotInvalid if it
     fails its check) and the database is read only once it is."""
     limiter = rate_limiter(settings)
@@ -120,34 +118,40 @@ async def build_callers(settings: Settings, *, conninfo: str | None,
         logger.warning("ACGS_AUTH=none: every caller is anonymous and may call every method")
         return Callers(CallerResolver(authenticator=AnonymousAuthenticator(), access=None,
                                       limiter=limiter))
-    closers: list[Closer] = []
-    if conninfo is None:
+    if database is None:  # no audit trail: the token table's database is opened here
         conninfo, stop_database = await open_database(settings)
-        closers.append(stop_database)
+        parts.step("postgres", stop=stop_database)
         await migrate(conninfo, constitutional_hash=settings.constitutional_hash)
-    pool = AsyncConnectionPool(conninfo, min_size=1, max_size=2, open=False, name="acgs-tokens",
-                               timeout=5.0, check=AsyncConnectionPool.check_connection)
-    await pool.open()
-    closers.append(pool.close)
+        pool = shared_pool(settings, conninfo)
+        await pool.open()
+        parts.step("pool", stop=pool.close)
+    else:
+        pool = database.pool
     store = PgTokenStore(pool=pool)
-    source = (store if snapshots is None else SnapshotTokenSource(
-        source=store, snapshots=snapshots, ready=lambda: database is None or database.ready))
+    source = store if database is None else SnapshotTokenSource(
+        source=store, snapshots=database.snapshots, ready=lambda: database.watch.ready)
     authenticator = TokenAuthenticator(source=source, refresh_interval_s=settings.token_refresh_s)
-    if database is not None and not database.ready and snapshots is not None:
-        return _offline_callers(settings, snapshots, authenticator, limiter, closers)
+    refreshing(parts, authenticator)
+    if database is not None and database.offline:
+        return _offline_callers(settings, database.snapshots, authenticator, limiter)
     await authenticator.load()
     dev_file = await _dev_tokens(settings, store, authenticator)
     return Callers(
         CallerResolver(authenticator=authenticator, access=ACCESS, limiter=limiter,
                        certificates=client_cert_map(settings)),
-        dev_tokens_file=dev_file, starters=[authenticator.start],
-        closers=[*closers, authenticator.stop],
-    )
+        dev_tokens_file=dev_file)
+
+
+def refreshing(parts: Supervisor, authenticator: TokenAuthenticator) -> None:
+    """The token refresh's part: a reload every ``refresh_interval_s``; a failed one keeps
+    the last copy in force (one warning per distinct error)."""
+    parts.every("token-refresh", authenticator.load,
+                interval_s=authenticator.refresh_interval_s, stop=authenticator.stop,
+                expected=UNREACHABLE)
 
 
 def _offline_callers(settings: Settings, snapshots: SnapshotStore,
-                     authenticator: TokenAuthenticator, limiter: RateLimiter,
-                     closers: list[Closer]) -> Callers:
+                     authenticator: TokenAuthenticator, limiter: RateLimiter) -> Callers:
     """Callers checked against the kept token table; reloads resume with the database."""
     records = snapshots.load_tokens()
     if records is None:
@@ -161,9 +165,7 @@ def _offline_callers(settings: Settings, snapshots: SnapshotStore,
         CallerResolver(authenticator=authenticator, access=ACCESS, limiter=limiter,
                        certificates=client_cert_map(settings)),
         dev_tokens_file=dev_file if settings.environment == "development" and dev_file.exists()
-        else None,
-        starters=[lambda: authenticator.start(load_first=False)],
-        closers=[*closers, authenticator.stop])
+        else None)
 
 
 async def _dev_tokens(settings: Settings, store: PgTokenStore,

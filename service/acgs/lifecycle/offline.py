@@ -1,4 +1,4 @@
-"""Starting while PostgreSQL is unreachable (called by the other bootstrap modules).
+"""Starting while PostgreSQL is unreachable (the database part, :mod:`acgs.lifecycle.database`).
 
 At start the database is migrated and its constitution checked, as always.
 When it cannot be reached, a server that has served before (its data
@@ -29,7 +29,7 @@ from acgs.errors import Unavailable
 from acgs.service_layer.authentication import TokenSource
 from acgs.service_layer.database_watch import DatabaseWatch
 
-logger = logging.getLogger("acgs.bootstrap")
+logger = logging.getLogger("acgs.lifecycle")
 
 CONNECT_TIMEOUT_S = 5
 UNREACHABLE: tuple[type[BaseException], ...] = (
