@@ -91,8 +91,8 @@ def rollback(head: Head | None, *, from_revision: str = "") -> Step:
                                 f"({head.revision} is): not rolling it back")
     if not head.beneath:
         raise InvalidTransition(
-            f"nothing to roll back to: the activation of {head.revision} (history "
-            f"#{head.in_force}) is the first one left in the history")
+            f"nothing to roll back to: no activation lies beneath that of {head.revision} "
+            f"(history #{head.in_force}); activate the version you want instead")
     return Step(seq=head.seq + 1, action=ROLLED_BACK, revision=head.beneath_revision,
                 replaced_revision=head.revision, in_force=head.beneath, beneath=0,
                 undoes=head.in_force)
