@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from acgs.adapters.policy_checker import SubprocessPolicyChecker
 from acgs.adapters.policy_signatures import Ed25519Verifier, sign
+from acgs.domain import policy_history as ph
 from acgs.domain.audit import AuditRecord
 from acgs.domain.audit_query import DecisionFilter
-from acgs.domain import policy_history as ph
 from acgs.domain.model import Caller, Effect, EngineResult, Severity, Violation
 from acgs.domain.policy_version import (
     CheckedPolicy,

@@ -37,6 +37,7 @@ _DEFAULT_REPLAY_LIMIT = 10_000
 _DEFAULT_SAMPLE = 0.1
 _DEFAULT_HISTORY, _MAX_HISTORY = 50, 1000
 _MAX_MESSAGE = 1000
+_MAX_SEQ = 2**63 - 1  # a bigint
 
 
 class Replayer(Protocol):
@@ -115,7 +116,8 @@ class PolicyAdminServicer:
         if request.limit > _MAX_HISTORY:
             raise InvalidRequest(f"limit is at most {_MAX_HISTORY} (0: {_DEFAULT_HISTORY})")
         limit = request.limit or _DEFAULT_HISTORY
-        entries = await self._service.history(limit=limit, before_seq=request.before_seq)
+        before = min(request.before_seq, _MAX_SEQ)  # past any seq: from the newest
+        entries = await self._service.history(limit=limit, before_seq=before)
         more = len(entries) == limit and entries[-1].seq > 1
         return pb.ListPolicyHistoryResponse(
             entries=[history_to_proto(e) for e in entries],
