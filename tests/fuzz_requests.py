@@ -339,6 +339,10 @@ def policy_calls(seen: Seen) -> list[st.SearchStrategy[Call]]:
                   revisions, st.sampled_from(UINT32)),
         st.sampled_from(UINT32).map(lambda t: _call(admin + "RollbackPolicy", "admin",
                                                     ppb.RollbackPolicyRequest(timeout_ms=t))),
+        st.builds(lambda n, b: _call(admin + "ListPolicyHistory", "admin",
+                                     ppb.ListPolicyHistoryRequest(limit=n, before_seq=b),
+                                     invalid=n > 1000),
+                  st.sampled_from((*UINT32, 1000, 1001)), st.sampled_from((0, 1, 2**64 - 1))),
         replay(),
         st.builds(lambda r, s, e: _call(admin + "StartShadow", "admin", ppb.StartShadowRequest(
             revision=r, sample=s, examples=e)),

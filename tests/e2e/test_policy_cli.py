@@ -1,5 +1,6 @@
-"""``acgs policy push|activate|list|rollback|sign`` against a real server that trusts one
-Ed25519 key: unsigned and wrongly signed versions are refused, signed ones go through."""
+"""``acgs policy push|activate|list|rollback|history|sign`` against real servers: with a
+trusted Ed25519 key, unsigned and wrongly signed versions are refused, signed ones go
+through; messages, the history and its events in the audit trail."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psycopg
 import pytest
+from acgs.v1 import audit_pb2, audit_pb2_grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2
@@ -117,3 +120,69 @@ def test_a_server_that_cannot_follow_the_fleet_stops_serving(servers: ServerFact
     assert acgs("policy", "rollback", server=lax).returncode == 0
     strict.wait_serving(timeout=10)
     assert ready(strict) == 200
+
+
+def test_push_messages_list_history_and_two_rollbacks(servers: ServerFactory, tmp_path: Path,
+                                                      server_database: str) -> None:
+    """Two uploads of the same manifest name are told apart by revision, message, uploader
+    and time; two rollbacks step back twice through the history; every change is an event
+    of the admin chain with the admin who made it, and the chain verifies."""
+    server = servers.start({"ACGS_ENGINE_WORKERS": "1"})
+    seeded = first_revision(server)
+    pushed = []
+    for version, why in (("1.0.1", "tighten reads"), ("1.0.2", "loosen writes")):
+        out = acgs("policy", "push", str(policy_copy(tmp_path / version, version)),
+                   "-m", why, server=server)
+        assert out.returncode == 0, out.stderr
+        pushed.append(out.stdout.strip())
+    again = acgs("policy", "push", str(tmp_path / "1.0.1"), "-m", "other words", server=server)
+    assert again.returncode == 0 and again.stdout.strip() == pushed[0]
+    assert "stored already" in again.stderr and "tighten reads" in again.stderr
+
+    listing = acgs("policy", "list", server=server).stdout.splitlines()
+    admin_id = server.tokens.id("admin")
+    for revision, why in zip(pushed, ("tighten reads", "loosen writes"), strict=True):
+        line = next(ln for ln in listing if revision in ln)
+        assert f"by {admin_id}  {why}" in line and "unsigned" in line
+    assert any(seeded in ln and "seeded from" in ln for ln in listing)
+
+    for revision in pushed:
+        out = acgs("policy", "activate", revision, "-m", f"ship {revision}", server=server)
+        assert out.returncode == 0, out.stderr
+    first = acgs("policy", "rollback", "-m", "1.0.2 breaks the batch jobs", server=server)
+    assert first.returncode == 0 and first_revision(server) == pushed[0], first.stderr
+    second = acgs("policy", "rollback", "-m", "1.0.1 too", server=server)
+    assert second.returncode == 0 and first_revision(server) == seeded, second.stderr
+    third = acgs("policy", "rollback", server=server)
+    assert third.returncode == 1 and "FAILED_PRECONDITION" in third.stderr
+    assert "nothing to roll back to" in third.stderr
+
+    history = acgs("policy", "history", server=server)
+    assert history.returncode == 0, history.stderr
+    lines = history.stdout.splitlines()
+    assert len(lines) == 5
+    assert lines[0].startswith("  #5 ") and f"rolled back #2 ({pushed[0]}): {seeded}" in lines[0]
+    assert "1.0.1 too" in lines[0] and f"by {admin_id} (admin)" in lines[0]
+    assert "rolled back #3" in lines[1] and "1.0.2 breaks the batch jobs" in lines[1]
+    assert f"activated {pushed[1]} (replacing {pushed[0]})" in lines[2]
+    assert lines[4].startswith("* #1 ") and f"activated {seeded} (replacing -)" in lines[4]
+    assert "(system)" in lines[4]  # the seed: the first server's activation
+    paged = acgs("policy", "history", "--limit", "2", "--before", "4", server=server)
+    assert [ln[2:5] for ln in paged.stdout.splitlines()] == ["#3 ", "#2 "]
+    assert "--before 2" in paged.stderr
+    too_many = acgs("policy", "history", "--limit", "5000", server=server)
+    assert too_many.returncode == 1 and "INVALID_ARGUMENT" in too_many.stderr
+    assert "limit is at most 1000" in too_many.stderr
+
+    with psycopg.connect(server_database) as conn:
+        rows = conn.execute("SELECT kind, caller_id, caller_role FROM audit_decisions "
+                            "WHERE instance_id = 'admin' ORDER BY seq").fetchall()
+    ours = [(k, r) for k, c, r in rows if c == admin_id]
+    assert ours == [("policy.version_created", "admin")] * 2 + [
+        ("policy.activated", "admin")] * 2 + [("policy.rolled_back", "admin")] * 2
+    assert [k for k, c, _ in rows if c != admin_id] == [
+        "policy.version_created", "policy.activated"]  # the seed, by the server
+    with server.channel("auditor") as ch:
+        report = audit_pb2_grpc.AuditStub(ch).VerifyChain(
+            audit_pb2.VerifyChainRequest(instance_id="admin"), timeout=10)
+    assert report.ok and report.records_checked == len(rows) == 8

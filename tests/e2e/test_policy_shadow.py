@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from acgs.domain import events
 from acgs.entrypoints.policy_cli import read_policy_dir
 from acgs.v1 import governance_pb2_grpc as gpb_grpc
 from acgs.v1 import policy_admin_pb2 as pb
@@ -127,10 +128,19 @@ def test_an_activation_that_fails_safe_on_live_traffic_rolls_itself_back(
     assert (d.policy_revision, effect_name(d.effect)) == (seeded, "ALLOW")
 
     with psycopg.connect(server_database, autocommit=True) as conn:
-        rows = conn.execute("SELECT from_revision, to_revision, reason FROM policy_rollbacks"
-                            ).fetchall()
+        rows = conn.execute("SELECT replaced_revision, revision, message, actor_id, "
+                            "actor_role, event_id FROM policy_history "
+                            "WHERE action = 'rolled_back'").fetchall()
         assert [(r[0], r[1]) for r in rows] == [(bad, seeded)]  # once, by one server
-        assert "failed safe" in rows[0][2]
+        assert "failed safe" in rows[0][2] and rows[0][4] == "system"
+        assert rows[0][3] in {s.env["ACGS_INSTANCE_ID"] for s in fleet}
+        event = conn.execute("SELECT kind, caller_id, caller_role, data FROM audit_decisions "
+                             "WHERE instance_id = 'admin' AND decision_id::text = %s",
+                             (rows[0][5],)).fetchall()
+        assert [(k, c, r) for k, c, r, _ in event] == [("policy.rolled_back", rows[0][3],
+                                                        "system")]
+        assert events.decode(event[0][0], event[0][3]) == events.PolicyRolledBack(
+            seeded, bad, 3, rows[0][2])
         incidents = eventually(lambda: conn.execute(
             "SELECT message FROM escalations WHERE reason = 'policy_rollback'").fetchall(),
             what="no policy_rollback incident")

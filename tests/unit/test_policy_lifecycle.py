@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from acgs.adapters.policy_checker import SubprocessPolicyChecker
 from acgs.adapters.policy_signatures import Ed25519Verifier, sign
+from acgs.domain import policy_history as ph
 from acgs.domain.audit import AuditRecord
 from acgs.domain.audit_query import DecisionFilter
-from acgs.domain.model import Effect, EngineResult, Severity, Violation
+from acgs.domain.model import Caller, Effect, EngineResult, Severity, Violation
 from acgs.domain.policy_version import (
     CheckedPolicy,
     FleetState,
@@ -31,19 +32,25 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+ADMIN = Caller("tok-admin", "admin", "alice@example")
 
 
 class FakeStore:
+    """In memory; the history is the domain's stack (PostgreSQL's store: integration tests)."""
+
     def __init__(self) -> None:
         self.versions: dict[str, PolicyVersion] = {}
         self.fleet: FleetState | None = None
         self.rows: dict[str, InstanceInfo] = {}
+        self.steps: dict[int, ph.Step] = {}
 
-    async def insert_version(self, policy: CheckedPolicy, *, signature: str,
-                             created_by: str) -> PolicyVersion:
-        v = PolicyVersion(policy.revision, policy.name, policy.version, created_by, NOW,
-                          signature, policy.modules, policy.data_json, policy.manifest_json)
-        return self.versions.setdefault(policy.revision, v)
+    async def insert_version(self, policy: CheckedPolicy, *, signature: str, caller: Caller,
+                             message: str = "") -> tuple[PolicyVersion, bool]:
+        v = PolicyVersion(policy.revision, policy.name, policy.version, caller.id, NOW,
+                          signature, policy.modules, policy.data_json, policy.manifest_json,
+                          message)
+        created = policy.revision not in self.versions
+        return self.versions.setdefault(policy.revision, v), created
 
     async def get_version(self, revision: str, *, full: bool = True) -> PolicyVersion:
         return self.versions[revision]
@@ -54,14 +61,34 @@ class FakeStore:
     async def state(self) -> FleetState | None:
         return self.fleet
 
-    async def set_desired(self, revision: str, *, activated_by: str,
-                          only_if_unset: bool = False) -> FleetState:
-        old = self.fleet
-        if old is None or not only_if_unset:
-            previous = old.desired_revision if old else ""
-            self.fleet = FleetState(revision, previous, (old.generation + 1) if old else 1)
+    def _head(self) -> ph.Head | None:
+        if not self.steps:
+            return None
+        last = self.steps[max(self.steps)]
+        top = self.steps[last.in_force]
+        below = self.steps.get(top.beneath)
+        return ph.Head(last.seq, top.seq, top.revision, top.beneath,
+                       below.revision if below else "")
+
+    def _push(self, step: ph.Step) -> FleetState:
+        self.steps[step.seq] = step
+        self.fleet = FleetState(step.revision, step.replaced_revision, step.seq)
+        return self.fleet
+
+    async def activate(self, revision: str, *, caller: Caller, message: str = "",
+                       only_if_unset: bool = False) -> FleetState:
+        step = ph.activation(self._head(), revision, only_if_unset=only_if_unset)
+        if step is not None:
+            self._push(step)
         assert self.fleet is not None
         return self.fleet
+
+    async def roll_back(self, *, caller: Caller, reason: str = "",
+                        from_revision: str = "") -> FleetState:
+        return self._push(ph.rollback(self._head(), from_revision=from_revision))
+
+    async def history(self, *, limit: int, before_seq: int = 0) -> list[ph.HistoryEntry]:
+        raise NotImplementedError("the history is listed from PostgreSQL only")
 
     async def heartbeat(self, *, instance_id: str, address: str, active_revision: str,
                         serving: bool) -> None:
@@ -141,20 +168,20 @@ def test_activation_names_the_servers_that_did_not_acknowledge() -> None:
     async def run() -> None:
         store = FakeStore()
         service = PolicyAdminService(checker=None, store=store, poll_s=0.01)  # type: ignore[arg-type]
-        await store.insert_version(checked("r0"), signature="", created_by="t")
-        await store.insert_version(checked("r1"), signature="", created_by="t")
-        await store.set_desired("r0", activated_by="t")
+        await store.insert_version(checked("r0"), signature="", caller=ADMIN)
+        await store.insert_version(checked("r1"), signature="", caller=ADMIN)
+        await store.activate("r0", caller=ADMIN)
         await store.heartbeat(instance_id="slow", address="x", active_revision="r0",
                               serving=True)
-        outcome = await service.activate("r1", activated_by="admin", wait_s=0.05)
+        outcome = await service.activate("r1", caller=ADMIN, wait_s=0.05)
         assert (outcome.complete, outcome.pending, outcome.previous_revision) == (
             False, ("slow",), "r0")
         store.rows["slow"] = replace(store.rows["slow"], active_revision="r0", live=False)
-        back = await service.rollback(activated_by="admin", wait_s=0.05)
+        back = await service.rollback(caller=ADMIN, wait_s=0.05)
         assert back.complete and back.revision == "r0"
         with pytest.raises(InvalidTransition):
             await PolicyAdminService(checker=None, store=FakeStore()).rollback(  # type: ignore[arg-type]
-                activated_by="a", wait_s=0)
+                caller=ADMIN, wait_s=0)
 
     asyncio.run(run())
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from acgs.domain.model import Caller, Decision, Effect, EngineResult, Severity, Violation
 from acgs.domain.policy_version import FleetState
-from acgs.errors import EngineError, EngineTimeout
+from acgs.errors import EngineError, EngineTimeout, InvalidTransition
 from acgs.lifecycle.policy import shadowing
 from acgs.lifecycle.supervisor import Supervisor
 from acgs.service_layer.policy_shadow import (
@@ -188,14 +188,14 @@ def test_merged_reports_sum_counts_and_cap_examples() -> None:
 
 class RollbackStore:
     def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
+        self.calls: list[tuple[str, str, Caller]] = []
         self.desired = "bad"
 
-    async def roll_back_from(self, revision: str, *, instance_id: str,
-                             reason: str) -> FleetState | None:
-        self.calls.append((revision, reason))
-        if self.desired != revision:
-            return None
+    async def roll_back(self, *, caller: Caller, reason: str = "",
+                        from_revision: str = "") -> FleetState:
+        self.calls.append((from_revision, reason, caller))
+        if self.desired != from_revision:
+            raise InvalidTransition(f"{from_revision} is no longer the desired revision")
         self.desired = "good"
         return FleetState("good", "bad", 3)
 
@@ -238,6 +238,7 @@ def test_a_fresh_activation_that_fails_safe_too_often_rolls_back_once() -> None:
     store, incidents, telemetry = asyncio.run(run())
     assert [c[0] for c in store.calls] == ["bad"]
     assert "4 of the first 4 decisions under bad failed safe" in store.calls[0][1]
+    assert store.calls[0][2] == Caller("s1", "system")  # the server is the actor
     assert telemetry.rollbacks == 1
     assert [(r, k) for r, k, _ in incidents.opened] == [("policy_rollback",
                                                         "policy_rollback:bad")]

@@ -1,12 +1,20 @@
-"""Policy versions and the fleet in PostgreSQL (migration 0004): the PolicyStore port.
+"""Policy versions, their activation history and the fleet in PostgreSQL: the PolicyStore port.
 
-Versions are immutable (insert once, by revision). ``policy_state`` is a
-single row: the fleet's desired revision, the one it replaced, and a
-generation bumped on every activation; an activation NOTIFYs ``channel`` in
-its transaction, so listeners wake only once it is committed. Each server
-upserts its ``policy_instances`` row on every heartbeat; liveness is judged by
-the database's clock. Every method raises :class:`~acgs.errors.Unavailable`
-when PostgreSQL cannot be reached.
+Versions are immutable (insert once, by revision: migration 0004). The
+fleet's desired revision is the top of ``policy_history`` (migration 0014),
+an append-only stack of activations and rollbacks
+(:mod:`acgs.domain.policy_history`); ``policy_state`` is a view of its last
+entry, with ``generation`` its seq. This store is the only writer of
+``policy_versions`` and ``policy_history``: each change appends its audit
+event (policy.version_created, policy.activated, policy.rolled_back) to the
+"admin" chain (:mod:`acgs.adapters.pg_event_chain`) in the transaction that
+makes it, so the change and its event commit together or not at all. History
+writers are serialised by a table lock (readers are not blocked); a change of
+the desired revision NOTIFYs ``channel`` in its transaction, so listeners wake
+only once it is committed. Storing a version that exists already changes
+nothing and records nothing. Each server upserts its ``policy_instances`` row
+on every heartbeat; liveness is judged by the database's clock. Every method
+raises :class:`~acgs.errors.Unavailable` when PostgreSQL cannot be reached.
 """
 
 from __future__ import annotations
@@ -18,14 +26,32 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from acgs.adapters import pg_event_chain
+from acgs.domain import events
+from acgs.domain import policy_history as ph
+from acgs.domain.model import Caller
+from acgs.domain.policy_history import Head, HistoryEntry, Step
 from acgs.domain.policy_version import CheckedPolicy, FleetState, InstanceInfo, PolicyVersion
 from acgs.errors import NotFound, Unavailable
+from acgs.service_layer.ports import EventEntry
 
 CHANNEL = "acgs_policy_state"
-_COLUMNS = "revision, name, version, created_by, created_at, signature"
+_COLUMNS = "revision, name, version, created_by, created_at, signature, message"
 _STATE = "SELECT desired_revision, coalesce(previous_revision, ''), generation FROM policy_state"
+_HEAD = ("SELECT last.seq, top.seq, top.revision, coalesce(below.seq, 0), "
+         "coalesce(below.revision, '') FROM policy_history last "
+         "JOIN policy_history top ON top.seq = last.in_force "
+         "LEFT JOIN policy_history below ON below.seq = top.beneath "
+         "ORDER BY last.seq DESC LIMIT 1")
+_HISTORY = ("SELECT seq, action, revision, coalesce(replaced_revision, ''), in_force, "
+            "coalesce(beneath, 0), coalesce(undoes, 0), actor_id, actor_role, actor_identity, "
+            "message, at, coalesce(event_id, ''), seq = (SELECT in_force FROM policy_history "
+            "ORDER BY seq DESC LIMIT 1) FROM policy_history WHERE (%s = 0 OR seq < %s) "
+            "ORDER BY seq DESC LIMIT %s")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @asynccontextmanager
@@ -38,15 +64,21 @@ async def reachable() -> AsyncIterator[None]:
 
 
 def _version(row: tuple[Any, ...], *, full: bool = False) -> PolicyVersion:
-    revision, name, version, created_by, created_at, signature = row[:6]
+    revision, name, version, created_by, created_at, signature, message = row[:7]
     if not full:
         return PolicyVersion(revision=revision, name=name, version=version,
-                             created_by=created_by, created_at=created_at, signature=signature)
-    modules, data_json, manifest_json = row[6:9]
+                             created_by=created_by, created_at=created_at, signature=signature,
+                             message=message)
+    modules, data_json, manifest_json = row[7:10]
     return PolicyVersion(revision=revision, name=name, version=version, created_by=created_by,
                          created_at=created_at, signature=signature,
                          modules=tuple(sorted(modules.items())), data_json=data_json,
-                         manifest_json=manifest_json)
+                         manifest_json=manifest_json, message=message)
+
+
+def _moment(entry: EventEntry) -> dt.datetime:
+    """The event's time, to the microsecond its record keeps: the row's time too."""
+    return _EPOCH + dt.timedelta(microseconds=entry.at_ns // 1000)
 
 
 class PgPolicyStore:
@@ -56,17 +88,31 @@ class PgPolicyStore:
         self._pool = pool
         self._channel = channel
 
-    async def insert_version(self, policy: CheckedPolicy, *, signature: str,
-                             created_by: str) -> PolicyVersion:
-        """Store ``policy`` unless its revision exists already; return the stored version."""
-        async with reachable(), self._pool.connection() as conn:
-            await conn.execute(
+    async def insert_version(self, policy: CheckedPolicy, *, signature: str, caller: Caller,
+                             message: str = "") -> tuple[PolicyVersion, bool]:
+        """Store ``policy`` and record policy.version_created, unless its revision exists
+        already (then nothing changes: the first upload's message and uploader stay).
+        Returns the stored version and whether this call stored it."""
+        entry = EventEntry(events.PolicyVersionCreated(
+            revision=policy.revision, name=policy.name, version=policy.version,
+            message=message, signed=bool(signature), tests_passed=policy.tests_passed), caller)
+        async with self._transaction() as cur:
+            await cur.execute(
                 "INSERT INTO policy_versions (revision, name, version, modules, data_json, "
-                "manifest_json, signature, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (revision) DO NOTHING",
-                (policy.revision, policy.name, policy.version, json.dumps(dict(policy.modules)),
-                 policy.data_json, policy.manifest_json, signature, created_by))
-        return await self.get_version(policy.revision, full=False)
+                "manifest_json, signature, created_by, message, created_at) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (revision) DO NOTHING "
+                "RETURNING revision",
+                (policy.revision, policy.name, policy.version,
+                 json.dumps(dict(policy.modules)), policy.data_json, policy.manifest_json,
+                 signature, caller.id, message, _moment(entry)))
+            created = await cur.fetchone() is not None
+            if created:
+                await pg_event_chain.append_async(cur, [entry])
+            await cur.execute(f"SELECT {_COLUMNS} FROM policy_versions WHERE revision = %s",
+                              (policy.revision,))
+            row = await cur.fetchone()
+        assert row is not None
+        return _version(row), created
 
     async def get_version(self, revision: str, *, full: bool = True) -> PolicyVersion:
         """One version (with its sources when ``full``); NotFound when absent."""
@@ -92,32 +138,79 @@ class PgPolicyStore:
             row = await (await conn.execute(_STATE)).fetchone()
         return FleetState(*row) if row else None
 
-    async def set_desired(self, revision: str, *, activated_by: str,
-                          only_if_unset: bool = False) -> FleetState:
-        """Make ``revision`` (stored) the desired one and notify the fleet; return the state.
+    async def activate(self, revision: str, *, caller: Caller, message: str = "",
+                       only_if_unset: bool = False) -> FleetState:
+        """Push an activation of ``revision`` (stored) and notify the fleet; return the state.
 
-        The replaced revision becomes ``previous_revision`` (unchanged when the
-        revision is desired already). With ``only_if_unset`` nothing changes
-        when a desired revision exists. Raises NotFound for an unknown revision.
+        Nothing changes, and nothing is recorded, when ``revision`` is desired
+        already, or with ``only_if_unset`` when any revision is. Raises NotFound
+        for an unknown revision.
         """
-        async with reachable(), self._pool.connection() as conn, conn.transaction():
-            try:
-                await conn.execute(
-                    "INSERT INTO policy_state AS s (desired_revision, activated_by) "
-                    "VALUES (%s, %s) ON CONFLICT (id) DO "
-                    + ("NOTHING" if only_if_unset else
-                       "UPDATE SET previous_revision = CASE WHEN s.desired_revision = "
-                       "EXCLUDED.desired_revision THEN s.previous_revision "
-                       "ELSE s.desired_revision END, desired_revision = EXCLUDED.desired_revision,"
-                       " generation = s.generation + 1, activated_by = EXCLUDED.activated_by, "
-                       "activated_at = now()"),
-                    (revision, activated_by))
-            except psycopg.errors.ForeignKeyViolation as err:
-                raise NotFound(f"no policy version {revision!r}") from err
-            row = await (await conn.execute(_STATE)).fetchone()
-            assert row is not None
-            await conn.execute("SELECT pg_notify(%s, %s)", (self._channel, str(row[0])))
-        return FleetState(*row)
+        async with self._transaction() as cur:
+            head = await self._head(cur)
+            step = ph.activation(head, revision, only_if_unset=only_if_unset)
+            if step is None:
+                row = await (await cur.execute(_STATE)).fetchone()
+                assert row is not None
+                return FleetState(*row)
+            await cur.execute("SELECT 1 FROM policy_versions WHERE revision = %s",
+                              (revision,))
+            if await cur.fetchone() is None:
+                raise NotFound(f"no policy version {revision!r}")
+            event = events.PolicyActivated(
+                revision=step.revision, previous_revision=step.replaced_revision,
+                history_seq=step.seq, message=message)
+            return await self._record(cur, step, EventEntry(event, caller), message)
+
+    async def roll_back(self, *, caller: Caller, reason: str = "",
+                        from_revision: str = "") -> FleetState:
+        """Pop the activation in force: the one beneath it is in force again (see
+        :func:`acgs.domain.policy_history.rollback`); notify the fleet; return the state.
+
+        With ``from_revision``, only while that revision is the desired one.
+        Raises InvalidTransition when nothing is beneath (or ``from_revision`` is
+        not desired); nothing is then changed or recorded.
+        """
+        async with self._transaction() as cur:
+            step = ph.rollback(await self._head(cur), from_revision=from_revision)
+            event = events.PolicyRolledBack(
+                revision=step.revision, rolled_back_revision=step.replaced_revision,
+                history_seq=step.seq, reason=reason)
+            return await self._record(cur, step, EventEntry(event, caller), reason)
+
+    async def history(self, *, limit: int, before_seq: int = 0) -> list[HistoryEntry]:
+        """Up to ``limit`` entries, newest first, older than ``before_seq`` (0: the newest)."""
+        async with reachable(), self._pool.connection() as conn:
+            cur = await conn.execute(_HISTORY, (before_seq, before_seq, limit))
+            return [HistoryEntry(*row) for row in await cur.fetchall()]
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[psycopg.AsyncCursor[TupleRow]]:
+        """A cursor in a transaction: what it writes commits at the end, or nothing does."""
+        async with (reachable(), self._pool.connection() as conn, conn.transaction(),
+                    conn.cursor() as cur):
+            yield cur
+
+    async def _head(self, cur: psycopg.AsyncCursor[TupleRow]) -> Head | None:
+        """Where the history stands, locked against other writers until the commit."""
+        await cur.execute("LOCK TABLE policy_history IN EXCLUSIVE MODE")
+        row = await (await cur.execute(_HEAD)).fetchone()
+        return Head(*row) if row else None
+
+    async def _record(self, cur: psycopg.AsyncCursor[TupleRow], step: Step, entry: EventEntry,
+                      message: str) -> FleetState:
+        """Write ``step`` and its event, and notify the fleet (in the caller's transaction)."""
+        await cur.execute(
+            "INSERT INTO policy_history (seq, action, revision, replaced_revision, in_force, "
+            "beneath, undoes, actor_id, actor_role, actor_identity, message, at, event_id) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (step.seq, step.action, step.revision, step.replaced_revision or None,
+             step.in_force, step.beneath or None, step.undoes or None, entry.caller.id,
+             entry.caller.role, entry.caller.identity, message, _moment(entry),
+             entry.event_id))
+        await pg_event_chain.append_async(cur, [entry])
+        await cur.execute("SELECT pg_notify(%s, %s)", (self._channel, step.revision))
+        return FleetState(step.revision, step.replaced_revision, step.seq)
 
     async def heartbeat(self, *, instance_id: str, address: str, active_revision: str,
                         serving: bool) -> None:

@@ -1,8 +1,9 @@
-"""The shadow plan, the servers' shadow reports and automatic rollbacks in PostgreSQL (0010).
+"""The shadow plan and the servers' shadow reports in PostgreSQL (0010).
 
-Implements the ShadowStore and RollbackStore ports. Changes of the plan and
-rollbacks NOTIFY the channel of activations (:data:`~acgs.adapters.pg_policies.CHANNEL`)
-in their transaction, so every server's policy reconciliation wakes for them.
+Implements the ShadowStore port (automatic rollbacks are the policy history's:
+:class:`~acgs.adapters.pg_policies.PgPolicyStore`). Changes of the plan NOTIFY
+the channel of activations (:data:`~acgs.adapters.pg_policies.CHANNEL`) in
+their transaction, so every server's policy reconciliation wakes for them.
 Every method raises :class:`~acgs.errors.Unavailable` when PostgreSQL cannot be reached.
 """
 
@@ -15,13 +16,11 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from acgs.adapters.pg_policies import CHANNEL, reachable
-from acgs.domain.policy_version import FleetState
 from acgs.errors import NotFound
 from acgs.service_layer.policy_shadow import ShadowPlan, ShadowReport
 
 _PLAN = ("SELECT coalesce(candidate_revision, ''), sample, examples, generation "
          "FROM policy_shadow")
-_STATE = "desired_revision, coalesce(previous_revision, ''), generation"
 
 
 class PgShadowStore:
@@ -80,27 +79,3 @@ class PgShadowStore:
                 "ORDER BY instance_id", (generation,))
             rows = await cur.fetchall()
         return [ShadowReport(*row) for row in rows]
-
-    async def roll_back_from(self, revision: str, *, instance_id: str,
-                             reason: str) -> FleetState | None:
-        """Make the previous revision desired again, if ``revision`` is still the desired one.
-
-        Records the rollback (policy_rollbacks) and notifies the fleet in one
-        transaction. None when ``revision`` is no longer desired (another server
-        or an admin acted first) or there is nothing to roll back to.
-        """
-        async with reachable(), self._pool.connection() as conn, conn.transaction():
-            # SET sees the row as it was: the two revisions swap places.
-            row = await (await conn.execute(
-                "UPDATE policy_state SET desired_revision = previous_revision, "
-                "previous_revision = desired_revision, generation = generation + 1, "
-                "activated_by = %s, activated_at = now() WHERE desired_revision = %s AND "
-                "previous_revision IS NOT NULL AND previous_revision <> desired_revision "
-                f"RETURNING {_STATE}", (f"auto-rollback {instance_id}", revision))).fetchone()
-            if row is None:
-                return None
-            await conn.execute(
-                "INSERT INTO policy_rollbacks (from_revision, to_revision, instance_id, reason) "
-                "VALUES (%s, %s, %s, %s)", (revision, row[0], instance_id, reason))
-            await conn.execute("SELECT pg_notify(%s, %s)", (self._channel, str(row[0])))
-        return FleetState(*row)

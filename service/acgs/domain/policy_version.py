@@ -43,6 +43,8 @@ class PolicyVersion:
     modules: tuple[tuple[str, str], ...] = ()
     data_json: str = "{}"
     manifest_json: str = "{}"
+    message: str = ""
+    """Why it was uploaded (``acgs policy push -m``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +63,8 @@ class CheckedPolicy:
 
 @dataclass(frozen=True, slots=True)
 class FleetState:
-    """The revision the fleet should serve, bumped ``generation`` on each activation."""
+    """The revision the fleet should serve and the one its last change replaced;
+    ``generation`` is the seq of the last history entry (grows on every change)."""
 
     desired_revision: str
     previous_revision: str

@@ -4,7 +4,9 @@ Errors are mapped to status codes by :mod:`acgs.entrypoints.status`:
 PolicyError (syntax with file:line, failing tests, unsupported built-in) and
 InvalidRequest → INVALID_ARGUMENT; ConstitutionMismatch and BadSignature →
 FAILED_PRECONDITION, as is a rollback with nothing to roll back to;
-NotFound → NOT_FOUND; Unavailable (database) → UNAVAILABLE.
+NotFound → NOT_FOUND; Unavailable (database) → UNAVAILABLE. The authenticated
+caller is the actor of every change (its id, role and identity go to the
+policy history and the change's audit event).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Protocol
 from google.protobuf import timestamp_pb2
 
 from acgs.domain import canonical
+from acgs.domain.policy_history import HistoryEntry
 from acgs.domain.policy_version import ActivationOutcome, InstanceInfo, PolicyVersion
 from acgs.entrypoints import timestamps
 from acgs.entrypoints.callers import CallerResolver
+from acgs.entrypoints.convert import checked_text
 from acgs.entrypoints.status import Context
 from acgs.errors import InvalidRequest
 from acgs.service_layer.policy_admin import PolicyAdminService
@@ -31,6 +35,9 @@ _SERVICE = "acgs.v1.PolicyAdmin/"
 _DEFAULT_WAIT_S, _MAX_WAIT_S = 10.0, 30.0
 _DEFAULT_REPLAY_LIMIT = 10_000
 _DEFAULT_SAMPLE = 0.1
+_DEFAULT_HISTORY, _MAX_HISTORY = 50, 1000
+_MAX_MESSAGE = 1000
+_MAX_SEQ = 2**63 - 1  # a bigint
 
 
 class Replayer(Protocol):
@@ -53,12 +60,13 @@ class PolicyAdminServicer:
     async def CreatePolicyVersion(self, request: pb.CreatePolicyVersionRequest,
                                   context: Context) -> pb.PolicyVersion:
         caller = await self._callers.resolve(context, _SERVICE + "CreatePolicyVersion")
-        version, passed = await self._service.create(
+        version, passed, created = await self._service.create(
             modules=dict(request.modules), data_json=request.data_json,
             manifest_json=request.manifest_json, signature=request.signature,
-            created_by=caller.id)
+            caller=caller, message=_message(request.message))
         out = version_to_proto(version)
         out.tests_passed = passed
+        out.already_stored = not created
         return out
 
     async def ValidatePolicy(self, request: pb.CreatePolicyVersionRequest,
@@ -90,15 +98,30 @@ class PolicyAdminServicer:
                                     context: Context) -> pb.ActivationResult:
         caller = await self._callers.resolve(context, _SERVICE + "ActivatePolicyVersion")
         outcome = await self._service.activate(
-            request.revision, activated_by=caller.id, wait_s=_wait_s(request.timeout_ms, context))
+            request.revision, caller=caller, message=_message(request.message),
+            wait_s=_wait_s(request.timeout_ms, context))
         return outcome_to_proto(outcome)
 
     async def RollbackPolicy(self, request: pb.RollbackPolicyRequest,
                              context: Context) -> pb.ActivationResult:
         caller = await self._callers.resolve(context, _SERVICE + "RollbackPolicy")
         outcome = await self._service.rollback(
-            activated_by=caller.id, wait_s=_wait_s(request.timeout_ms, context))
+            caller=caller, reason=_message(request.message),
+            wait_s=_wait_s(request.timeout_ms, context))
         return outcome_to_proto(outcome)
+
+    async def ListPolicyHistory(self, request: pb.ListPolicyHistoryRequest,
+                                context: Context) -> pb.ListPolicyHistoryResponse:
+        await self._callers.resolve(context, _SERVICE + "ListPolicyHistory")
+        if request.limit > _MAX_HISTORY:
+            raise InvalidRequest(f"limit is at most {_MAX_HISTORY} (0: {_DEFAULT_HISTORY})")
+        limit = request.limit or _DEFAULT_HISTORY
+        before = min(request.before_seq, _MAX_SEQ)  # past any seq: from the newest
+        entries = await self._service.history(limit=limit, before_seq=before)
+        more = len(entries) == limit and entries[-1].seq > 1
+        return pb.ListPolicyHistoryResponse(
+            entries=[history_to_proto(e) for e in entries],
+            next_before_seq=entries[-1].seq if more else 0)
 
     async def ListInstances(self, request: pb.ListInstancesRequest,
                             context: Context) -> pb.ListInstancesResponse:
@@ -152,6 +175,11 @@ class PolicyAdminServicer:
         return self._shadow
 
 
+def _message(text: str) -> str:
+    """A change's message (kept in the history and the trail): bounded, never silently cut."""
+    return checked_text(text, "message", _MAX_MESSAGE).strip()
+
+
 def _wait_s(timeout_ms: int, context: Context) -> float:
     if timeout_ms:
         return min(timeout_ms / 1000, _MAX_WAIT_S)
@@ -172,7 +200,15 @@ def version_to_proto(v: PolicyVersion, *, desired: str = "") -> pb.PolicyVersion
         revision=v.revision, name=v.name, version=v.version, created_by=v.created_by,
         created_at=_timestamp(v.created_at), signed=bool(v.signature), modules=dict(v.modules),
         data_json=v.data_json if v.modules else "", manifest_json=v.manifest_json if v.modules
-        else "", desired=v.revision == desired)
+        else "", desired=v.revision == desired, message=v.message)
+
+
+def history_to_proto(e: HistoryEntry) -> pb.PolicyHistoryEntry:
+    return pb.PolicyHistoryEntry(
+        seq=e.seq, action=e.action, revision=e.revision, replaced_revision=e.replaced_revision,
+        actor_id=e.actor_id, actor_role=e.actor_role, actor_identity=e.actor_identity,
+        at=_timestamp(e.at), message=e.message, event_id=e.event_id, current=e.current,
+        beneath=e.beneath, undoes=e.undoes)
 
 
 def outcome_to_proto(o: ActivationOutcome) -> pb.ActivationResult:

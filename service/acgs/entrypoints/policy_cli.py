@@ -1,4 +1,4 @@
-"""``acgs policy push|activate|rollback|list|instances|shadow|shadow-report|sign``.
+"""``acgs policy push|activate|rollback|list|history|instances|shadow|shadow-report|sign``.
 
 Every command but ``sign`` calls acgs.v1.PolicyAdmin on any server of the fleet
 (``--addr``), with ``--token``, else ``$ACGS_TOKEN``, else the admin token of
@@ -59,14 +59,24 @@ def cmd_push(args: argparse.Namespace) -> int:
             checked = _call(args, "ValidatePolicy", request)
             print(f"{checked.revision} valid ({checked.tests_passed} Rego tests passed)")
             return 0
+        request.message = args.message
         version = _call(args, "CreatePolicyVersion", request)
     except grpc.RpcError as err:
         return admin_cli.fail(err)
     print(version.revision)
+    if version.already_stored:
+        print(f"acgs: {version.revision} was stored already (by {version.created_by} at "
+              f"{_when(version.created_at)}: {version.message or '-'}); nothing changed",
+              file=sys.stderr)
+        return 0
     print(f"acgs: stored {version.name} {version.version} as {version.revision} "
           f"({version.tests_passed} Rego tests passed); activate with "
           f"`acgs policy activate {version.revision}`", file=sys.stderr)
     return 0
+
+
+def _when(ts: Any) -> str:
+    return f"{ts.ToDatetime().isoformat(timespec='seconds')}Z"
 
 
 def _report(result: pb.ActivationResult) -> int:
@@ -81,7 +91,7 @@ def _report(result: pb.ActivationResult) -> int:
 
 def cmd_activate(args: argparse.Namespace) -> int:
     """Make REV the fleet's policy; exit 1 if a live server did not acknowledge in time."""
-    request = pb.ActivatePolicyVersionRequest(revision=args.revision,
+    request = pb.ActivatePolicyVersionRequest(revision=args.revision, message=args.message,
                                               timeout_ms=int(args.wait * 1000))
     try:
         return _report(_call(args, "ActivatePolicyVersion", request, timeout=args.wait + 5))
@@ -90,8 +100,8 @@ def cmd_activate(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    """Activate the revision that was desired before the current one."""
-    request = pb.RollbackPolicyRequest(timeout_ms=int(args.wait * 1000))
+    """Undo the activation in force: the one beneath it in the history is in force again."""
+    request = pb.RollbackPolicyRequest(timeout_ms=int(args.wait * 1000), message=args.message)
     try:
         return _report(_call(args, "RollbackPolicy", request, timeout=args.wait + 5))
     except grpc.RpcError as err:
@@ -99,15 +109,41 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """Every stored version, newest first; ``*`` marks the fleet's desired one."""
+    """Every stored version, newest first: revision, name and version, upload time,
+    signed or not, uploader and message; ``*`` marks the fleet's desired one."""
     try:
         versions = _call(args, "ListPolicyVersions", pb.ListPolicyVersionsRequest()).versions
     except grpc.RpcError as err:
         return admin_cli.fail(err)
     for v in versions:
-        when = v.created_at.ToDatetime().isoformat(timespec="seconds")
-        print(f"{'*' if v.desired else ' '} {v.revision}  {v.name} {v.version}  {when}Z  "
-              f"{'signed' if v.signed else 'unsigned'}  by {v.created_by}")
+        print(f"{'*' if v.desired else ' '} {v.revision}  {v.name} {v.version}  "
+              f"{_when(v.created_at)}  {'signed' if v.signed else 'unsigned'}  "
+              f"by {v.created_by}  {v.message or '-'}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Activations and rollbacks, newest first (``--limit``, ``--before SEQ`` for older
+    pages); ``*`` marks the activation in force."""
+    try:
+        answer = _call(args, "ListPolicyHistory", pb.ListPolicyHistoryRequest(
+            limit=args.limit, before_seq=args.before))
+    except grpc.RpcError as err:
+        return admin_cli.fail(err)
+    if not answer.entries:
+        print("no policy history")
+    for e in answer.entries:
+        actor = e.actor_identity or e.actor_id
+        if e.action == "rolled_back":
+            what = (f"rolled back #{e.undoes} ({e.replaced_revision}): "
+                    f"{e.revision} desired again")
+        else:
+            what = f"activated {e.revision} (replacing {e.replaced_revision or '-'})"
+        print(f"{'*' if e.current else ' '} #{e.seq}  {_when(e.at)}  {what}  "
+              f"by {actor} ({e.actor_role})  {e.message or '-'}")
+    if answer.next_before_seq:
+        print(f"acgs: older entries: `acgs policy history --before {answer.next_before_seq}`",
+              file=sys.stderr)
     return 0
 
 
@@ -247,16 +283,24 @@ def register(policy: Any) -> None:
     push = policy.add_parser("push", help="upload a policy directory as a version")
     push.add_argument("dir")
     push.add_argument("--dry-run", action="store_true", help="check only (ValidatePolicy)")
+    push.add_argument("-m", "--message", default="", help="why (stored with the version)")
     push.set_defaults(func=cmd_push)
     activate = policy.add_parser("activate", help="make a version the fleet's policy")
     activate.add_argument("revision")
-    rollback = policy.add_parser("rollback", help="activate the previously desired version")
+    rollback = policy.add_parser("rollback", help="undo the activation in force (step back "
+                                 "one activation in `acgs policy history`)")
     for cmd, fn in ((activate, cmd_activate), (rollback, cmd_rollback)):
         cmd.add_argument("--wait", type=float, default=10.0,
                          help="seconds to wait for every server's acknowledgement (10)")
+        cmd.add_argument("-m", "--message", default="", help="why (kept in the history)")
         cmd.set_defaults(func=fn)
     listing = policy.add_parser("list", help="stored versions (* = desired)")
     listing.set_defaults(func=cmd_list)
+    history = policy.add_parser("history", help="activations and rollbacks, newest first "
+                                "(* = the activation in force)")
+    history.add_argument("--limit", type=int, default=50, help="entries shown (50, max 1000)")
+    history.add_argument("--before", type=int, default=0, help="only entries before this #")
+    history.set_defaults(func=cmd_history)
     instances = policy.add_parser("instances", help="servers and the revision each serves")
     instances.set_defaults(func=cmd_instances)
     shadow = policy.add_parser("shadow", help="decide a share of live decisions under a "
@@ -271,7 +315,7 @@ def register(policy: Any) -> None:
     shadow_report = policy.add_parser("shadow-report", help="the shadow's differences")
     shadow_report.add_argument("--json", action="store_true")
     shadow_report.set_defaults(func=cmd_shadow_report)
-    for cmd in (push, activate, rollback, listing, instances, shadow, shadow_report):
+    for cmd in (push, activate, rollback, listing, history, instances, shadow, shadow_report):
         admin_cli.add_connection_args(cmd)
     signer = policy.add_parser("sign", help="sign a policy directory (writes DIR/policy.sig)")
     signer.add_argument("dir")

@@ -37,6 +37,7 @@ from acgs.adapters.policy_signatures import Ed25519Verifier
 from acgs.adapters.rego_source import PolicyBundle, bundle_from_parts
 from acgs.adapters.regopy_engine import RegopyEngine
 from acgs.config import Settings
+from acgs.domain.model import Caller
 from acgs.domain.policy_version import (
     SIGNATURE_FILE,
     CheckedPolicy,
@@ -124,7 +125,7 @@ async def build_policy_lifecycle(
     store = PgPolicyStore(pool=database.pool)
     shadow_store = PgShadowStore(pool=database.pool)
     bell = PgBell(conninfo=database.conninfo, channel=CHANNEL)
-    rollback = AutoRollback(store=shadow_store, instance_id=settings.instance_id,
+    rollback = AutoRollback(store=store, instance_id=settings.instance_id,
                             telemetry=telemetry, incidents=incidents)
     watch = rollback.watch = RollbackWatch(
         share=settings.policy_rollback_failsafe_share,
@@ -254,9 +255,10 @@ async def seed_fleet(settings: Settings, *, store: PgPolicyStore, bundle: Policy
                             version=bundle.version, modules=bundle.modules,
                             data_json=bundle.data_json, manifest_json=bundle.manifest_json,
                             tests_passed=0)
-    await store.insert_version(checked, signature=signature,
-                               created_by=f"bootstrap {settings.instance_id}")
-    state = await store.set_desired(bundle.revision, activated_by=settings.instance_id,
-                                    only_if_unset=True)
+    server = Caller(id=settings.instance_id, role="system")
+    await store.insert_version(checked, signature=signature, caller=server,
+                               message=f"seeded from {settings.policy_dir}")
+    state = await store.activate(bundle.revision, caller=server, only_if_unset=True,
+                                 message="the first start of the fleet")
     logger.info("fleet policy: %s desired (generation %d)", state.desired_revision,
                 state.generation)

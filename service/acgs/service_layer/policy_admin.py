@@ -2,10 +2,12 @@
 
 An upload is checked by the PolicyChecker (never in the server's own
 process), its signature by the SignatureVerifier when trusted keys are
-configured, then stored. Activation makes a stored version the fleet's
-desired one (PostgreSQL notifies every server) and waits until every live
-server (heartbeat within ``live_within_s``) reports serving it; rollback
-activates the revision desired before the current one.
+configured, then stored. Activation pushes a stored version onto the
+fleet's history (:mod:`acgs.domain.policy_history`; PostgreSQL notifies every
+server) and waits until every live server (heartbeat within
+``live_within_s``) reports serving it; rollback pops the activation in force,
+so the one beneath it is served again. Each of these records its audit event
+with the caller as actor, in the same transaction as the change (the store).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import asyncio
 import time
 from collections.abc import Mapping
 
+from acgs.domain.model import Caller
+from acgs.domain.policy_history import HistoryEntry
 from acgs.domain.policy_version import (
     ActivationOutcome,
     CheckedPolicy,
@@ -22,7 +26,7 @@ from acgs.domain.policy_version import (
     PolicyVersion,
     content_digest,
 )
-from acgs.errors import InvalidRequest, InvalidTransition
+from acgs.errors import InvalidRequest
 from acgs.service_layer.policy_ports import PolicyChecker, PolicyStore, SignatureVerifier
 
 
@@ -49,13 +53,15 @@ class PolicyAdminService:
         return checked
 
     async def create(self, *, modules: Mapping[str, str], data_json: str, manifest_json: str,
-                     signature: str, created_by: str) -> tuple[PolicyVersion, int]:
-        """Check and store a version; return it and its number of passed Rego tests."""
+                     signature: str, caller: Caller,
+                     message: str = "") -> tuple[PolicyVersion, int, bool]:
+        """Check and store a version; return it, its number of passed Rego tests and whether
+        this call stored it (False: stored before, unchanged, nothing recorded)."""
         checked = await self.validate(modules=modules, data_json=data_json,
                                       manifest_json=manifest_json, signature=signature)
-        stored = await self._store.insert_version(checked, signature=signature,
-                                                  created_by=created_by)
-        return stored, checked.tests_passed
+        stored, created = await self._store.insert_version(
+            checked, signature=signature, caller=caller, message=message)
+        return stored, checked.tests_passed, created
 
     async def list_versions(self) -> list[PolicyVersion]:
         return await self._store.list_versions()
@@ -70,29 +76,34 @@ class PolicyAdminService:
     async def instances(self) -> list[InstanceInfo]:
         return await self._store.instances(live_within_s=self._live_within_s)
 
-    async def activate(self, revision: str, *, activated_by: str,
-                       wait_s: float) -> ActivationOutcome:
+    async def history(self, *, limit: int, before_seq: int = 0) -> list[HistoryEntry]:
+        """Activations and rollbacks, newest first (``before_seq``: older than that)."""
+        return await self._store.history(limit=limit, before_seq=before_seq)
+
+    async def activate(self, revision: str, *, caller: Caller, wait_s: float,
+                       message: str = "") -> ActivationOutcome:
         """Make ``revision`` desired, then wait up to ``wait_s`` for every live server.
 
         Raises NotFound (unknown revision) and BadSignature (a trusted-keys
         fleet refuses it); a server that does not acknowledge in time is
-        reported in ``pending``, not raised.
+        reported in ``pending``, not raised. Activating the desired revision
+        again changes and records nothing (it only waits).
         """
         version = await self._store.get_version(_required(revision))
         if self._verifier is not None:
             self._verifier.verify(digest=content_digest(version.modules, version.data_json,
                                                         version.manifest_json),
                                   signature=version.signature)
-        state = await self._store.set_desired(version.revision, activated_by=activated_by)
+        state = await self._store.activate(version.revision, caller=caller, message=message)
         return await self._await_fleet(state, wait_s)
 
-    async def rollback(self, *, activated_by: str, wait_s: float) -> ActivationOutcome:
-        """Activate the revision desired before the current one; InvalidTransition if none."""
-        state = await self._store.state()
-        if state is None or not state.previous_revision:
-            raise InvalidTransition("no earlier policy version to roll back to")
-        return await self.activate(state.previous_revision, activated_by=activated_by,
-                                   wait_s=wait_s)
+    async def rollback(self, *, caller: Caller, wait_s: float,
+                       reason: str = "") -> ActivationOutcome:
+        """Pop the activation in force: the one beneath it is desired again (two rollbacks
+        step back twice); then wait like :meth:`activate`. InvalidTransition when nothing
+        is beneath."""
+        state = await self._store.roll_back(caller=caller, reason=reason)
+        return await self._await_fleet(state, wait_s)
 
     async def _await_fleet(self, state: FleetState, wait_s: float) -> ActivationOutcome:
         deadline = time.monotonic() + wait_s

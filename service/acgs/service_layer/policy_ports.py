@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from acgs.domain.model import Decision
+from acgs.domain.model import Caller, Decision
+from acgs.domain.policy_history import HistoryEntry
 from acgs.domain.policy_version import CheckedPolicy, FleetState, InstanceInfo, PolicyVersion
 
 if TYPE_CHECKING:
@@ -30,10 +31,11 @@ class SignatureVerifier(Protocol):
 
 
 class PolicyStore(Protocol):
-    """Stored versions, the fleet's desired revision and its servers (raises Unavailable)."""
+    """Stored versions, the history of the fleet's desired revision and its servers (raises
+    Unavailable). Every change records its audit event (``caller`` the actor) with it."""
 
-    async def insert_version(self, policy: CheckedPolicy, *, signature: str,
-                             created_by: str) -> PolicyVersion: ...
+    async def insert_version(self, policy: CheckedPolicy, *, signature: str, caller: Caller,
+                             message: str = "") -> tuple[PolicyVersion, bool]: ...
 
     async def get_version(self, revision: str, *, full: bool = True) -> PolicyVersion: ...
 
@@ -41,8 +43,13 @@ class PolicyStore(Protocol):
 
     async def state(self) -> FleetState | None: ...
 
-    async def set_desired(self, revision: str, *, activated_by: str,
-                          only_if_unset: bool = False) -> FleetState: ...
+    async def activate(self, revision: str, *, caller: Caller, message: str = "",
+                       only_if_unset: bool = False) -> FleetState: ...
+
+    async def roll_back(self, *, caller: Caller, reason: str = "",
+                        from_revision: str = "") -> FleetState: ...
+
+    async def history(self, *, limit: int, before_seq: int = 0) -> list[HistoryEntry]: ...
 
     async def heartbeat(self, *, instance_id: str, address: str, active_revision: str,
                         serving: bool) -> None: ...
@@ -75,7 +82,9 @@ class ShadowStore(Protocol):
 
 
 class RollbackStore(Protocol):
-    """Rolls the fleet back from a revision, once (raises Unavailable)."""
+    """Rolls the fleet back from a revision, once: the PolicyStore's rollback (raises
+    Unavailable, and InvalidTransition when ``from_revision`` is no longer desired or
+    nothing is beneath it)."""
 
-    async def roll_back_from(self, revision: str, *, instance_id: str,
-                             reason: str) -> FleetState | None: ...
+    async def roll_back(self, *, caller: Caller, reason: str = "",
+                        from_revision: str = "") -> FleetState: ...

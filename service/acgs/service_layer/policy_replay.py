@@ -1,7 +1,8 @@
 """Replay recorded decisions under a candidate policy version: what would change?
 
-Reads ``decide`` records of the audit trail (a time range, at most ``limit``,
-oldest first), takes the input each recorded (``request_json`` =
+Reads the decisions of the audit trail (a time range, at most ``limit``,
+oldest first; other events, such as the admin chain's policy changes, are not
+decisions and are passed over uncounted), takes the input each recorded (``request_json`` =
 ``{"request_id", "input"}``; masked fields stay masked), evaluates it under the
 candidate on a private engine, and compares effects. Records that cannot be
 replayed (no input, or a fail-safe / audit-refusal DENY, which says nothing
@@ -89,6 +90,8 @@ class PolicyReplayer:
         try:
             async for record in self._records(DecisionFilter(since_us=since_us,
                                                              until_us=until_us)):
+                if record.kind not in events.DECISION_KINDS:
+                    continue  # not a decision (an admin event, an escalation): not counted
                 if report.replayed + report.skipped + len(pending) >= limit:
                     break
                 if sample < 1.0 and not _sampled(record.decision_id, sample):

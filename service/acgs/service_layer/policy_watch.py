@@ -8,11 +8,13 @@ watch counts the decisions made under it and those that were fail-safe
 because the policy could not decide (an evaluation error, an undefined or
 malformed decision; not an audit refusal). Once at least ``min_decisions``
 were made and more than ``share`` of them failed safe, the fleet is rolled
-back: the desired revision becomes the previous one again, if the bad one is
-still desired (one server's rollback is the fleet's; the others find nothing
-left to do). The rollback is logged, counted
-(``acgs_policy_auto_rollbacks_total``), stored in ``policy_rollbacks`` and
-opens a ``policy_rollback`` incident escalation, so humans see it. The
+back, if the bad revision is still desired (one server's rollback is the
+fleet's; the others find nothing left to do): the same rollback as an
+admin's (the activation in force is popped from the policy history), with
+this server as the actor and the reason recorded in the history and in its
+policy.rolled_back event. It is logged, counted
+(``acgs_policy_auto_rollbacks_total``) and opens a ``policy_rollback``
+incident escalation, so humans see it. The
 revision restored by a rollback is not watched again on this server (no
 ping-pong between two versions that both fail).
 """
@@ -26,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from acgs.domain.model import Caller, Decision, Severity, Violation
-from acgs.errors import AcgsError
+from acgs.errors import AcgsError, InvalidTransition
 from acgs.service_layer.policy_ports import RollbackStore
 from acgs.service_layer.policy_shadow import ShadowEvaluator
 
@@ -108,16 +110,20 @@ class AutoRollback:
         self._incidents = incidents
         self.watch: RollbackWatch | None = None
 
+    @property
+    def actor(self) -> Caller:
+        """Who an automatic rollback is recorded as done by: this server."""
+        return Caller(id=self._instance_id, role="system")
+
     async def __call__(self, revision: str, reason: str) -> None:
         try:
-            state = await self._store.roll_back_from(revision, instance_id=self._instance_id,
-                                                     reason=reason)
+            state = await self._store.roll_back(caller=self.actor, reason=reason,
+                                                from_revision=revision)
+        except InvalidTransition as err:  # another server or an admin acted first
+            logger.warning("not rolling back automatically (%s): %s", reason, err)
+            return
         except AcgsError as err:
             logger.error("automatic rollback of %s impossible: %s", revision, err)
-            return
-        if state is None:
-            logger.warning("not rolling back %s (%s): it is no longer the desired revision "
-                           "or has no predecessor", revision, reason)
             return
         if self.watch is not None:
             self.watch.restored(state.desired_revision)
@@ -128,7 +134,7 @@ class AutoRollback:
         if self._incidents is not None:
             await self._incidents.incident(
                 reason=POLICY_ROLLBACK, key=f"{POLICY_ROLLBACK}:{revision}",
-                caller=Caller(id=self._instance_id, role="system"),
+                caller=self.actor,
                 violation=Violation("fail_safe", Severity.CRITICAL, message))
 
 
