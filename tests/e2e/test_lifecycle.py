@@ -15,8 +15,8 @@ from tests.plugins.servers import ServerFactory, ServerProcess
 
 pytestmark = pytest.mark.postgres
 
-TASKS = ("shipper", "checkpointer", "token-refresh", "escalation-sweeper", "shadow",
-         "policy-sync", "listener", "database-watch")
+TASKS = ("shipper", "checkpointer", "admin-chain-checkpoints", "token-refresh",
+         "escalation-sweeper", "shadow", "policy-sync", "listener", "database-watch")
 
 
 def _tasks(server: ServerProcess, name: str) -> dict[str, float]:
