@@ -161,7 +161,7 @@ def decide_all(server: ServerProcess, inputs: list[dict[str, Any]]) -> list[str]
 
 
 def test_the_shadow_report_shows_the_exact_transitions_of_a_candidate(
-        servers: ServerFactory) -> None:
+        servers: ServerFactory, server_database: str) -> None:
     env = {**ENV, "ACGS_AUDIT_MASK_FIELDS": "principal.id"}
     fleet = [servers.start(env, name=n) for n in ("a", "b")]
     stub = admin(fleet[0])
@@ -215,6 +215,14 @@ def test_the_shadow_report_shows_the_exact_transitions_of_a_candidate(
     assert stopping.returncode == 0, stopping.stderr
     stopped = stub.GetShadowReport(pb.GetShadowReportRequest(), timeout=5).state
     assert stopped.candidate_revision == "" and stopped.generation > state.generation
+    with psycopg.connect(server_database, autocommit=True) as conn:  # both in the trail
+        shadowing = conn.execute(
+            "SELECT kind, caller_role, data FROM audit_decisions WHERE instance_id = 'admin' "
+            "AND kind LIKE 'policy.shadow_%%' ORDER BY seq").fetchall()
+    assert [(k, r, events.decode(k, d)) for k, r, d in shadowing] == [
+        ("policy.shadow_started", "admin",
+         events.PolicyShadowStarted(revision, 1.0, 2, state.generation)),
+        ("policy.shadow_stopped", "admin", events.PolicyShadowStopped(stopped.generation))]
     assert decide_all(fleet[0], traffic) == before[0]
     final = stub.GetShadowReport(pb.GetShadowReportRequest(), timeout=5)
     assert final.state.candidate_revision == "" and final.evaluated == 0

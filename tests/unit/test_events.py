@@ -34,6 +34,8 @@ SAMPLES: list[events.Event] = [
     events.PolicyVersionCreated("rev-2", "constitution", "1.2", "tighten pii", True, 14),
     events.PolicyActivated("rev-2", "rev-1", 7, "go"),
     events.PolicyRolledBack("rev-1", "rev-2", 8, "shadow disagreement"),
+    events.PolicyShadowStarted("rev-3", 0.25, 5, 4),
+    events.PolicyShadowStopped(5),
     events.TokenCreated("tok-1", "ci", "agent", "ci@example", T0),
     events.TokenRevoked("tok-1", "ci"),
 ]
@@ -67,6 +69,7 @@ def test_every_kind_but_the_column_kinds_has_a_payload_type() -> None:
         {**events.EscalationChanged.of(ESC, APPROVED, change="approved").to_data(),
          "resolved_at": "2026-12-03T12:00:00"}), "no time zone"),
     (events.EVALUATION, '{"x": 1}', "carries no data"),
+    (events.POLICY_SHADOW_STARTED, '{"revision": "r", "sample": 2}', "fraction"),
 ])
 def test_a_payload_that_is_not_its_kind_is_named(kind: str, data: str, why: str) -> None:
     with pytest.raises(events.EventError, match=why):

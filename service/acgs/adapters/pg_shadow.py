@@ -15,9 +15,13 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from acgs.adapters import pg_event_chain
 from acgs.adapters.pg_policies import CHANNEL, reachable
+from acgs.domain import events
+from acgs.domain.model import Caller
 from acgs.errors import NotFound
 from acgs.service_layer.policy_shadow import ShadowPlan, ShadowReport
+from acgs.service_layer.ports import EventEntry
 
 _PLAN = ("SELECT coalesce(candidate_revision, ''), sample, examples, generation "
          "FROM policy_shadow")
@@ -37,8 +41,11 @@ class PgShadowStore:
         return ShadowPlan(*row) if row else None
 
     async def set_shadow(self, *, revision: str, sample: float, examples: int,
-                         changed_by: str) -> ShadowPlan:
-        """Replace the plan (``revision`` "": none) with a new generation; notify the fleet."""
+                         actor: Caller) -> ShadowPlan:
+        """Replace the plan (``revision`` "": none) with a new generation; notify the fleet.
+
+        Its ``policy.shadow_started``/``policy.shadow_stopped`` event, done by ``actor``,
+        is appended to the admin chain in the same transaction."""
         async with reachable(), self._pool.connection() as conn, conn.transaction():
             try:
                 await conn.execute(
@@ -47,13 +54,20 @@ class PgShadowStore:
                     "candidate_revision = EXCLUDED.candidate_revision, sample = EXCLUDED.sample,"
                     " examples = EXCLUDED.examples, changed_by = EXCLUDED.changed_by, "
                     "generation = s.generation + 1, changed_at = now()",
-                    (revision or None, sample, examples, changed_by))
+                    (revision or None, sample, examples, actor.id))
             except psycopg.errors.ForeignKeyViolation as err:
                 raise NotFound(f"no policy version {revision!r}") from err
             row = await (await conn.execute(_PLAN)).fetchone()
             assert row is not None
+            plan = ShadowPlan(*row)
+            event: events.Event = (
+                events.PolicyShadowStarted(plan.revision, plan.sample, plan.examples,
+                                           plan.generation) if plan.revision
+                else events.PolicyShadowStopped(plan.generation))
+            async with conn.cursor() as cur:
+                await pg_event_chain.append_async(cur, [EventEntry(event, actor)])
             await conn.execute("SELECT pg_notify(%s, %s)", (self._channel, f"shadow {row[3]}"))
-        return ShadowPlan(*row)
+        return plan
 
     async def put_shadow_report(self, report: ShadowReport) -> None:
         """Upsert this server's report (one row per server: the latest generation only)."""

@@ -42,13 +42,15 @@ INCIDENT_OPENED = "incident.opened"  # an escalation that answers no decision
 POLICY_VERSION_CREATED = "policy.version_created"
 POLICY_ACTIVATED = "policy.activated"
 POLICY_ROLLED_BACK = "policy.rolled_back"
+POLICY_SHADOW_STARTED = "policy.shadow_started"  # a candidate shadowed on live decisions
+POLICY_SHADOW_STOPPED = "policy.shadow_stopped"
 TOKEN_CREATED = "token.created"
 TOKEN_REVOKED = "token.revoked"
 CHECKPOINT = "checkpoint"  # a signed checkpoint of the chain (acgs.domain.checkpoint)
 
 KINDS = (DECISION, EVALUATION, ESCALATION_OPENED, ESCALATION_CHANGED, INCIDENT_OPENED,
-         POLICY_VERSION_CREATED, POLICY_ACTIVATED, POLICY_ROLLED_BACK, TOKEN_CREATED,
-         TOKEN_REVOKED, CHECKPOINT)
+         POLICY_VERSION_CREATED, POLICY_ACTIVATED, POLICY_ROLLED_BACK, POLICY_SHADOW_STARTED,
+         POLICY_SHADOW_STOPPED, TOKEN_CREATED, TOKEN_REVOKED, CHECKPOINT)
 DECISION_KINDS = frozenset({DECISION, EVALUATION, "decide", "evaluate", "approval"})
 """Kinds (new and legacy) whose records are decisions: what the decision queries read."""
 
@@ -321,6 +323,51 @@ class PolicyRolledBack(Event):
         return Subject(policy_revision=self.revision)
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyShadowStarted(Event):
+    """The fleet shadows ``revision`` on a ``sample`` of live decisions (plan ``generation``)."""
+
+    KIND: ClassVar[str] = POLICY_SHADOW_STARTED
+    revision: str
+    sample: float
+    examples: int
+    generation: int
+
+    def to_data(self) -> dict[str, Any]:
+        return {"revision": self.revision, "sample": self.sample, "examples": self.examples,
+                "generation": self.generation}
+
+    @classmethod
+    def from_data(cls, doc: Mapping[str, Any]) -> PolicyShadowStarted:
+        _only(doc, {"revision", "sample", "examples", "generation"})
+        sample = doc.get("sample")
+        if isinstance(sample, bool) or not isinstance(sample, (int, float)) \
+                or not 0 < sample <= 1:
+            raise EventError("sample is not a fraction in (0, 1]")
+        return cls(_s(doc, "revision", required=True), float(sample), _i(doc, "examples"),
+                   _i(doc, "generation"))
+
+    @property
+    def subject(self) -> Subject:
+        return Subject(policy_revision=self.revision)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyShadowStopped(Event):
+    """The fleet stopped shadowing (plan ``generation`` has no candidate)."""
+
+    KIND: ClassVar[str] = POLICY_SHADOW_STOPPED
+    generation: int
+
+    def to_data(self) -> dict[str, Any]:
+        return {"generation": self.generation}
+
+    @classmethod
+    def from_data(cls, doc: Mapping[str, Any]) -> PolicyShadowStopped:
+        _only(doc, {"generation"})
+        return cls(_i(doc, "generation"))
+
+
 # -- tokens ----------------------------------------------------------------------------------
 
 
@@ -373,7 +420,8 @@ class TokenRevoked(Event):
 PAYLOADS: dict[str, type[Event]] = {
     cls.KIND: cls for cls in (
         EscalationOpened, IncidentOpened, EscalationChanged, PolicyVersionCreated,
-        PolicyActivated, PolicyRolledBack, TokenCreated, TokenRevoked)
+        PolicyActivated, PolicyRolledBack, PolicyShadowStarted, PolicyShadowStopped,
+        TokenCreated, TokenRevoked)
 }
 """The payload type of each kind whose ``data`` is a payload (decisions: only approvals)."""
 

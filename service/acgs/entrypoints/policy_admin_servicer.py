@@ -156,12 +156,12 @@ class PolicyAdminServicer:
         caller = await self._callers.resolve(context, _SERVICE + "StartShadow")
         plan = await self._shadows().start(
             request.revision, sample=request.sample or _DEFAULT_SAMPLE,
-            examples=request.examples or DEFAULT_EXAMPLES, started_by=caller.id)
+            examples=request.examples or DEFAULT_EXAMPLES, started_by=caller)
         return plan_to_proto(plan)
 
     async def StopShadow(self, request: pb.StopShadowRequest, context: Context) -> pb.ShadowState:
         caller = await self._callers.resolve(context, _SERVICE + "StopShadow")
-        return plan_to_proto(await self._shadows().stop(stopped_by=caller.id))
+        return plan_to_proto(await self._shadows().stop(stopped_by=caller))
 
     async def GetShadowReport(self, request: pb.GetShadowReportRequest,
                               context: Context) -> pb.ShadowReport:

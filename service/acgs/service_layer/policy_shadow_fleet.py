@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from acgs.domain.model import Caller
 from acgs.domain.policy_version import PolicyVersion
 from acgs.errors import AcgsError, InvalidRequest
 from acgs.service_layer.policy_ports import PolicyStore, ShadowStore
@@ -82,7 +83,7 @@ class ShadowAdmin:
         self._versions = versions
 
     async def start(self, revision: str, *, sample: float, examples: int,
-                    started_by: str) -> ShadowPlan:
+                    started_by: Caller) -> ShadowPlan:
         """Shadow ``revision`` (stored) fleet-wide. Raises InvalidRequest, NotFound."""
         if not revision.strip():
             raise InvalidRequest("revision (the candidate version) is required")
@@ -92,12 +93,12 @@ class ShadowAdmin:
             raise InvalidRequest(f"examples is at most {MAX_EXAMPLES} per transition")
         version = await self._versions.get_version(revision.strip(), full=False)
         return await self._store.set_shadow(revision=version.revision, sample=sample,
-                                            examples=examples, changed_by=started_by)
+                                            examples=examples, actor=started_by)
 
-    async def stop(self, *, stopped_by: str) -> ShadowPlan:
+    async def stop(self, *, stopped_by: Caller) -> ShadowPlan:
         """No candidate any more; every server drops its own."""
         return await self._store.set_shadow(revision="", sample=1.0, examples=0,
-                                            changed_by=stopped_by)
+                                            actor=stopped_by)
 
     async def report(self) -> tuple[ShadowPlan | None, ShadowReport, list[ShadowReport]]:
         """The plan, the fleet's merged report and each server's, for the current plan."""
