@@ -52,6 +52,8 @@ _ORDER = sql.SQL(" ORDER BY decided_at, instance_id, seq LIMIT %s")
 _US = dt.timedelta(microseconds=1)
 _DECISION_KINDS = sorted(events.DECISION_KINDS)
 _BEYOND = 100  # copies of checkpoints past a cut tail worth reading: the newest decide
+_SIFTED_CHUNKS = 10  # largest pages one ListEvents call may read when Python sifts rows
+_ESCALATION_KINDS = frozenset({events.ESCALATION_OPENED, events.ESCALATION_CHANGED})
 T = TypeVar("T")
 
 
@@ -169,20 +171,27 @@ class AuditQueries:
         record read. Raises InvalidRequest for a bad cursor, page size or time range.
 
         A legacy "escalation" record is an opening or a change by its request: rows of
-        the other one are read and passed over (SQL never parses a record's JSON), so a
-        page may take more than one query to fill."""
+        the other one are read and passed over (SQL never parses a record's JSON). Such a
+        filter reads rows a largest page at a time, at most ``_SIFTED_CHUNKS`` of them in
+        one call: a page may come back short (even empty) with a ``next_cursor`` to go on,
+        so that no call reads the whole trail."""
+        self._check_size(page_size)
         conds, params = _time_conditions(where.since_us, where.until_us)
         for column, value in (("caller_id", where.actor), ("instance_id", where.instance_id)):
             if value:
                 conds.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
                 params.append(value)
+        sifted = False
         if where.kinds:
+            stored = stored_kinds(where.kinds)
             conds.append(sql.SQL("kind = ANY(%s)"))
-            params.append(sorted(stored_kinds(where.kinds)))
+            params.append(sorted(stored))
+            sifted = "escalation" in stored and not where.kinds >= _ESCALATION_KINDS
+        chunk = self._max_page if sifted else page_size
         out: list[AuditRecord] = []
         last, resume = cursor, cursor
-        while True:
-            page = await self._page(conds, params, page_size, last)
+        for _ in range(_SIFTED_CHUNKS):
+            page = await self._page(conds, params, chunk, last)
             for record in page.records:
                 resume = encode_cursor(record)
                 if where.matches(record):
@@ -192,12 +201,12 @@ class AuditQueries:
             if not page.next_cursor:
                 return Page(out, "", resume)
             last = page.next_cursor
+        return Page(out, resume, resume)  # read enough for one call: go on from here
 
     async def _page(self, conds: list[sql.Composable], params: list[Any], page_size: int,
                     cursor: str) -> Page:
         """One page of the rows that meet ``conds``, after ``cursor``."""
-        if page_size < 1 or page_size > self._max_page:
-            raise InvalidRequest(f"page_size must be between 1 and {self._max_page}")
+        self._check_size(page_size)
         conds, params = list(conds), list(params)
         if cursor:
             conds.append(sql.SQL("(decided_at, instance_id, seq) > (%s, %s, %s)"))
@@ -208,6 +217,10 @@ class AuditQueries:
         records = [record_of(r) for r in await self._fetch(query + _ORDER, [*params, page_size])]
         more = len(records) == page_size
         return Page(records, encode_cursor(records[-1]) if more else "")
+
+    def _check_size(self, page_size: int) -> None:
+        if page_size < 1 or page_size > self._max_page:
+            raise InvalidRequest(f"page_size must be between 1 and {self._max_page}")
 
     async def export(self, where: DecisionFilter, *, page_size: int = 500
                      ) -> AsyncIterator[AuditRecord]:
