@@ -8,7 +8,7 @@ import json
 
 import pytest
 from acgs.domain import canonical, events
-from acgs.domain.audit import GENESIS_HASH, AuditRecord
+from acgs.domain.audit import ALTERED, GENESIS_HASH, AuditRecord, ChainChecker, StoredRecord
 from acgs.domain.escalation import Approval, Escalation, State
 from acgs.domain.model import Effect, Severity, Violation
 
@@ -112,6 +112,18 @@ def test_a_schema_0_line_with_data_is_not_a_record() -> None:
     doc["data"] = '{"x": 1}'
     with pytest.raises(ValueError, match="schema 0"):
         AuditRecord.from_dict(doc)
+
+
+def test_data_added_to_a_schema_0_record_in_storage_or_an_export_is_altered() -> None:
+    """A row of audit_decisions and an exported record are read as they are (no line to
+    refuse): ``data`` a schema-0 record carries there is covered by its hash all the same,
+    so whoever writes it in is named, never verified as the record's own."""
+    record = legacy("decide").sealed(seq=1, prev_hash=GENESIS_HASH)
+    stored = StoredRecord.of(dataclasses.replace(record, data='{"approval_of": "e9"}'))
+    assert stored.computed_hash() != record.record_hash
+    broken = ChainChecker().feed(stored)
+    assert broken is not None and broken.reason == ALTERED
+    assert ChainChecker().feed(StoredRecord.of(record)) is None
 
 
 def test_envelope_fills_the_searchable_columns_from_the_payload() -> None:
