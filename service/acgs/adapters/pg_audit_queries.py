@@ -33,6 +33,7 @@ from acgs.adapters.pg_checkpoints import SOURCE, chains_sql
 from acgs.domain import events
 from acgs.domain.audit import GENESIS_HASH, MISSING, AuditRecord, ChainBreak, StoredRecord
 from acgs.domain.audit_query import (
+    LEGACY_ESCALATION_KINDS,
     ChainInfo,
     ChainReport,
     DecisionFilter,
@@ -53,7 +54,6 @@ _US = dt.timedelta(microseconds=1)
 _DECISION_KINDS = sorted(events.DECISION_KINDS)
 _BEYOND = 100  # copies of checkpoints past a cut tail worth reading: the newest decide
 _SIFTED_CHUNKS = 10  # largest pages one ListEvents call may read when Python sifts rows
-_ESCALATION_KINDS = frozenset({events.ESCALATION_OPENED, events.ESCALATION_CHANGED})
 T = TypeVar("T")
 
 
@@ -186,7 +186,7 @@ class AuditQueries:
             stored = stored_kinds(where.kinds)
             conds.append(sql.SQL("kind = ANY(%s)"))
             params.append(sorted(stored))
-            sifted = "escalation" in stored and not where.kinds >= _ESCALATION_KINDS
+            sifted = "escalation" in stored and not where.kinds >= LEGACY_ESCALATION_KINDS
         chunk = self._max_page if sifted else page_size
         out: list[AuditRecord] = []
         last, resume = cursor, cursor
