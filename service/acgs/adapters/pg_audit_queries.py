@@ -53,6 +53,7 @@ _ORDER = sql.SQL(" ORDER BY decided_at, instance_id, seq LIMIT %s")
 _US = dt.timedelta(microseconds=1)
 _DECISION_KINDS = sorted(events.DECISION_KINDS)
 _BEYOND = 100  # copies of checkpoints past a cut tail worth reading: the newest decide
+QUARANTINE = "audit_quarantine"  # the source of an exported record quarantined intact
 _SIFTED_CHUNKS = 10  # largest pages one ListEvents call may read when Python sifts rows
 T = TypeVar("T")
 
@@ -227,8 +228,10 @@ class AuditQueries:
         """Every record (of every kind) matching ``where``, oldest first, page by page.
 
         When ``where`` selects whole chains (no filter, or only an instance), the
-        checkpoints' own copies follow (``source`` "audit_checkpoints"), so that
-        an export can be verified offline exactly as VerifyChain verifies.
+        checkpoints' own copies follow (``source`` "audit_checkpoints"), then the
+        records quarantined intact (``source`` "audit_quarantine": refused by
+        PostgreSQL or by their projector, verified in their place), so that an
+        export can be verified offline exactly as VerifyChain verifies.
         """
         cursor = ""
         conds, params = _conditions(where)
@@ -241,6 +244,8 @@ class AuditQueries:
             cursor = page.next_cursor
         if where == DecisionFilter(instance_id=where.instance_id):
             for record in await self._stored(where.instance_id):
+                yield record
+            for record in await self._held(where.instance_id):
                 yield record
 
     async def verify_chain(self, instance_id: str, *, from_seq: int = 1,
@@ -346,6 +351,20 @@ class AuditQueries:
         rows = await self._fetch(query + sql.SQL(" ORDER BY instance_id, seq"),
                                  [instance_id] if instance_id else [])
         return [record_of(r, source=SOURCE) for r in rows]
+
+    async def _held(self, instance_id: str) -> list[AuditRecord]:
+        """The records quarantined intact, of one instance ("": of every instance)."""
+        query: sql.Composable = sql.SQL("SELECT instance_id, seq, line FROM audit_quarantine")
+        if instance_id:
+            query += sql.SQL(" WHERE instance_id = %s")
+        rows = await self._fetch(query + sql.SQL(" ORDER BY instance_id, seq"),
+                                 [instance_id] if instance_id else [])
+        held: list[AuditRecord] = []
+        for instance, seq, line in rows:
+            intact, _ = _split_quarantine(instance, [(Quarantined(seq, "", ""),
+                                                      bytes(line or b""))])
+            held += [StoredRecord.of(r, source=QUARANTINE) for r in intact]
+        return held
 
     async def _stored_between(self, instance_id: str, after: int, upto: int, *,
                               newest: int = 0) -> list[StoredCheckpoint]:
