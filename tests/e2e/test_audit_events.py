@@ -5,8 +5,8 @@ the OS account that ran the command as the actor."""
 from __future__ import annotations
 
 import asyncio
-import getpass
 import os
+import pwd
 import select
 import socket
 import subprocess
@@ -20,7 +20,7 @@ from acgs_client import AsyncClient, Client, InvalidRequest
 from tests.plugins.servers import REPO, RoleTokens, ServerProcess
 
 pytestmark = pytest.mark.postgres
-ACTOR = f"{getpass.getuser()}@{socket.gethostname()}"
+ACTOR = f"{pwd.getpwuid(os.geteuid()).pw_name}@{socket.gethostname()}"
 
 
 def acgs(*args: str, database: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

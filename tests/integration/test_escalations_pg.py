@@ -498,3 +498,24 @@ def test_a_second_pending_incident_of_a_dedup_key_reads_as_the_first(
             ("incident.opened",), ("incident.opened",)]
 
     run(tmp_path, pg_url, body)
+
+
+def test_final_approvals_at_once_do_not_starve_on_the_pool(tmp_path: Path, pg_url: str) -> None:
+    """An approval that completes reads the escalated request while it holds the escalation
+    lock: on its own transaction's connection, never a second one from the pool, which the
+    transactions queued behind that lock may all hold (the first approval then waited for a
+    connection until the pool's timeout and failed UNAVAILABLE)."""
+    async def body(r: Rig) -> None:
+        async with AsyncConnectionPool(r.url, min_size=2, max_size=2, open=False, timeout=2.0,
+                                       kwargs={"autocommit": True}) as pool:
+            service = EscalationService(
+                store=PgEscalationStore(pool=pool), audit=r.journal,
+                bell=PgBell(conninfo=r.url), telemetry=NullTelemetry(), instance_id="inst-a",
+                constitutional_hash=CONSTITUTIONAL_HASH)
+            ids = [(await r.escalate())[1] for _ in range(2)]
+            done = await asyncio.gather(*(
+                service.resolve(i, ADMIN_1, verdict=Verdict.APPROVE) for i in ids))
+        assert [e.state for e in done] == [State.APPROVED, State.APPROVED]
+        assert all(e.approval_decision_id for e in done)
+
+    run(tmp_path, pg_url, body)

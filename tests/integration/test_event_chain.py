@@ -23,8 +23,10 @@ from acgs.adapters.pg_audit_queries import AuditQueries, record_of
 from acgs.adapters.projectors import Plan, ProjectionError, Statement, typed
 from acgs.domain import events
 from acgs.domain.audit import GENESIS_HASH, AuditRecord
-from acgs.domain.audit_query import ChainReport
+from acgs.domain.audit_export import export_line, read_export, verify_export
+from acgs.domain.audit_query import ChainReport, DecisionFilter
 from acgs.domain.model import Caller
+from acgs.entrypoints.audit_servicer import record_from_proto, record_to_proto
 from acgs.service_layer.ports import EventEntry
 from psycopg_pool import AsyncConnectionPool
 
@@ -133,6 +135,38 @@ def test_an_event_its_projector_refuses_is_quarantined_and_the_rest_ship(
         assert projected == ["a", "c"]
         report = verify(pg_url, "inst-a")
         assert report.ok, report  # the quarantined record is verified in its place
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS scratch_revoked")
+
+
+def test_an_export_of_a_chain_with_a_refused_event_verifies_offline_as_online(
+        tmp_path: Path, pg_url: str) -> None:
+    """A record quarantined intact (its projector refused it: a superseded escalation
+    change, the ALLOW of a superseded approval...) is verified in its place by VerifyChain;
+    an export (acgs audit export, then acgs audit verify --export) carries it too, so the
+    offline check agrees (it named its seq missing)."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS scratch_revoked (token text)")
+        conn.execute("TRUNCATE scratch_revoked")
+    try:
+        journal = open_journal(tmp_path)
+        append_all(journal, [[entry(1), revoked("bad"), entry(2)]])
+        shipper = Shipper(journal=journal, conninfo=pg_url, projectors=(RefusesToken(),))
+        assert shipper.ship_once() == 3
+        shipper.close()
+        assert verify(pg_url, "inst-a").ok
+
+        async def exported() -> list[str]:
+            async with AsyncConnectionPool(pg_url, min_size=1, max_size=2, open=False) as pool:
+                return [export_line(record_from_proto(record_to_proto(r))) async for r in
+                        AuditQueries(pool=pool).export(DecisionFilter())]
+
+        lines = asyncio.run(exported())
+        keys = TrustedKeys(keys=(), self_asserted=True, source="test")
+        reports = verify_export(read_export(lines), keys)
+        assert [(r.instance_id, r.ok, r.checked) for r in reports] == [("inst-a", True, 3)], \
+            reports
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute("DROP TABLE IF EXISTS scratch_revoked")

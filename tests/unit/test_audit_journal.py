@@ -242,6 +242,17 @@ def test_unsafe_instance_ids_are_refused(tmp_path: Path) -> None:
         Journal(directory=tmp_path, instance_id="../etc")
 
 
+def test_the_admin_chain_s_name_is_no_instance_id(tmp_path: Path) -> None:
+    """"admin" names PostgreSQL's chain of admin events (acgs.adapters.pg_event_chain): a
+    journal of that name would ship records onto that chain's seqs, and the shipper then
+    refuses every batch as a chain conflict (or the admin chain goes on after the server's
+    records). Such a server is refused at start, and such a directory is never adopted."""
+    with pytest.raises(ConfigurationError, match="'admin' names the chain of admin events"):
+        Journal(directory=tmp_path / "admin", instance_id="admin")
+    (tmp_path / "admin").mkdir()
+    assert adopt_orphans(tmp_path, exclude="me") == []
+
+
 def test_a_cancelled_caller_does_not_lose_its_record(tmp_path: Path) -> None:
     j = open_journal(tmp_path)
 

@@ -8,7 +8,8 @@ import json
 
 import pytest
 from acgs.domain import canonical, events
-from acgs.domain.audit import GENESIS_HASH, AuditRecord
+from acgs.domain.audit import ALTERED, GENESIS_HASH, AuditRecord, ChainChecker, StoredRecord
+from acgs.domain.audit_query import EventFilter, event_kinds, stored_kinds
 from acgs.domain.escalation import Approval, Escalation, State
 from acgs.domain.model import Effect, Severity, Violation
 
@@ -115,6 +116,33 @@ def test_a_schema_0_line_with_data_is_not_a_record() -> None:
     doc["data"] = '{"x": 1}'
     with pytest.raises(ValueError, match="schema 0"):
         AuditRecord.from_dict(doc)
+
+
+def test_data_added_to_a_schema_0_record_in_storage_or_an_export_is_altered() -> None:
+    """A row of audit_decisions and an exported record are read as they are (no line to
+    refuse): ``data`` a schema-0 record carries there is covered by its hash all the same,
+    so whoever writes it in is named, never verified as the record's own."""
+    record = legacy("decide").sealed(seq=1, prev_hash=GENESIS_HASH)
+    stored = StoredRecord.of(dataclasses.replace(record, data='{"approval_of": "e9"}'))
+    assert stored.computed_hash() != record.record_hash
+    broken = ChainChecker().feed(stored)
+    assert broken is not None and broken.reason == ALTERED
+    assert ChainChecker().feed(StoredRecord.of(record)) is None
+
+
+def test_a_legacy_incident_is_an_incident_opened_event() -> None:
+    """An incident written before typed events (an "escalation" record opening an escalation
+    of no decision) is projected as an incident.opened; ListEvents and acgs audit tail name
+    it so too, and a filter for incidents finds it (it found only new ones)."""
+    incident = dataclasses.replace(ESC, decision_id="", reason="audit_unavailable")
+    record = legacy("escalation", canonical.dumps(
+        {"escalation": {"event": "opened", "state": "open", **incident.spec()}, "input": {}}))
+    assert isinstance(events.legacy_payload(record.kind, record.request_json),
+                      events.IncidentOpened)
+    assert events.kind_of(record.kind, 0, record.request_json) == events.INCIDENT_OPENED
+    incidents = EventFilter(kinds=event_kinds([events.INCIDENT_OPENED]))
+    assert "escalation" in stored_kinds(incidents.kinds) and incidents.matches(record)
+    assert not EventFilter(kinds=event_kinds([events.ESCALATION_OPENED])).matches(record)
 
 
 def test_envelope_fills_the_searchable_columns_from_the_payload() -> None:

@@ -42,6 +42,7 @@ from acgs.adapters.journal_files import (
 )
 from acgs.adapters.journal_lines import checksummed
 from acgs.adapters.journal_writer import JournalWriter
+from acgs.adapters.pg_event_chain import ADMIN_CHAIN
 from acgs.domain import events
 from acgs.domain.audit import GENESIS_HASH, AuditRecord, describe_request
 from acgs.errors import AuditUnavailable, ConfigurationError
@@ -74,6 +75,9 @@ class Journal(JournalWriter):
     ) -> None:
         if not _INSTANCE_ID.match(instance_id):
             raise ConfigurationError(f"instance id {instance_id!r} is not a safe directory name")
+        if instance_id == ADMIN_CHAIN:  # its records would take the admin chain's seqs
+            raise ConfigurationError(f"instance id {instance_id!r} names the chain of admin "
+                                     "events in PostgreSQL; choose another ACGS_INSTANCE_ID")
         super().__init__(directory=directory, fsync_interval_ms=fsync_interval_ms,
                          segment_bytes=segment_bytes)
         self.instance_id = instance_id
@@ -240,7 +244,11 @@ def adopt_orphans(root: Path, *, exclude: str) -> list[Journal]:
         return []
     orphans = []
     for directory in sorted(p for p in root.iterdir() if p.is_dir() and p.name != exclude):
-        journal = Journal(directory=directory, instance_id=directory.name, read_only=True)
+        try:
+            journal = Journal(directory=directory, instance_id=directory.name, read_only=True)
+        except ConfigurationError as err:
+            logger.error("journal %s is not shipped: %s", directory, err)
+            continue
         try:
             journal.open()
         except ConfigurationError:

@@ -33,6 +33,7 @@ from acgs.adapters.pg_checkpoints import SOURCE, chains_sql
 from acgs.domain import events
 from acgs.domain.audit import GENESIS_HASH, MISSING, AuditRecord, ChainBreak, StoredRecord
 from acgs.domain.audit_query import (
+    LEGACY_ESCALATION_KINDS,
     ChainInfo,
     ChainReport,
     DecisionFilter,
@@ -52,6 +53,8 @@ _ORDER = sql.SQL(" ORDER BY decided_at, instance_id, seq LIMIT %s")
 _US = dt.timedelta(microseconds=1)
 _DECISION_KINDS = sorted(events.DECISION_KINDS)
 _BEYOND = 100  # copies of checkpoints past a cut tail worth reading: the newest decide
+QUARANTINE = "audit_quarantine"  # the source of an exported record quarantined intact
+_SIFTED_CHUNKS = 10  # largest pages one ListEvents call may read when Python sifts rows
 T = TypeVar("T")
 
 
@@ -169,20 +172,27 @@ class AuditQueries:
         record read. Raises InvalidRequest for a bad cursor, page size or time range.
 
         A legacy "escalation" record is an opening or a change by its request: rows of
-        the other one are read and passed over (SQL never parses a record's JSON), so a
-        page may take more than one query to fill."""
+        the other one are read and passed over (SQL never parses a record's JSON). Such a
+        filter reads rows a largest page at a time, at most ``_SIFTED_CHUNKS`` of them in
+        one call: a page may come back short (even empty) with a ``next_cursor`` to go on,
+        so that no call reads the whole trail."""
+        self._check_size(page_size)
         conds, params = _time_conditions(where.since_us, where.until_us)
         for column, value in (("caller_id", where.actor), ("instance_id", where.instance_id)):
             if value:
                 conds.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
                 params.append(value)
+        sifted = False
         if where.kinds:
+            stored = stored_kinds(where.kinds)
             conds.append(sql.SQL("kind = ANY(%s)"))
-            params.append(sorted(stored_kinds(where.kinds)))
+            params.append(sorted(stored))
+            sifted = "escalation" in stored and not where.kinds >= LEGACY_ESCALATION_KINDS
+        chunk = self._max_page if sifted else page_size
         out: list[AuditRecord] = []
         last, resume = cursor, cursor
-        while True:
-            page = await self._page(conds, params, page_size, last)
+        for _ in range(_SIFTED_CHUNKS):
+            page = await self._page(conds, params, chunk, last)
             for record in page.records:
                 resume = encode_cursor(record)
                 if where.matches(record):
@@ -192,12 +202,12 @@ class AuditQueries:
             if not page.next_cursor:
                 return Page(out, "", resume)
             last = page.next_cursor
+        return Page(out, resume, resume)  # read enough for one call: go on from here
 
     async def _page(self, conds: list[sql.Composable], params: list[Any], page_size: int,
                     cursor: str) -> Page:
         """One page of the rows that meet ``conds``, after ``cursor``."""
-        if page_size < 1 or page_size > self._max_page:
-            raise InvalidRequest(f"page_size must be between 1 and {self._max_page}")
+        self._check_size(page_size)
         conds, params = list(conds), list(params)
         if cursor:
             conds.append(sql.SQL("(decided_at, instance_id, seq) > (%s, %s, %s)"))
@@ -209,13 +219,19 @@ class AuditQueries:
         more = len(records) == page_size
         return Page(records, encode_cursor(records[-1]) if more else "")
 
+    def _check_size(self, page_size: int) -> None:
+        if page_size < 1 or page_size > self._max_page:
+            raise InvalidRequest(f"page_size must be between 1 and {self._max_page}")
+
     async def export(self, where: DecisionFilter, *, page_size: int = 500
                      ) -> AsyncIterator[AuditRecord]:
         """Every record (of every kind) matching ``where``, oldest first, page by page.
 
         When ``where`` selects whole chains (no filter, or only an instance), the
-        checkpoints' own copies follow (``source`` "audit_checkpoints"), so that
-        an export can be verified offline exactly as VerifyChain verifies.
+        checkpoints' own copies follow (``source`` "audit_checkpoints"), then the
+        records quarantined intact (``source`` "audit_quarantine": refused by
+        PostgreSQL or by their projector, verified in their place), so that an
+        export can be verified offline exactly as VerifyChain verifies.
         """
         cursor = ""
         conds, params = _conditions(where)
@@ -228,6 +244,8 @@ class AuditQueries:
             cursor = page.next_cursor
         if where == DecisionFilter(instance_id=where.instance_id):
             for record in await self._stored(where.instance_id):
+                yield record
+            for record in await self._held(where.instance_id):
                 yield record
 
     async def verify_chain(self, instance_id: str, *, from_seq: int = 1,
@@ -333,6 +351,20 @@ class AuditQueries:
         rows = await self._fetch(query + sql.SQL(" ORDER BY instance_id, seq"),
                                  [instance_id] if instance_id else [])
         return [record_of(r, source=SOURCE) for r in rows]
+
+    async def _held(self, instance_id: str) -> list[AuditRecord]:
+        """The records quarantined intact, of one instance ("": of every instance)."""
+        query: sql.Composable = sql.SQL("SELECT instance_id, seq, line FROM audit_quarantine")
+        if instance_id:
+            query += sql.SQL(" WHERE instance_id = %s")
+        rows = await self._fetch(query + sql.SQL(" ORDER BY instance_id, seq"),
+                                 [instance_id] if instance_id else [])
+        held: list[AuditRecord] = []
+        for instance, seq, line in rows:
+            intact, _ = _split_quarantine(instance, [(Quarantined(seq, "", ""),
+                                                      bytes(line or b""))])
+            held += [StoredRecord.of(r, source=QUARANTINE) for r in intact]
+        return held
 
     async def _stored_between(self, instance_id: str, after: int, upto: int, *,
                               newest: int = 0) -> list[StoredCheckpoint]:

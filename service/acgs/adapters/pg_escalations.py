@@ -104,6 +104,18 @@ class PgTransaction:
         now = rows[0][1] if rows else dt.datetime.now(dt.UTC)
         return [esc.from_row(r[0]) for r in rows], now
 
+    async def request_json(self, decision_id: str) -> str | None:
+        """The audited request of decision ``decision_id`` (shipped with its escalation).
+
+        On this transaction's connection: a second one from the pool, taken while the
+        escalation lock is held, may never come (the transactions queued behind the lock
+        can hold every connection)."""
+        cur = await self._conn.execute(
+            "SELECT request_json FROM audit_decisions WHERE decision_id = %s "
+            "AND kind IN ('decide', 'decision') LIMIT 1", (uuid.UUID(decision_id),))
+        row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
     async def apply(self, entry: EventEntry) -> Escalation | None:
         """Apply the journaled change ``entry`` with the escalation projector; the escalation
         after it (with its event seq), or None when the escalation moved on since the change
@@ -206,13 +218,6 @@ class PgEscalationStore:
         last = max((int(r[0]) for r in rows if r[0] is not None), default=seq)
         ids = {str(v) for r in rows for v in r[1:] if v is not None}
         return ids, last
-
-    async def request_json(self, decision_id: str) -> str | None:
-        """The audited request of decision ``decision_id`` (shipped with its escalation)."""
-        rows = await self._fetch(
-            "SELECT request_json FROM audit_decisions WHERE decision_id = %s "
-            "AND kind IN ('decide', 'decision') LIMIT 1", (uuid.UUID(decision_id),))
-        return str(rows[0][0]) if rows else None
 
     async def open_incident(self, entry: EventEntry) -> None:
         """Record the ``incident.opened`` event ``entry`` (one no journal took) in the admin

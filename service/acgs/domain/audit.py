@@ -100,7 +100,7 @@ class AuditRecord:
             "escalation_id": self.escalation_id,
             "prev_hash": self.prev_hash,
         }
-        if self.schema:
+        if self.schema or self.data:  # data is never left out: schema 0 carries none
             body["schema"] = self.schema
             body["data"] = self.data
         return body

@@ -3,10 +3,11 @@
 An export file holds one JSON object per line: a record exactly as journaled
 (:meth:`AuditRecord.to_json`, so every hash can be recomputed), plus
 ``"source": "audit_checkpoints"`` on the copies of signed checkpoints kept apart
-from the chain and ``"malformed"`` on a row whose columns did not parse. The
-offline check feeds the same :class:`~acgs.domain.chain_verify.ChainVerifier`
-as ``VerifyChain``, so both give the same verdict on the same rows, as AWS
-CloudTrail's ``validate-logs`` does for its log files.
+from the chain, ``"source": "audit_quarantine"`` on records of the chain quarantined
+intact (checked in their place, like any record) and ``"malformed"`` on a row whose
+columns did not parse. The offline check feeds the same
+:class:`~acgs.domain.chain_verify.ChainVerifier` as ``VerifyChain``, so both give
+the same verdict on the same rows, as AWS CloudTrail's ``validate-logs`` does for its log files.
 """
 
 from __future__ import annotations

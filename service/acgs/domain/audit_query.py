@@ -51,14 +51,19 @@ def event_kinds(names: Iterable[str]) -> frozenset[str]:
     return kinds
 
 
+LEGACY_ESCALATION_KINDS = frozenset({events.ESCALATION_OPENED, events.ESCALATION_CHANGED,
+                                     events.INCIDENT_OPENED})
+"""The events a legacy "escalation" record may be (:func:`events.kind_of` tells which)."""
+
+
 def stored_kinds(kinds: frozenset[str]) -> frozenset[str]:
     """The values of the records' ``kind`` column that may hold events of ``kinds``: the
     kinds themselves and the legacy kinds (schema 0) that :func:`events.kind_of` maps to
-    them. A legacy "escalation" may be opened or changed: :meth:`EventFilter.matches`
-    tells, from the record."""
+    them. A legacy "escalation" may be opened (an incident, or not) or changed:
+    :meth:`EventFilter.matches` tells, from the record."""
     stored = set(kinds)
     stored.update(old for old, new in events.LEGACY_KINDS.items() if new in kinds)
-    if kinds & {events.ESCALATION_OPENED, events.ESCALATION_CHANGED}:
+    if kinds & LEGACY_ESCALATION_KINDS:
         stored.add("escalation")
     return frozenset(stored)
 

@@ -54,8 +54,8 @@ KINDS = (DECISION, EVALUATION, ESCALATION_OPENED, ESCALATION_CHANGED, INCIDENT_O
 DECISION_KINDS = frozenset({DECISION, EVALUATION, "decide", "evaluate", "approval"})
 """Kinds (new and legacy) whose records are decisions: what the decision queries read."""
 
-# Kinds of records written before typed events (schema 0); "escalation" is opened or
-# changed by its request's ``escalation.event``.
+# Kinds of records written before typed events (schema 0); "escalation" is opened (an
+# incident when it names no decision) or changed by its request's ``escalation.event``.
 LEGACY_KINDS = {"decide": DECISION, "evaluate": EVALUATION, "approval": DECISION}
 
 
@@ -495,10 +495,14 @@ def kind_of(kind: str, schema: int, request_json: str = "") -> str:
         return kind
     if kind == "escalation":
         try:
-            event = json.loads(request_json)["escalation"]["event"]
+            detail = json.loads(request_json)["escalation"]
+            event = detail["event"]
         except (ValueError, KeyError, TypeError):
             return ESCALATION_CHANGED
-        return ESCALATION_OPENED if event == esc.OPENED else ESCALATION_CHANGED
+        if event != esc.OPENED:
+            return ESCALATION_CHANGED
+        # As legacy_payload tells them apart: an opening of no decision is an incident.
+        return ESCALATION_OPENED if detail.get("decision_id") else INCIDENT_OPENED
     return LEGACY_KINDS.get(kind, kind)
 
 

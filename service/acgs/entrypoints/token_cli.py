@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import getpass
 import logging
+import os
+import pwd
 import socket
 import sys
 from typing import Any
@@ -30,11 +31,14 @@ from acgs.domain.model import Caller
 
 
 def actor() -> Caller:
-    """Who runs this command, as the audit trail names them: ``user@host``, role admin."""
+    """Who runs this command, as the audit trail names them: ``user@host``, role admin.
+
+    ``user`` is the process's account (not LOGNAME or USER, which whoever runs the
+    command can set to any name)."""
     try:
-        user = getpass.getuser()
+        user = pwd.getpwuid(os.geteuid()).pw_name
     except (KeyError, OSError):
-        user = "unknown"
+        user = f"uid-{os.geteuid()}"
     return Caller(id=f"{user}@{socket.gethostname()}", role=tokens.ADMIN)
 
 

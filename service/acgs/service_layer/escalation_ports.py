@@ -26,6 +26,10 @@ class Transaction(Protocol):
         Raises InvalidRequest (not a UUID) or NotFound."""
         ...
 
+    async def request_json(self, decision_id: str) -> str | None:
+        """The audited request of decision ``decision_id``, read in this transaction."""
+        ...
+
     async def apply(self, entry: EventEntry) -> Escalation | None:
         """Apply the journaled ``escalation.changed`` event ``entry`` (as the shipper will);
         the escalation after it, or None when it moved on since (nothing applied)."""
@@ -51,8 +55,6 @@ class EscalationStore(Protocol):
     async def open_counts(self) -> dict[tuple[str, str], int]: ...
 
     async def closed_after(self, seq: int, *, limit: int = 1000) -> tuple[set[str], int]: ...
-
-    async def request_json(self, decision_id: str) -> str | None: ...
 
     async def open_incident(self, entry: EventEntry) -> None:
         """Record ``entry`` (``incident.opened``) and open its escalation, in one step."""

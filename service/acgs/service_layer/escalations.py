@@ -196,7 +196,7 @@ class EscalationService:
         approval, its ALLOW decision), then apply it in ``tx``."""
         approval: list[AuditEntry] = []
         if change == esc.APPROVED and after.decision_id:
-            after, allow = await self._approval(after, caller)
+            after, allow = await self._approval(tx, after, caller)
             approval.append(allow)
         entry = self._event(before, after, change, caller, comment)
         await self._audit.append([entry, *approval])
@@ -211,9 +211,10 @@ class EscalationService:
                                                       comment=comment),
                           caller, constitutional_hash=self._hash)
 
-    async def _approval(self, e: Escalation, caller: Caller) -> tuple[Escalation, AuditEntry]:
+    async def _approval(self, tx: Transaction, e: Escalation,
+                        caller: Caller) -> tuple[Escalation, AuditEntry]:
         """The audited ALLOW an approval produces: the escalated request, allowed."""
-        request_json = await self._store.request_json(e.decision_id)
+        request_json = await tx.request_json(e.decision_id)
         if not request_json:
             request_json = canonical.dumps({
                 "request_id": e.request_id,
