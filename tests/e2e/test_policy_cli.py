@@ -180,9 +180,11 @@ def test_push_messages_list_history_and_two_rollbacks(servers: ServerFactory, tm
     ours = [(k, r) for k, c, r in rows if c == admin_id]
     assert ours == [("policy.version_created", "admin")] * 2 + [
         ("policy.activated", "admin")] * 2 + [("policy.rolled_back", "admin")] * 2
-    assert [k for k, c, _ in rows if c != admin_id] == [
-        "policy.version_created", "policy.activated"]  # the seed, by the server
+    # the seed, by the server (which also signs the chain: checkpoints, every few seconds)
+    assert [k for k, c, _ in rows if c != admin_id and k != "checkpoint"] == [
+        "policy.version_created", "policy.activated"]
     with server.channel("auditor") as ch:
         report = audit_pb2_grpc.AuditStub(ch).VerifyChain(
             audit_pb2.VerifyChainRequest(instance_id="admin"), timeout=10)
-    assert report.ok and report.records_checked == len(rows) == 8
+    assert report.ok and report.records_checked >= len(rows)  # a checkpoint may follow
+    assert len([k for k, _, _ in rows if k != "checkpoint"]) == 8
