@@ -13,8 +13,13 @@ import subprocess
 import sys
 import time
 
+import psycopg
 import pytest
+from acgs.adapters import pg_event_chain
+from acgs.domain import events
 from acgs.domain import tokens as tk
+from acgs.domain.model import Caller
+from acgs.service_layer.ports import EventEntry
 from acgs_client import AsyncClient, Client, InvalidRequest
 
 from tests.plugins.servers import REPO, RoleTokens, ServerProcess
@@ -78,6 +83,35 @@ def test_tail_follows_new_events(shared_server: ServerProcess, postgres_url: str
             assert ready, "no line within 15 s"
             line = follower.stdout.readline()
             assert token_id in line and " token.created " in line and ACTOR in line
+        finally:
+            follower.terminate()
+            follower.wait(timeout=10)
+
+
+def test_follow_prints_a_record_that_arrives_late_with_an_old_time(
+        shared_server: ServerProcess, postgres_url: str, tokens: RoleTokens) -> None:
+    """A record that reaches PostgreSQL after newer ones (a server's journal shipped late,
+    an admin event timed before its lock) is printed: the follower reads each chain after
+    the last seq it saw, not after the last time."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "service")}
+    with subprocess.Popen(
+            [sys.executable, "-m", "acgs.entrypoints.cli", "audit", "tail", "-f", "-n", "0",
+             "--kind", "token.revoked", "--addr", shared_server.address,
+             "--token", tokens.auditor], cwd=REPO, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True) as follower:
+        try:
+            time.sleep(3)  # it has read the trail so far
+            hour_ago = time.time_ns() - 3600 * 10**9
+            late = EventEntry(events.TokenRevoked("tok-late", "late"),
+                              Caller(id="someone@host", role="admin"), at_ns=hour_ago)
+            with psycopg.connect(postgres_url) as conn, conn.transaction(), \
+                    conn.cursor() as cur:
+                pg_event_chain.append_sync(cur, [late])
+            assert follower.stdout is not None
+            ready, _, _ = select.select([follower.stdout], [], [], 15)
+            assert ready, "the late record was not printed within 15 s"
+            line = follower.stdout.readline()
+            assert "tok-late" in line and " token.revoked " in line
         finally:
             follower.terminate()
             follower.wait(timeout=10)

@@ -21,7 +21,8 @@ def test_every_event_kind_has_a_line_naming_what_and_who(event: events.Event) ->
     assert f"admin#0 {event.KIND}" in line and "alice@host/admin" in line
     words = {events.TokenCreated: "tok-1", events.TokenRevoked: "tok-1",
              events.PolicyVersionCreated: "rev-2", events.PolicyActivated: "rev-2",
-             events.PolicyRolledBack: "rev-1"}
+             events.PolicyRolledBack: "rev-1", events.PolicyShadowStarted: "rev-3",
+             events.PolicyShadowStopped: "generation=5"}
     assert words.get(type(event), ESC.id) in line
     assert "undecodable" not in line
 
@@ -42,3 +43,16 @@ def test_since_is_a_time_or_a_duration_ago() -> None:
         cli.since("yesterday")
     assert cli.kinds(["token.created, token.revoked", "policy.activated"]) == [
         "token.created", "token.revoked", "policy.activated"]
+
+
+def test_after_seq_is_a_place_in_one_chain() -> None:
+    from acgs.entrypoints.audit_servicer import event_filter_from_proto
+    from acgs.errors import InvalidRequest
+    from acgs.v1 import audit_pb2
+
+    assert event_filter_from_proto(
+        audit_pb2.EventFilter(instance_id="admin", after_seq=7)).after_seq == 7
+    with pytest.raises(InvalidRequest, match=r"needs filter\.instance_id"):
+        event_filter_from_proto(audit_pb2.EventFilter(after_seq=7))
+    with pytest.raises(InvalidRequest, match="must not be negative"):
+        event_filter_from_proto(audit_pb2.EventFilter(instance_id="admin", after_seq=-1))

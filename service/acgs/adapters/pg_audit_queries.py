@@ -182,6 +182,9 @@ class AuditQueries:
             if value:
                 conds.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
                 params.append(value)
+        if where.after_seq:
+            conds.append(sql.SQL("seq > %s"))
+            params.append(where.after_seq)
         sifted = False
         if where.kinds:
             stored = stored_kinds(where.kinds)

@@ -34,6 +34,7 @@ class EventFilter:
     since_us: int | None = None
     until_us: int | None = None
     instance_id: str = ""
+    after_seq: int = 0  # only records of ``instance_id`` after this seq
 
     def matches(self, record: AuditRecord) -> bool:
         """Whether ``record`` is an event of ``kinds`` (a legacy record by the event it is)."""

@@ -2,10 +2,12 @@
 
 Both read ``acgs.v1.Audit/ListEvents`` (an auditor's token), filtered by kind,
 actor, chain and time. ``tail`` prints the last ``-n`` events since ``--since``,
-then with ``--follow`` polls from the page's resume token, so that no event is
-missed or printed twice. A line reads: time, chain#seq, event kind (a legacy
-record by the event it is), actor (caller id/role) and a short summary of the
-payload; ``--json`` prints each record whole instead.
+then with ``--follow`` polls each chain after the last seq it has seen
+(``ListChains`` names the chains and their last seq; ``filter.after_seq``): a
+chain reaches PostgreSQL in seq order, so no event is missed, however late it
+arrives (a server that was offline), and none is printed twice. A line reads:
+time, chain#seq, event kind (a legacy record by the event it is), actor (caller
+id/role) and a short summary of the payload; ``--json`` prints each record whole.
 """
 
 from __future__ import annotations
@@ -96,6 +98,11 @@ def summary(r: audit_pb2.AuditRecord) -> str:
         return (f"revision {event.revision[:12]} (rolled back "
                 f"{event.rolled_back_revision[:12]}) history#{event.history_seq} "
                 f"reason={event.reason!r}")
+    if isinstance(event, events.PolicyShadowStarted):
+        return (f"shadowing revision {event.revision[:12]} sample={event.sample:g} "
+                f"examples={event.examples} generation={event.generation}")
+    if isinstance(event, events.PolicyShadowStopped):
+        return f"shadow stopped generation={event.generation}"
     if isinstance(event, events.EscalationOpened):  # incidents too
         e = event.escalation
         return (f"escalation {e.id} reason={e.reason} decision={e.decision_id or '-'} "
@@ -136,6 +143,32 @@ def emit(r: audit_pb2.AuditRecord, args: argparse.Namespace) -> None:
         print(line(r), flush=True)
 
 
+def chain_heads(stub: audit_pb2_grpc.AuditStub, metadata: tuple[tuple[str, str], ...],
+                where: audit_pb2.EventFilter) -> dict[str, int]:
+    """The last seq of each chain (only ``where.instance_id``'s, if it names one)."""
+    chains = stub.ListChains(audit_pb2.ListChainsRequest(), metadata=metadata, timeout=30)
+    return {c.instance_id: c.last_seq for c in chains.chains
+            if not where.instance_id or c.instance_id == where.instance_id}
+
+
+def follow(stub: audit_pb2_grpc.AuditStub, metadata: tuple[tuple[str, str], ...],
+           where: audit_pb2.EventFilter, heads: dict[str, int]
+           ) -> Iterator[audit_pb2.AuditRecord]:
+    """The events each chain gained since ``heads`` (updated), chain by chain, in seq order."""
+    for chain, last in chain_heads(stub, metadata, where).items():
+        seen = heads.get(chain, 0)
+        if last <= seen:
+            continue
+        mine = audit_pb2.EventFilter()
+        mine.CopyFrom(where)
+        mine.instance_id, mine.after_seq = chain, seen
+        mine.ClearField("since")  # a late record may be older than --since
+        found = [r for page in pages(stub, metadata, mine) for r in page.events
+                 if r.seq <= last]
+        yield from sorted(found, key=lambda r: r.seq)
+        heads[chain] = last
+
+
 def cmd_tail(args: argparse.Namespace, *, channel: Channel, metadata: Metadata) -> int:
     """The last ``-n`` events since ``--since``; with ``--follow`` every later one as it
     is recorded (records reach the database a moment after they happen)."""
@@ -148,19 +181,21 @@ def cmd_tail(args: argparse.Namespace, *, channel: Channel, metadata: Metadata) 
     with channel(args) as ch:
         stub = audit_pb2_grpc.AuditStub(ch)
         try:
+            heads = chain_heads(stub, md, where)  # before the scan: nothing falls between
             last: collections.deque[audit_pb2.AuditRecord] = collections.deque(maxlen=args.n)
-            resume = ""
+            printed: set[tuple[str, int]] = set()  # read by the scan, past the heads
             for page in pages(stub, md, where):
                 last.extend(page.events)
-                resume = page.resume_token or resume
+                printed.update((r.instance_id, r.seq) for r in page.events
+                               if r.seq > heads.get(r.instance_id, 0))
             for record in last:
                 emit(record, args)
             while args.follow:
                 time.sleep(POLL_S)
-                for page in pages(stub, md, where, resume):
-                    for record in page.events:
+                for record in follow(stub, md, where, heads):
+                    if (record.instance_id, record.seq) not in printed:
                         emit(record, args)
-                    resume = page.resume_token or resume
+                printed.clear()  # from now on each record is read once
         except grpc.RpcError as err:
             print(f"acgs: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
             return 1

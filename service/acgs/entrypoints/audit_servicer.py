@@ -149,10 +149,16 @@ def filter_from_proto(f: pb.DecisionFilter) -> DecisionFilter:
 
 def event_filter_from_proto(f: pb.EventFilter) -> EventFilter:
     """An EventFilter; InvalidRequest for an unknown kind or a time outside years 1-9999."""
+    if f.after_seq < 0:
+        raise InvalidRequest("filter.after_seq must not be negative")
+    if f.after_seq and not f.instance_id:
+        raise InvalidRequest("filter.after_seq needs filter.instance_id (a seq is a place in "
+                             "one chain)")
     return EventFilter(
         kinds=event_kinds(f.kinds), actor=f.actor,
         since_us=timestamps.micros(f, "since", "filter.since"),
-        until_us=timestamps.micros(f, "until", "filter.until"), instance_id=f.instance_id)
+        until_us=timestamps.micros(f, "until", "filter.until"), instance_id=f.instance_id,
+        after_seq=f.after_seq)
 
 
 def record_to_proto(r: AuditRecord) -> pb.AuditRecord:
