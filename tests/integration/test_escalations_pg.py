@@ -16,8 +16,9 @@ import pytest
 from acgs import CONSTITUTIONAL_HASH
 from acgs.adapters.journal import Journal
 from acgs.adapters.pg_audit import Shipper
-from acgs.adapters.pg_escalations import PROJECTION, PgEscalationStore
+from acgs.adapters.pg_escalations import PgEscalationStore
 from acgs.adapters.pg_notify import PgBell
+from acgs.adapters.projectors.registry import projectors
 from acgs.domain.escalation import EscalationFilter, State, Verdict
 from acgs.domain.model import Caller, Decision, Effect, Severity, Violation, new_decision_id
 from acgs.errors import AuditUnavailable, InvalidTransition, SelfResolution
@@ -77,7 +78,8 @@ class Rig:
 async def rig(tmp_path: Path, url: str, *, ttl_s: float = 3600.0, **journal: Any
               ) -> AsyncIterator[Rig]:
     j = open_journal(tmp_path, **journal)
-    shipper = Shipper(journal=j, conninfo=url, projections=(PROJECTION,))
+    shipper = Shipper(journal=j, conninfo=url,
+                      projectors=projectors(idempotency_window_s=600.0, group_s=0.0))
     async with AsyncConnectionPool(url, min_size=1, max_size=2, open=False,
                                    kwargs={"autocommit": True}) as pool:
         store = PgEscalationStore(pool=pool)

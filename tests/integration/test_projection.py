@@ -1,4 +1,4 @@
-"""The shipper's projection (migrations/0008) on a real PostgreSQL, with two servers' journals.
+"""The shipper's projectors on a real PostgreSQL, with two servers' journals.
 
 Each "server" is a DecisionService writing its own journal; shipping is done by hand, so
 the order in which records reach PostgreSQL is the test's to choose: the original first,
@@ -21,8 +21,9 @@ import pytest
 from acgs import CONSTITUTIONAL_HASH
 from acgs.adapters.journal import Journal
 from acgs.adapters.pg_audit import Shipper
-from acgs.adapters.pg_escalations import PgEscalationStore, projection
+from acgs.adapters.pg_escalations import PgEscalationStore
 from acgs.adapters.pg_notify import PgBell
+from acgs.adapters.projectors.registry import projectors
 from acgs.domain.escalation import Verdict
 from acgs.domain.model import Caller, Decision, DecisionRequest
 from acgs.metrics import NullTelemetry
@@ -42,7 +43,7 @@ AGENT = Caller(id="acgs_00000000000000a1", role="agent")
 ADMIN = Caller(id="acgs_00000000000000b1", role="admin")
 TRANSFER = allow_input(action={"type": "fund_transfer", "attributes": {}})
 CROSS = allow_input(tenant_id="t2")
-SQL = projection(idempotency_window_s=600, group_s=300)
+PROJECTORS = projectors(idempotency_window_s=600, group_s=300)
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Server:
 
     def ship(self, *, batch: int = 1000, journal: Journal | None = None) -> None:
         shipper = Shipper(journal=journal or self.journal, conninfo=self.url, batch=batch,
-                          projections=(SQL,))
+                          projectors=PROJECTORS)
         try:
             shipper.ship_once()
         finally:

@@ -30,17 +30,6 @@ from acgs.errors import InvalidRequest, NotFound, Unavailable
 
 LOCK_KEY = 0x4AC6E5C1  # the advisory lock of the migration's functions
 
-def projection(*, idempotency_window_s: float, group_s: float) -> str:
-    """The SQL the audit shipper runs in each batch's transaction (``acgs_project_batch``,
-    migrations/0008): links retried requests, opens (or groups) the journaled escalations
-    and counts the decisions that joined them."""
-    return (f"SELECT acgs_project_batch({float(idempotency_window_s)!r}::float8, "
-            f"{float(group_s)!r}::float8)")
-
-
-PROJECTION = projection(idempotency_window_s=600.0, group_s=0.0)
-"""The projection with the default idempotency window and no grouping (for tests)."""
-
 _EFFECTIVE = ("(CASE WHEN state IN ('open', 'acknowledged') AND expires_at <= now() "
               "THEN 'expired' ELSE state END)")
 _SELECT = "SELECT to_jsonb(e), now() FROM escalations e"

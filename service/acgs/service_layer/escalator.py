@@ -8,8 +8,8 @@ UUID, its fields are computed here, and its opening is one more audit record
 ("escalation", event "opened") appended in the same group-committed, fsynced
 journal write as the decision itself. Decide adds no database round trip.
 The shipper that copies the journal to PostgreSQL creates the escalation row
-in the same transaction as the audit rows (:data:`acgs.adapters.pg_escalations.PROJECTION`),
-exactly once; a journal left by a dead server is shipped, and its escalations
+in the same transaction as the audit rows (its escalation projector, after the
+decision projector: :mod:`acgs.adapters.projectors.registry`), exactly once; a journal left by a dead server is shipped, and its escalations
 opened, by the next server on the host.
 
 Grouping (:mod:`acgs.domain.escalation_group`). A decision whose group has an
