@@ -9,8 +9,9 @@ UUID, its fields are computed here, and its opening is one more audit record
 journal write as the decision itself. Decide adds no database round trip.
 The shipper that copies the journal to PostgreSQL creates the escalation row
 in the same transaction as the audit rows (its escalation projector, after the
-decision projector: :mod:`acgs.adapters.projectors.registry`), exactly once; a journal left by a dead server is shipped, and its escalations
-opened, by the next server on the host.
+decision projector: :mod:`acgs.adapters.projectors.registry`), exactly once;
+a journal left by a dead server is shipped, and its escalations opened, by the
+next server on the host.
 
 Grouping (:mod:`acgs.domain.escalation_group`). A decision whose group has an
 escalation this server opened within ``group_window_s`` joins it: it carries
