@@ -10,14 +10,15 @@ projector is where they meet, the only writer of two tables:
   later decision takes the key over only when its body differs or it came more
   than the window after the holder; an earlier one arriving late never does.
   Keys older than the window plus a day (past any journal that could still be
-  late) are deleted.
+  late) are deleted, in each batch; those the batch itself names wait for a later
+  one (one statement cannot both write a row and delete it).
 - ``decision_retries``: every other decision of a key with the holder's digest
   within the window is linked to it (``retry_of``), once. Both records stay in
   ``audit_decisions``.
 
 The key also names the escalation of the request (the first decision's; the
-first escalated retry's when the first was not escalated), which the escalation
-projector, running next, merges a retry's escalation into.
+first escalated retry's, in journal order, when the first was not escalated),
+which the escalation projector, running next, merges a retry's escalation into.
 
 Approval decisions (``data`` names the escalation approved; legacy kind
 "approval") answer no request and are never keys or retries. Legacy "decide"
