@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> None:
             keys, retries = conn.execute(
                 "SELECT (SELECT count(*) FROM idempotency_keys), "
                 "(SELECT count(*) FROM decision_retries)").fetchone() or (0, 0)
-        print(f"batch {args.batch}: median {statistics.median(runs):.1f} µs shipper CPU per "
-              f"record over {args.rounds} rounds of {args.records} "
+        print(f"batch {args.batch}: median {statistics.median(runs):.1f} (min {min(runs):.1f}) "
+              f"µs shipper CPU per record over {args.rounds} rounds of {args.records} "
               f"({keys} idempotency keys, {retries} retries linked)")
     finally:
         with psycopg.connect(args.database_url, autocommit=True) as conn:

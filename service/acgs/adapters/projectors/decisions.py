@@ -22,10 +22,10 @@ which the escalation projector, running next, merges a retry's escalation into.
 
 Approval decisions (``data`` names the escalation approved; legacy kind
 "approval") answer no request and are never keys or retries. Legacy "decide"
-records are decisions like any other. Each batch costs two statements whatever
-its size (three when a retry brings a request's first escalation): the lock
-that orders projections across servers, and one set-based statement over
-arrays of typed columns. Nothing here parses JSON: the digest is computed in
+records are decisions like any other. Each batch costs one statement whatever
+its size (two when a retry brings a request's first escalation): one set-based
+statement over arrays of typed columns, which first takes the lock that orders
+projections across servers. Nothing here parses JSON: the digest is computed in
 Python from the record's bytes.
 """
 
@@ -45,18 +45,22 @@ LATE_S = 86400.0
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _UUID_SQL = "'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'"
+# When the batch's first decision of a key takes it from its holder ``k``.
+_TAKES_OVER = ("(k.decided_at < excluded.decided_at AND (k.digest <> excluded.digest "
+               "OR k.decided_at < excluded.decided_at - make_interval(secs => %(window)s)))")
 
-# The escalations' lock (taken by every projection that writes keys or escalations, and
-# by the escalation store): the projections of concurrent shippers apply one by one.
-_LOCK = f"SELECT pg_advisory_xact_lock({LOCK_KEY})"
-
-# One statement per batch. In its snapshot, ``idempotency_keys`` is the table as it was
-# before the statement (the lock, taken in an earlier statement, makes that every
-# committed projection's keys); a key the batch took is read from ``taken`` instead.
-# The first decision of each key in the batch takes it, unless a live holder with the
-# same body holds it (or an earlier decision: then it is that one's retry).
-_PROJECT = """
-WITH b AS (
+# One statement per batch, whatever its size. It first takes the escalations' advisory
+# lock (taken by every projection that writes keys or escalations, and by the escalation
+# store), so the projections of concurrent shippers apply one after another: ``first``
+# reads ``lock``, so no key is written before the lock is held. Each key the batch names
+# is then read from the upsert's RETURNING, never from the statement's snapshot (taken
+# before the lock): a conflicting key is always "updated", to itself unless the batch's
+# first decision of it takes it over (another body, or past the window; never an
+# earlier decision arriving late), so RETURNING yields every key as it now stands.
+_PROJECT = f"""
+WITH lock AS MATERIALIZED (
+    SELECT pg_advisory_xact_lock({LOCK_KEY})
+), b AS (
     SELECT * FROM unnest(%(caller)b::text[], %(rid)b::text[], %(did)b::text[]::uuid[],
                          %(digest)b::bytea[], %(at_us)b::int8[], %(esc)b::text[])
         WITH ORDINALITY AS b(caller_id, request_id, decision_id, digest, at_us,
@@ -66,25 +70,19 @@ WITH b AS (
            timestamptz 'epoch' + at_us * interval '1 microsecond' AS decided_at
       FROM b
 ), first AS (
-    SELECT DISTINCT ON (caller_id, request_id) * FROM batch ORDER BY caller_id, request_id, n
-), taken AS (
+    SELECT DISTINCT ON (caller_id, request_id) batch.*
+      FROM batch CROSS JOIN lock ORDER BY caller_id, request_id, n
+), held AS (
     INSERT INTO idempotency_keys AS k (caller_id, request_id, decision_id, digest,
                                        decided_at, escalation_id)
     SELECT caller_id, request_id, decision_id, digest, decided_at, escalation_id FROM first
-    ON CONFLICT (caller_id, request_id) DO UPDATE
-       SET decision_id = excluded.decision_id, digest = excluded.digest,
-           decided_at = excluded.decided_at, escalation_id = excluded.escalation_id
-     WHERE k.decided_at < excluded.decided_at
-       AND (k.digest <> excluded.digest
-            OR k.decided_at < excluded.decided_at - make_interval(secs => %(window)s))
+    ON CONFLICT (caller_id, request_id) DO UPDATE SET
+        decision_id = CASE WHEN {_TAKES_OVER} THEN excluded.decision_id ELSE k.decision_id END,
+        digest = CASE WHEN {_TAKES_OVER} THEN excluded.digest ELSE k.digest END,
+        decided_at = CASE WHEN {_TAKES_OVER} THEN excluded.decided_at ELSE k.decided_at END,
+        escalation_id = CASE WHEN {_TAKES_OVER} THEN excluded.escalation_id
+                             ELSE k.escalation_id END
     RETURNING k.caller_id, k.request_id, k.decision_id, k.digest, k.decided_at
-), held AS (
-    SELECT * FROM taken
-    UNION ALL
-    SELECT k.caller_id, k.request_id, k.decision_id, k.digest, k.decided_at
-      FROM idempotency_keys k JOIN first f USING (caller_id, request_id)
-     WHERE NOT EXISTS (SELECT 1 FROM taken t
-                        WHERE t.caller_id = k.caller_id AND t.request_id = k.request_id)
 ), old AS (
     DELETE FROM idempotency_keys k
      WHERE k.decided_at < now() - make_interval(secs => %(keep)s)
@@ -110,7 +108,7 @@ UPDATE idempotency_keys k SET escalation_id = v.escalation_id
 """
 
 
-def keyed(record: AuditRecord) -> bool:
+def _keyed(record: AuditRecord) -> bool:
     """Whether ``record`` (a decision) is one of a request under an idempotency key:
     it names a ``request_id`` and is no approval's ALLOW."""
     return bool(record.request_id) and not record.data and record.kind != "approval"
@@ -128,10 +126,9 @@ class DecisionProjector:
         self._window_s = float(window_s)
 
     def project(self, records: Sequence[AuditRecord]) -> Plan:
-        chosen = [r for r in records if keyed(r)]
+        chosen = [r for r in records if _keyed(r)]
         if not chosen:
             return
-        yield Statement(_LOCK)
         sha256 = hashlib.sha256
         linked = yield Statement(_PROJECT, {
             "caller": [r.caller_id for r in chosen],
