@@ -62,13 +62,15 @@ WITH lock AS MATERIALIZED (
     SELECT pg_advisory_xact_lock({LOCK_KEY})
 ), b AS (
     SELECT * FROM unnest(%(caller)b::text[], %(rid)b::text[], %(did)b::text[]::uuid[],
-                         %(digest)b::bytea[], %(at_us)b::int8[], %(esc)b::text[])
-        WITH ORDINALITY AS b(caller_id, request_id, decision_id, digest, at_us,
-                             escalation_id, n)
+                         %(at_us)b::int8[])
+        WITH ORDINALITY AS b(caller_id, request_id, decision_id, at_us, n)
 ), batch AS (
-    SELECT caller_id, request_id, decision_id, digest, escalation_id, n,
-           timestamptz 'epoch' + at_us * interval '1 microsecond' AS decided_at
-      FROM b
+    SELECT b.caller_id, b.request_id, b.decision_id, b.n,
+           substring(%(digests)b::bytea FROM (b.n::int - 1) * 32 + 1 FOR 32) AS digest,
+           coalesce(e.escalation_id, '') AS escalation_id,
+           timestamptz 'epoch' + b.at_us * interval '1 microsecond' AS decided_at
+      FROM b LEFT JOIN unnest(%(esc_n)b::int8[], %(esc)b::text[]) AS e(n, escalation_id)
+           USING (n)
 ), first AS (
     SELECT DISTINCT ON (caller_id, request_id) batch.*
       FROM batch CROSS JOIN lock ORDER BY caller_id, request_id, n
@@ -130,13 +132,18 @@ class DecisionProjector:
         if not chosen:
             return
         sha256 = hashlib.sha256
+        escalated = [(n, r.escalation_id) for n, r in enumerate(chosen, 1) if r.escalation_id]
+        # Each array element costs the shipper ~0.4 us to send: the digests (32 bytes
+        # each) travel as one bytea, and the escalation ids (most decisions have none)
+        # only where there is one, with the record's place in the batch.
         linked = yield Statement(_PROJECT, {
             "caller": [r.caller_id for r in chosen],
             "rid": [r.request_id for r in chosen],
             "did": [r.decision_id for r in chosen],
-            "digest": [sha256(r.request_json.encode()).digest() for r in chosen],
             "at_us": [r.decided_at_us for r in chosen],
-            "esc": [r.escalation_id for r in chosen],
+            "digests": b"".join([sha256(r.request_json.encode()).digest() for r in chosen]),
+            "esc_n": [n for n, _ in escalated],
+            "esc": [e for _, e in escalated],
             "window": self._window_s,
             "keep": self._window_s + LATE_S,
         })
