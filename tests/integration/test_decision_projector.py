@@ -22,7 +22,7 @@ import pytest
 from acgs.adapters.journal import Journal
 from acgs.adapters.journal_files import segment_path
 from acgs.adapters.journal_lines import checksummed
-from acgs.adapters.pg_audit import Shipper
+from acgs.adapters.pg_audit import COLUMNS, Shipper, row_of
 from acgs.adapters.pg_escalations import LOCK_KEY
 from acgs.adapters.projectors import Plan, Statement, drive_sync, run_sync
 from acgs.adapters.projectors.decisions import DecisionProjector
@@ -228,14 +228,16 @@ def test_a_request_takes_its_first_escalated_retrys_escalation(
 def test_a_batch_of_5000_decisions_projects_in_one_statement(pg_url: str) -> None:
     """Set-based: what a batch costs does not grow with its size (every decision here has
     a request_id; one in ten retries the one before it, one in five hundred escalated)."""
-    records = []
+    records, prev = [], GENESIS_HASH
     for n in range(5000):
         retry = n % 10 == 9
         rid = f"k-{n - 1 if retry else n}"
         esc = str(uuid.uuid4()) if retry and n % 500 == 499 else ""
-        records.append(replace(decision(rid=rid, body=f'{{"request_id":"{rid}"}}',
-                                        escalation_id=esc, at_us=NOW_US + n),
-                               instance_id="inst-a", seq=n + 1))
+        record = replace(decision(rid=rid, body=f'{{"request_id":"{rid}"}}', escalation_id=esc,
+                                  at_us=NOW_US + n), instance_id="inst-a").sealed(
+            seq=n + 1, prev_hash=prev)
+        records.append(record)
+        prev = record.record_hash
     executed: list[Statement] = []
 
     def counted(plan: Plan) -> Plan:
@@ -249,6 +251,9 @@ def test_a_batch_of_5000_decisions_projects_in_one_statement(pg_url: str) -> Non
 
     projector = DecisionProjector(window_s=WINDOW_S)
     with psycopg.connect(pg_url) as conn, conn.transaction(), conn.cursor() as cur:
+        with cur.copy(f"COPY audit_decisions ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for record in records:  # what the shipper does before it runs the projectors
+                copy.write_row(row_of(record))
         drive_sync(cur, counted(projector.project(records)))
     # The projection, and the one update of the keys that 10 escalated retries bring.
     assert len(executed) == 2 and not any(s.many for s in executed)
@@ -259,6 +264,14 @@ def test_a_batch_of_5000_decisions_projects_in_one_statement(pg_url: str) -> Non
     with psycopg.connect(pg_url) as conn, conn.transaction(), conn.cursor() as cur:
         drive_sync(cur, counted(projector.project(records)))  # nothing new: no update
     assert len(executed) == 1
+
+
+def test_run_before_its_records_are_inserted_the_projector_says_so(pg_url: str) -> None:
+    records = [replace(decision(), instance_id="inst-a", seq=1)]
+    with psycopg.connect(pg_url) as conn, conn.transaction(), conn.cursor() as cur, \
+            pytest.raises(RuntimeError, match="1 of 1 decisions of inst-a are not in "
+                                              "audit_decisions"):
+        run_sync(cur, [DecisionProjector(window_s=WINDOW_S)], records)
 
 
 def test_a_negative_window_is_refused() -> None:

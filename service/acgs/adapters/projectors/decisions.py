@@ -22,18 +22,24 @@ which the escalation projector, running next, merges a retry's escalation into.
 
 Approval decisions (``data`` names the escalation approved; legacy kind
 "approval") answer no request and are never keys or retries. Legacy "decide"
-records are decisions like any other. Each batch costs one statement whatever
-its size (two when a retry brings a request's first escalation): one set-based
-statement over arrays of typed columns, which first takes the lock that orders
-projections across servers. Nothing here parses JSON: the digest is computed in
-Python from the record's bytes.
+records are decisions like any other.
+
+Each batch costs one statement whatever its size (two when a retry brings a
+request's first escalation), which first takes the lock that orders projections
+across servers. It runs at the shipper's rate, for every decision, on the
+server's CPU: so only the records' seqs and the SHA-256 digests of their
+``request_json`` (computed here from the record's bytes, as one bytea of 32-byte
+digests) travel from Python; the other columns are read from the
+``audit_decisions`` rows the shipper inserted earlier in the same transaction
+(a projector runs after that insert; run before it, the projector says so
+rather than project nothing). Nothing here parses JSON.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
+from hashlib import sha256 as _sha256
 
 from acgs.adapters.pg_escalations import LOCK_KEY
 from acgs.adapters.projectors import Plan, Statement
@@ -60,17 +66,11 @@ _TAKES_OVER = ("(k.decided_at < excluded.decided_at AND (k.digest <> excluded.di
 _PROJECT = f"""
 WITH lock AS MATERIALIZED (
     SELECT pg_advisory_xact_lock({LOCK_KEY})
-), b AS (
-    SELECT * FROM unnest(%(caller)b::text[], %(rid)b::text[], %(did)b::text[]::uuid[],
-                         %(at_us)b::int8[])
-        WITH ORDINALITY AS b(caller_id, request_id, decision_id, at_us, n)
 ), batch AS (
-    SELECT b.caller_id, b.request_id, b.decision_id, b.n,
-           substring(%(digests)b::bytea FROM (b.n::int - 1) * 32 + 1 FOR 32) AS digest,
-           coalesce(e.escalation_id, '') AS escalation_id,
-           timestamptz 'epoch' + b.at_us * interval '1 microsecond' AS decided_at
-      FROM b LEFT JOIN unnest(%(esc_n)b::int8[], %(esc)b::text[]) AS e(n, escalation_id)
-           USING (n)
+    SELECT a.caller_id, a.request_id, a.decision_id, a.decided_at, a.escalation_id, b.n,
+           substring(%(digests)b::bytea FROM (b.n::int - 1) * 32 + 1 FOR 32) AS digest
+      FROM unnest(%(seqs)b::int8[]) WITH ORDINALITY AS b(seq, n)
+      JOIN audit_decisions a ON a.instance_id = %(instance)s AND a.seq = b.seq
 ), first AS (
     SELECT DISTINCT ON (caller_id, request_id) batch.*
       FROM batch CROSS JOIN lock ORDER BY caller_id, request_id, n
@@ -90,14 +90,16 @@ WITH lock AS MATERIALIZED (
      WHERE k.decided_at < now() - make_interval(secs => %(keep)s)
        AND NOT EXISTS (SELECT 1 FROM first f
                         WHERE f.caller_id = k.caller_id AND f.request_id = k.request_id)
+), linked AS (
+    INSERT INTO decision_retries (decision_id, retry_of)
+    SELECT batch.decision_id, held.decision_id
+      FROM batch JOIN held USING (caller_id, request_id)
+     WHERE held.decision_id <> batch.decision_id AND held.digest = batch.digest
+       AND abs(extract(epoch FROM batch.decided_at - held.decided_at)) <= %(window)s
+    ON CONFLICT (decision_id) DO NOTHING
+    RETURNING decision_id
 )
-INSERT INTO decision_retries (decision_id, retry_of)
-SELECT batch.decision_id, held.decision_id
-  FROM batch JOIN held USING (caller_id, request_id)
- WHERE held.decision_id <> batch.decision_id AND held.digest = batch.digest
-   AND abs(extract(epoch FROM batch.decided_at - held.decided_at)) <= %(window)s
-ON CONFLICT (decision_id) DO NOTHING
-RETURNING decision_id::text
+SELECT (SELECT count(*) FROM batch), array(SELECT decision_id::text FROM linked)
 """
 
 # A request whose first decision was not escalated takes the escalation of its first
@@ -128,32 +130,31 @@ class DecisionProjector:
         self._window_s = float(window_s)
 
     def project(self, records: Sequence[AuditRecord]) -> Plan:
-        chosen = [r for r in records if _keyed(r)]
-        if not chosen:
-            return
-        sha256 = hashlib.sha256
-        escalated = [(n, r.escalation_id) for n, r in enumerate(chosen, 1) if r.escalation_id]
-        # Each array element costs the shipper ~0.4 us to send: the digests (32 bytes
-        # each) travel as one bytea, and the escalation ids (most decisions have none)
-        # only where there is one, with the record's place in the batch.
-        linked = yield Statement(_PROJECT, {
-            "caller": [r.caller_id for r in chosen],
-            "rid": [r.request_id for r in chosen],
-            "did": [r.decision_id for r in chosen],
-            "at_us": [r.decided_at_us for r in chosen],
-            "digests": b"".join([sha256(r.request_json.encode()).digest() for r in chosen]),
-            "esc_n": [n for n, _ in escalated],
-            "esc": [e for _, e in escalated],
-            "window": self._window_s,
-            "keep": self._window_s + LATE_S,
-        })
-        if not linked:
-            return
-        retries = {row[0] for row in linked}
+        chains: dict[str, list[AuditRecord]] = {}
+        for r in records:
+            if _keyed(r):
+                chains.setdefault(r.instance_id, []).append(r)
+        retries: set[str] = set()
+        for instance, chosen in chains.items():  # the shipper's batches are of one chain
+            rows = yield Statement(_PROJECT, {
+                "instance": instance,
+                "seqs": [r.seq for r in chosen],
+                "digests": b"".join([_sha256(r.request_json.encode()).digest()
+                                     for r in chosen]),
+                "window": self._window_s,
+                "keep": self._window_s + LATE_S,
+            })
+            found, linked = rows[0]
+            if found != len(chosen):
+                raise RuntimeError(
+                    f"{len(chosen) - found} of {len(chosen)} decisions of {instance} are not "
+                    "in audit_decisions: the decision projector runs after they are inserted")
+            retries.update(linked)
         adopt: dict[tuple[str, str], str] = {}
-        for r in chosen:  # journal order: the first escalated retry of each request
-            if r.decision_id.lower() in retries and _UUID.fullmatch(r.escalation_id):
-                adopt.setdefault((r.caller_id, r.request_id), r.escalation_id)
+        for chosen in chains.values():  # journal order: a request's first escalated retry
+            for r in chosen:
+                if r.decision_id.lower() in retries and _UUID.fullmatch(r.escalation_id):
+                    adopt.setdefault((r.caller_id, r.request_id), r.escalation_id)
         if adopt:
             yield Statement(_ADOPT, ([k[0] for k in adopt], [k[1] for k in adopt],
                                      list(adopt.values())))
