@@ -26,11 +26,10 @@ standard error of ~1.5 µs): at 1,000-record batches no higher; at 100-record
 batches perhaps 2 µs (3 %) higher, at the edge of what this machine can tell.
 Where it goes, at 100-record batches: the projection statement costs ~5.3 µs per
 record (the base's function call ~3.3: PostgreSQL did the digests); ``row_of``
-without the JSON encoder for a record with no violations saves ~2 µs.
-The base numbers come
-from this module run on commit 2a97bd7 with two lines changed: the records' kind
-"decide" (what its SQL projects) and ``Shipper(projections=(pg_escalations.projection(
-idempotency_window_s=600.0, group_s=0.0),))``.
+without the JSON encoder for a record with no violations saves ~2 µs. The base
+numbers come from this module run on commit 2a97bd7 with two lines changed: the
+records' kind "decide" (what its SQL projects) and ``Shipper(projections=(
+pg_escalations.projection(idempotency_window_s=600.0, group_s=0.0),))``.
 
 Not a test: numbers depend on the machine. Run it from the repository root.
 """

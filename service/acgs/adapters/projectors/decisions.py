@@ -112,12 +112,6 @@ UPDATE idempotency_keys k SET escalation_id = v.escalation_id
 """
 
 
-def _keyed(record: AuditRecord) -> bool:
-    """Whether ``record`` (a decision) is one of a request under an idempotency key:
-    it names a ``request_id`` and is no approval's ALLOW."""
-    return bool(record.request_id) and not record.data and record.kind != "approval"
-
-
 class DecisionProjector:
     """Maintains ``idempotency_keys`` and ``decision_retries`` (see the module docstring);
     ``window_s`` is ACGS_IDEMPOTENCY_WINDOW_S."""
@@ -130,12 +124,9 @@ class DecisionProjector:
         self._window_s = float(window_s)
 
     def project(self, records: Sequence[AuditRecord]) -> Plan:
-        chains: dict[str, list[AuditRecord]] = {}
-        for r in records:
-            if _keyed(r):
-                chains.setdefault(r.instance_id, []).append(r)
+        keyed = [r for r in records if r.request_id and not r.data and r.kind != "approval"]
         retries: set[str] = set()
-        for instance, chosen in chains.items():  # the shipper's batches are of one chain
+        for instance, chosen in _chains(keyed):  # the shipper's batches are of one chain
             rows = yield Statement(_PROJECT, {
                 "instance": instance,
                 "seqs": [r.seq for r in chosen],
@@ -150,11 +141,25 @@ class DecisionProjector:
                     f"{len(chosen) - found} of {len(chosen)} decisions of {instance} are not "
                     "in audit_decisions: the decision projector runs after they are inserted")
             retries.update(linked)
+        if not retries:
+            return
         adopt: dict[tuple[str, str], str] = {}
-        for chosen in chains.values():  # journal order: a request's first escalated retry
-            for r in chosen:
-                if r.decision_id.lower() in retries and _UUID.fullmatch(r.escalation_id):
-                    adopt.setdefault((r.caller_id, r.request_id), r.escalation_id)
+        for r in keyed:  # journal order: a request's first escalated retry
+            if (r.escalation_id and r.decision_id.lower() in retries
+                    and _UUID.fullmatch(r.escalation_id)):
+                adopt.setdefault((r.caller_id, r.request_id), r.escalation_id)
         if adopt:
             yield Statement(_ADOPT, ([k[0] for k in adopt], [k[1] for k in adopt],
                                      list(adopt.values())))
+
+
+def _chains(records: list[AuditRecord]) -> list[tuple[str, list[AuditRecord]]]:
+    """``records`` by chain, in order (one chain, the shipper's case, without a copy)."""
+    if not records:
+        return []
+    if all(r.instance_id == records[0].instance_id for r in records):
+        return [(records[0].instance_id, records)]
+    chains: dict[str, list[AuditRecord]] = {}
+    for r in records:
+        chains.setdefault(r.instance_id, []).append(r)
+    return list(chains.items())
