@@ -20,10 +20,14 @@ alternating order, 18 pairs per batch size; µs of shipper CPU per record:
            acgs_project_batch)             DecisionProjector)         (this - base)
     1000   median 39.3, min 28.0           median 38.0, min 28.8      median -1.2, mean -0.6
      100   median 61.4, min 44.1           median 65.2, min 49.0      median +2.2, mean +2.3
+     100*  median 83.1, min 73.1           median 79.5, min 63.2      median -4.1, mean -2.7
 
+(*: 10 more pairs, after the projector stopped regrouping records and looking at
+every record for escalations when no retry was linked; the machine was busier.)
 The noise is large (standard deviation of the paired differences 5-7 µs, so a
-standard error of ~1.5 µs): at 1,000-record batches no higher; at 100-record
-batches perhaps 2 µs (3 %) higher, at the edge of what this machine can tell.
+standard error of ~1.5 µs): no higher at 1,000-record batches; at 100-record
+batches +2.2 µs before that last change, -4.1 after it: no higher, within what
+this machine can tell.
 Where it goes, at 100-record batches: the projection statement costs ~5.3 µs per
 record (the base's function call ~3.3: PostgreSQL did the digests); ``row_of``
 without the JSON encoder for a record with no violations saves ~2 µs. The base
