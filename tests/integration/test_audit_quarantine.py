@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psycopg
@@ -21,7 +21,10 @@ from acgs.adapters.journal import Journal
 from acgs.adapters.journal_files import segment_path
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries
+from acgs.adapters.projectors import Plan, Statement
 from acgs.adapters.projectors.checkpoints import CheckpointProjector
+from acgs.domain import events
+from acgs.domain.audit import AuditRecord
 from acgs.domain.audit_query import ChainReport
 from acgs.service_layer.checkpointer import Checkpointer
 from psycopg_pool import AsyncConnectionPool
@@ -189,11 +192,19 @@ def test_a_forged_quarantine_row_hides_no_deleted_record(tmp_path: Path, pg_url:
 
 def test_a_refused_escalation_does_not_block_the_records_around_it(
         tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A projection (run in the batch's transaction) can refuse content too."""
+    """A projector (run in the batch's transaction) can have content refused too."""
+
+    class Divides:
+        kinds = frozenset({events.DECISION})
+
+        def project(self, records: Sequence[AuditRecord]) -> Plan:
+            # 22012 (division by zero) for seq 2's record, whose latency is 122 µs
+            yield Statement("SELECT 1 / (x - 122) FROM unnest(%s::int8[]) AS x",
+                            ([r.latency_us for r in records],))
+
     j = open_journal(tmp_path)
     append_all(j, [[entry(i)] for i in range(1, 5)])
-    check = "SELECT 1 / (latency_us - 122) FROM acgs_audit_stage"  # 22012 for seq 2's record
-    shipper = Shipper(journal=j, conninfo=pg_url, projections=(check,))
+    shipper = Shipper(journal=j, conninfo=pg_url, projectors=(Divides(),))
     shipper.ship_once()
     shipper.close()
     j.close()

@@ -19,7 +19,7 @@ from acgs import CONSTITUTIONAL_HASH
 from acgs.adapters.journal import Journal
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries
-from acgs.adapters.pg_escalations import PROJECTION, PgEscalationStore, PgTransaction
+from acgs.adapters.pg_escalations import PgEscalationStore, PgTransaction
 from acgs.adapters.pg_notify import PgBell
 from acgs.adapters.projectors.registry import projectors
 from acgs.domain import canonical, events
@@ -64,8 +64,7 @@ class Rig:
         shutil.copytree(self.journal.directory, copies / self.journal.instance_id)
         await self.ship()
         again = open_journal(copies, instance_id=self.journal.instance_id)
-        shipper = Shipper(journal=again, conninfo=self.url, projections=(PROJECTION,),
-                          projectors=PROJECTORS)
+        shipper = Shipper(journal=again, conninfo=self.url, projectors=PROJECTORS)
         try:
             assert await asyncio.to_thread(shipper.ship_once) == 0  # nothing inserted twice
         finally:
@@ -113,7 +112,7 @@ class Rig:
 async def rig(tmp_path: Path, url: str, *, ttl_s: float = 3600.0, **journal: Any
               ) -> AsyncIterator[Rig]:
     j = open_journal(tmp_path, **journal)
-    shipper = Shipper(journal=j, conninfo=url, projections=(PROJECTION,), projectors=PROJECTORS)
+    shipper = Shipper(journal=j, conninfo=url, projectors=PROJECTORS)
     async with AsyncConnectionPool(url, min_size=1, max_size=2, open=False,
                                    kwargs={"autocommit": True}) as pool:
         store = PgEscalationStore(pool=pool)

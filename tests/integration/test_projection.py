@@ -22,7 +22,7 @@ import pytest
 from acgs import CONSTITUTIONAL_HASH
 from acgs.adapters.journal import Journal
 from acgs.adapters.pg_audit import Shipper
-from acgs.adapters.pg_escalations import PgEscalationStore, projection
+from acgs.adapters.pg_escalations import PgEscalationStore
 from acgs.adapters.pg_notify import PgBell
 from acgs.adapters.projectors.registry import projectors
 from acgs.domain.escalation import Verdict
@@ -44,7 +44,6 @@ AGENT = Caller(id="acgs_00000000000000a1", role="agent")
 ADMIN = Caller(id="acgs_00000000000000b1", role="admin")
 TRANSFER = allow_input(action={"type": "fund_transfer", "attributes": {}})
 CROSS = allow_input(tenant_id="t2")
-SQL = projection(idempotency_window_s=600, group_s=300)
 PROJECTORS = projectors(idempotency_window_s=600, group_s=300)
 
 
@@ -60,7 +59,7 @@ class Server:
 
     def ship(self, *, batch: int = 1000, journal: Journal | None = None) -> None:
         shipper = Shipper(journal=journal or self.journal, conninfo=self.url, batch=batch,
-                          projections=(SQL,), projectors=PROJECTORS)
+                          projectors=PROJECTORS)
         try:
             shipper.ship_once()
         finally:

@@ -39,18 +39,6 @@ from acgs.domain.escalation import Escalation, EscalationEvent, EscalationFilter
 from acgs.errors import InvalidRequest, NotFound, Unavailable
 from acgs.service_layer.ports import EventEntry
 
-
-def projection(*, idempotency_window_s: float, group_s: float) -> str:
-    """The SQL the audit shipper runs in each batch's transaction before the projectors
-    (``acgs_project_batch``, migrations 0008 and 0012): links retried requests. The
-    decision projector replaces it (migration 0013)."""
-    return (f"SELECT acgs_project_batch({float(idempotency_window_s)!r}::float8, "
-            f"{float(group_s)!r}::float8)")
-
-
-PROJECTION = projection(idempotency_window_s=600.0, group_s=0.0)
-"""The projection with the default idempotency window (for tests)."""
-
 _EFFECTIVE = ("(CASE WHEN state IN ('open', 'acknowledged') AND expires_at <= now() "
               "THEN 'expired' ELSE state END)")
 _SELECT = "SELECT to_jsonb(e), now() FROM escalations e"

@@ -25,7 +25,6 @@ from acgs.adapters.audit_signing import CheckpointSigner, TrustedKeys, load_publ
 from acgs.adapters.journal import Journal, adopt_orphans
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries
-from acgs.adapters.pg_escalations import projection
 from acgs.adapters.pg_event_chain import AdminChainCheckpoints
 from acgs.adapters.pg_migrations import check_constitution
 from acgs.adapters.projectors.registry import projectors
@@ -68,9 +67,6 @@ async def build_audit(
     orphans = await asyncio.to_thread(adopt_orphans, root, exclude=settings.instance_id)
     shipper = Shipper(journal=journal, conninfo=database.conninfo,
                       batch=settings.audit_ship_batch, orphans=orphans, on_shipped=on_shipped,
-                      projections=(projection(
-                          idempotency_window_s=settings.idempotency_window_s,
-                          group_s=settings.escalation_group_s),),
                       projectors=projectors(
                           idempotency_window_s=settings.idempotency_window_s,
                           group_s=settings.escalation_group_s),

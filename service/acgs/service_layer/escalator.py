@@ -10,8 +10,9 @@ same group-committed, fsynced journal write as the decision itself. Decide
 adds no database round trip. The shipper that copies the journal to
 PostgreSQL creates the escalation row in the same transaction as the audit
 rows, with the escalation projector (:mod:`acgs.adapters.projectors.escalations`,
-the one writer of escalations), exactly once; a journal left by a dead server
-is shipped, and its escalations opened, by the next server on the host.
+the one writer of escalations, run after the decision projector), exactly once;
+a journal left by a dead server is shipped, and its escalations opened, by the
+next server on the host.
 
 Grouping (:mod:`acgs.domain.escalation_group`). A decision whose group has an
 escalation this server opened within ``group_window_s`` joins it: it carries

@@ -12,7 +12,7 @@ recently used forgotten first). A request arriving while its first copy is
 still being decided waits for that decision rather than making a second.
 Across the fleet (a retry on another server, e.g. after this one died),
 PostgreSQL links the second decision to the first when the records are
-shipped: see ``acgs_project_batch`` in migrations/0008.
+shipped: see :mod:`acgs.adapters.projectors.decisions`.
 
 Only decisions the constitution made are kept for replay: a fail-safe DENY
 (timeout, engine error, audit trail refusing) is not, so a retry gets a new
