@@ -42,7 +42,6 @@ from acgs.adapters.journal_files import (
 )
 from acgs.adapters.journal_lines import checksummed
 from acgs.adapters.journal_writer import JournalWriter
-from acgs.adapters.pg_event_chain import ADMIN_CHAIN
 from acgs.domain import events
 from acgs.domain.audit import GENESIS_HASH, AuditRecord, describe_request
 from acgs.errors import AuditUnavailable, ConfigurationError
@@ -75,7 +74,7 @@ class Journal(JournalWriter):
     ) -> None:
         if not _INSTANCE_ID.match(instance_id):
             raise ConfigurationError(f"instance id {instance_id!r} is not a safe directory name")
-        if instance_id == ADMIN_CHAIN:  # its records would take the admin chain's seqs
+        if instance_id == events.ADMIN_CHAIN:  # its records would take the admin chain's seqs
             raise ConfigurationError(f"instance id {instance_id!r} names the chain of admin "
                                      "events in PostgreSQL; choose another ACGS_INSTANCE_ID")
         super().__init__(directory=directory, fsync_interval_ms=fsync_interval_ms,
@@ -213,25 +212,34 @@ class Journal(JournalWriter):
         return b"\n".join(lines), seq, prev
 
     def _record(self, entry: Entry, *, seq: int, prev_hash: str) -> AuditRecord:
-        if isinstance(entry, EventEntry):
-            return replace(events.envelope(
-                entry.event, event_id=entry.event_id, instance_id=self.instance_id,
-                at_us=entry.at_ns // 1000, caller_id=entry.caller.id,
-                caller_role=entry.caller.role,
-                constitutional_hash=entry.constitutional_hash), seq=seq, prev_hash=prev_hash)
-        request_json, tenant_id, principal_id = describe_request(
-            entry.request_json, self._mask, entry.request_doc)
-        d = entry.decision
-        return AuditRecord(
-            decision_id=d.decision_id, instance_id=self.instance_id, seq=seq,
-            decided_at_us=d.decided_at_ns // 1000, kind=entry.kind,
-            caller_id=entry.caller.id, caller_role=entry.caller.role, request_id=d.request_id,
-            tenant_id=tenant_id, principal_id=principal_id, request_json=request_json,
-            effect=d.effect, violations=d.violations, policy_revision=d.policy_revision,
-            constitutional_hash=d.constitutional_hash, cached=d.cached,
-            latency_us=d.latency_us, escalation_id=d.escalation_id, prev_hash=prev_hash,
-            schema=events.SCHEMA, data=entry.data,
-        )
+        return record_of(entry, instance_id=self.instance_id, seq=seq, prev_hash=prev_hash,
+                         mask=self._mask)
+
+
+def record_of(entry: Entry, *, instance_id: str, seq: int, prev_hash: str,
+              mask: Sequence[str] = ()) -> AuditRecord:
+    """The (unsealed) record ``entry`` makes at ``seq`` of ``instance_id``'s chain: a
+    journal's, or a chain PostgreSQL holds (:mod:`acgs.adapters.pg_event_chain`).
+    ``mask``: request fields written as "***" (ACGS_AUDIT_MASK_FIELDS)."""
+    if isinstance(entry, EventEntry):
+        return replace(events.envelope(
+            entry.event, event_id=entry.event_id, instance_id=instance_id,
+            at_us=entry.at_ns // 1000, caller_id=entry.caller.id,
+            caller_role=entry.caller.role,
+            constitutional_hash=entry.constitutional_hash), seq=seq, prev_hash=prev_hash)
+    request_json, tenant_id, principal_id = describe_request(
+        entry.request_json, mask, entry.request_doc)
+    d = entry.decision
+    return AuditRecord(
+        decision_id=d.decision_id, instance_id=instance_id, seq=seq,
+        decided_at_us=d.decided_at_ns // 1000, kind=entry.kind,
+        caller_id=entry.caller.id, caller_role=entry.caller.role, request_id=d.request_id,
+        tenant_id=tenant_id, principal_id=principal_id, request_json=request_json,
+        effect=d.effect, violations=d.violations, policy_revision=d.policy_revision,
+        constitutional_hash=d.constitutional_hash, cached=d.cached,
+        latency_us=d.latency_us, escalation_id=d.escalation_id, prev_hash=prev_hash,
+        schema=events.SCHEMA, data=entry.data,
+    )
 
 
 def adopt_orphans(root: Path, *, exclude: str) -> list[Journal]:

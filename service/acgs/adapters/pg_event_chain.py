@@ -24,7 +24,6 @@ run on a synchronous or asyncio cursor.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Generator, Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
+from acgs.adapters.journal import record_of
 from acgs.adapters.pg_audit import COLUMNS, row_of
 from acgs.adapters.projectors import (
     Projector,
@@ -42,14 +42,12 @@ from acgs.adapters.projectors import (
     selected,
 )
 from acgs.adapters.projectors.checkpoints import CheckpointProjector
-from acgs.domain import canonical, events
+from acgs.domain import events
 from acgs.domain.audit import GENESIS_HASH, AuditRecord
-from acgs.domain.model import Effect, new_decision_id
-from acgs.service_layer.checkpointer import SYSTEM_ROLE, Signer
+from acgs.service_layer.checkpointer import Signer, checkpoint_entry
 from acgs.service_layer.ports import EventEntry
 
-ADMIN_CHAIN = "admin"
-"""The chain of admin events (``instance_id`` of its records)."""
+ADMIN_CHAIN = events.ADMIN_CHAIN
 
 LOCK_CLASS = 0x4AC6_E5C2  # pg_advisory_xact_lock(class, hashtext(chain)): one writer per chain
 
@@ -64,17 +62,12 @@ def append(entries: Sequence[EventEntry], *, chain: str = ADMIN_CHAIN,
     """Append ``entries`` to ``chain`` (then project them): returns their sealed records.
 
     Run it inside the transaction that makes the change the entries record."""
-    yield Statement("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, chain))
-    head = yield Statement(_HEAD, (chain,))
-    seq, prev = (int(head[0][0]), str(head[0][1])) if head else (0, GENESIS_HASH)
+    seq, prev, _ = yield from _locked_head(chain)
     records = []
     for entry in entries:
         seq += 1
-        record = events.envelope(
-            entry.event, event_id=entry.event_id, instance_id=chain,
-            at_us=entry.at_ns // 1000, caller_id=entry.caller.id, caller_role=entry.caller.role,
-            constitutional_hash=entry.constitutional_hash)
-        record = record.sealed(seq=seq, prev_hash=prev)
+        record = record_of(entry, instance_id=chain, seq=seq, prev_hash=prev).sealed(
+            seq=seq, prev_hash=prev)
         prev = record.record_hash
         records.append(record)
     yield Statement(_INSERT, [row_of(r) for r in records], many=True)
@@ -99,27 +92,30 @@ def append_sync(cur: psycopg.Cursor[TupleRow], entries: Sequence[EventEntry], *,
     return drive_sync(cur, append(entries, chain=chain, projectors=projectors))
 
 
-def checkpoint(signer: Signer, *, signer_id: str, constitutional_hash: str,
-               at_us: int, chain: str = ADMIN_CHAIN
-               ) -> Generator[Statement, Rows, AuditRecord | None]:
-    """Sign ``chain``'s head and append the checkpoint right after it (copied to
-    ``audit_checkpoints`` in the same transaction); None when the head is a checkpoint
-    already (nothing new to sign) or the chain is empty. ``signer_id``: the server."""
+def _locked_head(chain: str) -> Generator[Statement, Rows, tuple[int, str, str]]:
+    """Take ``chain``'s append lock (held to the commit); its head's seq, hash and kind
+    (0, GENESIS_HASH, "" for an empty chain)."""
     yield Statement("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, chain))
     head = yield Statement(_HEAD, (chain,))
-    if not head or head[0][2] == events.CHECKPOINT:
+    if not head:
+        return 0, GENESIS_HASH, ""
+    return int(head[0][0]), str(head[0][1]), str(head[0][2])
+
+
+def checkpoint(signer: Signer, *, signer_id: str, constitutional_hash: str,
+               chain: str = ADMIN_CHAIN) -> Generator[Statement, Rows, AuditRecord | None]:
+    """Sign ``chain``'s head and append the checkpoint right after it (copied to
+    ``audit_checkpoints`` in the same transaction); None when the head is a checkpoint
+    already (nothing new to sign) or the chain is empty. ``signer_id``: the server. The
+    record is the one a server journals for its own chain (``checkpoint_entry``)."""
+    signed_seq, head_hash, kind = yield from _locked_head(chain)
+    if not signed_seq or kind == events.CHECKPOINT:
         return None
-    signed_seq, head_hash = int(head[0][0]), str(head[0][1])
-    cp = signer.sign(instance_id=chain, signed_seq=signed_seq, head_hash=head_hash,
-                     signed_at_us=at_us)
-    record = AuditRecord(
-        decision_id=new_decision_id(), instance_id=chain, seq=signed_seq + 1,
-        decided_at_us=at_us, kind=events.CHECKPOINT, caller_id=signer_id,
-        caller_role=SYSTEM_ROLE, request_id=f"checkpoint-{signed_seq}", tenant_id="",
-        principal_id="", request_json=canonical.dumps(cp.document()), effect=Effect.DENY,
-        violations=(), policy_revision="", constitutional_hash=constitutional_hash,
-        cached=False, latency_us=0, escalation_id="", prev_hash=head_hash,
-        schema=events.SCHEMA).sealed(seq=signed_seq + 1, prev_hash=head_hash)
+    entry = checkpoint_entry(signer, chain=chain, signer_id=signer_id,
+                             constitutional_hash=constitutional_hash, last_seq=signed_seq,
+                             last_hash=head_hash)
+    record = record_of(entry, instance_id=chain, seq=signed_seq + 1,
+                       prev_hash=head_hash).sealed(seq=signed_seq + 1, prev_hash=head_hash)
     yield Statement(_INSERT, [row_of(record)], many=True)
     yield from CheckpointProjector().project([record])
     return record
@@ -144,6 +140,5 @@ class AdminChainCheckpoints:
         """The seq of the checkpoint written, or None (nothing new to sign)."""
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             record = await drive_async(cur, checkpoint(
-                self._signer, signer_id=self._instance_id, constitutional_hash=self._hash,
-                at_us=time.time_ns() // 1000))
+                self._signer, signer_id=self._instance_id, constitutional_hash=self._hash))
         return None if record is None else record.seq

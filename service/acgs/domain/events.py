@@ -34,6 +34,10 @@ from acgs.domain.model import Effect
 
 SCHEMA = 1  # the payload version this code writes
 
+ADMIN_CHAIN = "admin"
+"""The chain PostgreSQL holds for admin events (acgs.adapters.pg_event_chain): the
+``instance_id`` of its records, so no server may take it as its own."""
+
 DECISION = "decision"  # Decide and each DecideBatch item; an approval's ALLOW
 EVALUATION = "evaluation"  # Evaluate
 ESCALATION_OPENED = "escalation.opened"
@@ -146,11 +150,6 @@ class IncidentOpened(EscalationOpened):
     """An escalation that answers no decision (another constitution, a refusing journal)."""
 
     KIND: ClassVar[str] = INCIDENT_OPENED
-
-    @classmethod
-    def from_data(cls, doc: Mapping[str, Any]) -> IncidentOpened:
-        _only(doc, {"escalation"})
-        return cls(_escalation(doc.get("escalation")))
 
 
 CHANGES = frozenset({esc.ACKNOWLEDGED, esc.APPROVAL, esc.APPROVED, esc.DENIED, esc.EXPIRED})

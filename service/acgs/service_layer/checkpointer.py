@@ -100,14 +100,23 @@ class Checkpointer:
     def _entry(self, last_seq: int, last_hash: str,
                damaged: Sequence[int] = ()) -> AuditEntry:
         """The checkpoint of head (``last_seq``, ``last_hash``) as a journal entry."""
-        now_ns = time.time_ns()
-        cp = self._signer.sign(instance_id=self._instance_id, signed_seq=last_seq,
-                               head_hash=last_hash, signed_at_us=now_ns // 1000,
-                               damaged=damaged)
-        doc = cp.document()
-        decision = Decision(
-            decision_id=new_decision_id(), request_id=f"checkpoint-{last_seq}",
-            effect=Effect.DENY, violations=(), policy_revision="",
-            constitutional_hash=self._hash, cached=False, latency_us=0, decided_at_ns=now_ns)
-        return AuditEntry(KIND, decision, Caller(id=self._instance_id, role=SYSTEM_ROLE),
-                          canonical.dumps(doc), doc)
+        return checkpoint_entry(self._signer, chain=self._instance_id,
+                                signer_id=self._instance_id, constitutional_hash=self._hash,
+                                last_seq=last_seq, last_hash=last_hash, damaged=damaged)
+
+
+def checkpoint_entry(signer: Signer, *, chain: str, signer_id: str, constitutional_hash: str,
+                     last_seq: int, last_hash: str, damaged: Sequence[int] = ()) -> AuditEntry:
+    """The entry of a checkpoint of ``chain``'s head (``last_seq``, ``last_hash``), signed
+    now by ``signer``, done by the server ``signer_id`` (its system caller)."""
+    now_ns = time.time_ns()
+    cp = signer.sign(instance_id=chain, signed_seq=last_seq, head_hash=last_hash,
+                     signed_at_us=now_ns // 1000, damaged=damaged)
+    doc = cp.document()
+    decision = Decision(
+        decision_id=new_decision_id(), request_id=f"checkpoint-{last_seq}",
+        effect=Effect.DENY, violations=(), policy_revision="",
+        constitutional_hash=constitutional_hash, cached=False, latency_us=0,
+        decided_at_ns=now_ns)
+    return AuditEntry(KIND, decision, Caller(id=signer_id, role=SYSTEM_ROLE),
+                      canonical.dumps(doc), doc)
