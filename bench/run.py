@@ -1,6 +1,8 @@
 """``make bench`` → ``python3 -m bench.run``: how fast is a decision, next to an empty call?
 
-After the ladder, the shadow's cost (bench/shadow_cost.py: server CPU per decision with
+First, server CPU per call at 1,000/s against a bare grpc.aio server in its own process,
+by thread (bench/cost.py: cache hit, evaluated, Zipf; ``--no-cost`` skips it). After the
+ladder, the shadow's cost (bench/shadow_cost.py: server CPU per decision with
 no shadow, ``--sample 0.1`` and ``--sample 1``; ``--shadow`` runs only that,
 ``--no-shadow`` skips it).
 
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import h2load_check, profile, report, scenarios, shadow_cost, soak
+from bench import cost, h2load_check, profile, report, scenarios, shadow_cost, soak
 from bench.edge import TARGETS, endpoint
 from bench.loadgen import Driver, percentile
 from bench.scenarios import SCENARIOS, SERVERS, Cursor, Plan
@@ -69,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="only the shadow's cost (no shadow, --sample 0.1, --sample 1)")
     p.add_argument("--no-shadow", action="store_true",
                    help="skip the shadow's cost after the ladder")
+    p.add_argument("--no-cost", action="store_true",
+                   help="skip the CPU-per-call comparison with a bare grpc.aio server at "
+                        "1,000/s (bench/cost.py) before the ladder")
     p.add_argument("--profile", action="store_true", help="py-spy the server under uncached load")
     p.add_argument("--profile-rate", type=float, default=1000.0)
     p.add_argument("--profile-seconds", type=int, default=20)
@@ -274,6 +279,12 @@ async def amain(args: argparse.Namespace) -> int:
                           args.out / "shadow.json")
         return 0
     started = time.monotonic()
+    if not args.no_cost:
+        print("cost: server CPU per call at 1,000/s against a bare grpc.aio server "
+              "(bench/cost.py)", flush=True)
+        results["cost"] = await cost.cost(seconds=3.0 if args.quick else 10.0,
+                                          warmup=1.0 if args.quick else 3.0,
+                                          cpus=cpus, gen_cpus=gen_cpus)
     await run_ladders(args, cpus, gen_cpus, results)
     if not args.no_shadow:
         results["shadow"] = await run_shadow(args, cpus, gen_cpus)
@@ -284,6 +295,9 @@ async def amain(args: argparse.Namespace) -> int:
     report.plot(results, args.out / "latency.png")
     print("\nAll steps:\n\n" + report.steps_table(results) + "\n")
     print(report.markdown(results))
+    if "cost" in results:
+        print("\nServer CPU per call against a bare grpc.aio server (bench/cost.py):\n\n"
+              + cost.markdown(results["cost"]))
     if "shadow" in results:
         print("\nShadow evaluation cost (uncached Decide):\n\n"
               + shadow_cost.markdown(results["shadow"]))

@@ -83,10 +83,15 @@ def series(metrics: Metrics, name: str) -> list[frozenset[tuple[str, str]]]:
 
 
 class Server:
-    """One server process. ``start`` waits until Health says SERVING."""
+    """One server process. ``start`` waits until Health says SERVING.
 
-    def __init__(self, name: str, env: Mapping[str, str], *, cpus: set[int] | None) -> None:
+    ``module``: the Python module run with ``-m`` and the gRPC port as its last argument
+    (default: ``acgs serve``, configured through ``env``)."""
+
+    def __init__(self, name: str, env: Mapping[str, str], *, cpus: set[int] | None,
+                 module: str | None = None) -> None:
         self.name = name
+        self._module = module
         self.port, self.metrics_port = free_port(), free_port()
         self._dir = Path(tempfile.mkdtemp(prefix=f"acgs-bench-{name}-"))
         self.log_path = self._dir / "server.log"
@@ -118,7 +123,8 @@ class Server:
         cpus = self._cpus
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "acgs.entrypoints.cli", "serve"], cwd=REPO, env=self.env,
+            ([sys.executable, "-m", self._module, str(self.port)] if self._module else
+             [sys.executable, "-m", "acgs.entrypoints.cli", "serve"]), cwd=REPO, env=self.env,
             stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
@@ -204,13 +210,19 @@ class Server:
 
     def thread_cpu_s(self) -> dict[int, float]:
         """CPU seconds of each thread of the server, by OS thread id."""
-        out: dict[int, float] = {}
+        return {tid: user + kernel for tid, (_, user, kernel) in self.threads().items()}
+
+    def threads(self) -> dict[int, tuple[str, float, float]]:
+        """Each thread of the server by OS thread id: its OS name (``comm``; our threads set
+        theirs, see acgs.os_threads), user and kernel CPU seconds so far."""
+        out: dict[int, tuple[str, float, float]] = {}
         for task in Path(f"/proc/{self.pid}/task").iterdir():
             try:
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
+                name, rest = (task / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
+            except (OSError, ValueError):
                 continue  # the thread ended
-            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+            fields = rest.split()
+            out[int(task.name)] = (name, int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK)
         return out
 
     def rss_mb(self) -> float:

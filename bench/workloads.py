@@ -79,6 +79,14 @@ def distinct(tag: str) -> Body:
     return lambda i: t.render(ident(f"r{tag}", i), ident(f"a{tag}", i), ident(f"d{tag}", i))
 
 
+def same(tag: str) -> Body:
+    """The same decision input every call (one principal, one resource), request ids unique:
+    after the first call, every one is a cache hit that is still audited."""
+    t = DecideTemplate()
+    principal, resource = ident(f"s{tag}", 0), ident(f"u{tag}", 0)
+    return lambda i: t.render(ident(f"r{tag}", i), principal, resource)
+
+
 def zipf_ranks(keys: int, exponent: float, count: int, seed: int) -> list[int]:
     """``count`` draws of key ranks 0..keys-1 with P(k) proportional to 1/(k+1)**exponent."""
     weights = [1.0 / (k + 1) ** exponent for k in range(keys)]

@@ -62,6 +62,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from acgs import CONSTITUTIONAL_HASH, __version__
 from acgs.domain.model import Decision, Effect, Severity
+from acgs.os_threads import name_os_thread
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +237,8 @@ class Metrics:
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
         httpd = make_server(host, int(port), self._wsgi_app(), Server, handler_class=_QuietHandler)
-        thread = threading.Thread(target=httpd.serve_forever, name="acgs-metrics", daemon=True)
+        thread = threading.Thread(target=_named(httpd.serve_forever), name="acgs-metrics",
+                                  daemon=True)
         thread.start()
         self._server = (httpd, thread)
         logger.info("metrics on http://%s:%d/metrics", host, self.port)
@@ -650,3 +652,11 @@ class NullTelemetry:
 
     def watch_database(self, *, reachable: Callable[[], bool], note: Callable[[], str]) -> None:
         pass
+
+
+def _named(serve: Callable[[], None]) -> Callable[[], None]:
+    """``serve`` run under the thread's own name in the OS (see acgs.os_threads)."""
+    def run() -> None:
+        name_os_thread()
+        serve()
+    return run

@@ -19,6 +19,7 @@ from pathlib import Path
 from acgs.adapters.journal_files import Position, fsync_dir, segment_path
 from acgs.adapters.journal_reader import JournalReader
 from acgs.errors import AuditUnavailable
+from acgs.os_threads import name_os_thread
 
 logger = logging.getLogger("acgs.audit.journal")
 
@@ -90,6 +91,7 @@ class JournalWriter(JournalReader):
         return True
 
     def _run(self) -> None:
+        name_os_thread()
         while True:
             with self._cond:
                 while not (self._queue or self._stopping or self._sync_due()):

@@ -46,6 +46,7 @@ from acgs.adapters.pg_quarantine import (
 from acgs.adapters.projectors import Projector, run_sync
 from acgs.domain import canonical
 from acgs.domain.audit import AuditRecord
+from acgs.os_threads import name_os_thread
 
 logger = logging.getLogger("acgs.audit.shipper")
 
@@ -192,6 +193,7 @@ class Shipper:
         Nothing escapes the loop (a bug, a damaged file, a full disk included): a
         shipper that stopped shipping silently would let the journal fill up.
         """
+        name_os_thread()
         delay = self._backoff_s[0]
         while not self._stop.is_set():
             try:

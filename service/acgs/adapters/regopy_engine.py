@@ -45,6 +45,7 @@ from acgs.errors import (
     EvaluationFailed,
     UnknownRule,
 )
+from acgs.os_threads import name_os_thread
 from acgs.service_layer.ports import Evaluation, PolicyInfo
 
 logger = logging.getLogger("acgs.engine")
@@ -77,7 +78,8 @@ class RegopyEngine:
         self._workers = workers
         self._hash = constitutional_hash
         self._chunk_size = chunk_size
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="acgs-rego")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="acgs-rego",
+                                            initializer=name_os_thread)
         self._local = threading.local()
         self._active: PolicyBundle | None = None
         self._activating = asyncio.Lock()
