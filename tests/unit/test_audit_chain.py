@@ -54,7 +54,7 @@ def test_hash_covers_content_and_link_and_round_trips_through_json() -> None:
     again = AuditRecord.from_json(records[2].to_json())
     assert again == records[2] and again.computed_hash() == again.record_hash
     assert replace(records[2], latency_us=0).computed_hash() != records[2].record_hash
-    assert records[2].seal_line() == (records[2].record_hash, records[2].to_json())
+    assert records[2].seal_line() == (records[2].record_hash, records[2].to_json().encode())
 
 
 def test_good_chain_passes() -> None:

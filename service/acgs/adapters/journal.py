@@ -207,7 +207,7 @@ class Journal(JournalWriter):
         for entry in entries:
             seq += 1
             prev, line = self._record(entry, seq=seq, prev_hash=prev).seal_line()
-            lines.append(checksummed(line.encode("utf-8")))
+            lines.append(checksummed(line))
         lines.append(b"")
         return b"\n".join(lines), seq, prev
 

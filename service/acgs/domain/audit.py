@@ -107,20 +107,21 @@ class AuditRecord:
 
     def computed_hash(self) -> str:
         """The hash this record's content calls for (compare with ``record_hash``)."""
-        return hashlib.sha256(canonical.dumps(self.body()).encode("utf-8")).hexdigest()
+        return hashlib.sha256(canonical.dumps_bytes(self.body(), floats=False)).hexdigest()
 
     def sealed(self, *, seq: int, prev_hash: str) -> AuditRecord:
         """This record placed at ``seq`` after a record hashing to ``prev_hash``."""
         placed = replace(self, seq=seq, prev_hash=prev_hash, record_hash="")
         return replace(placed, record_hash=placed.computed_hash())
 
-    def seal_line(self) -> tuple[str, str]:
-        """This record's ``record_hash`` (computed) and its journal line; one pass, for speed."""
+    def seal_line(self) -> tuple[str, bytes]:
+        """This record's ``record_hash`` (computed) and its journal line (UTF-8, the bytes of
+        ``to_json()`` once sealed); one pass, for speed."""
         body = self.body()
-        record_hash = hashlib.sha256(canonical.dumps(body).encode("utf-8")).hexdigest()
+        record_hash = hashlib.sha256(canonical.dumps_bytes(body, floats=False)).hexdigest()
         body["seq"] = self.seq
         body["record_hash"] = record_hash
-        return record_hash, canonical.dumps(body)
+        return record_hash, canonical.dumps_bytes(body, floats=False)
 
     def to_json(self) -> str:
         """Canonical JSON of the whole record: one journal line, without its newline."""

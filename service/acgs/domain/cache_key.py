@@ -45,10 +45,11 @@ def decision_cache_key(policy: PolicyIdentity, policy_input: Mapping[str, Any]) 
     return cache_key_of_json(policy, canonical_input(policy_input))
 
 
-def canonical_input(policy_input: Mapping[str, Any]) -> str:
+def canonical_input(policy_input: Mapping[str, Any], *, normalized: bool = False) -> str:
     """The canonical JSON a key is made of (the audit record reuses it); InvalidRequest as
-    :func:`decision_cache_key`."""
-    return dumps(normalize(dict(policy_input)))
+    :func:`decision_cache_key`. ``normalized``: ``policy_input`` is known to be as
+    ``normalize`` leaves it (see ``DecisionRequest.normalized``)."""
+    return dumps(policy_input if normalized else normalize(dict(policy_input)))
 
 
 def cache_key_of_json(policy: PolicyIdentity, input_json: str) -> str:

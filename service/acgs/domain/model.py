@@ -70,11 +70,15 @@ class DecisionRequest:
 
     ``policy_input`` is the whole input document handed to the constitution;
     it is what decides the answer and what the cache key is computed from.
+    ``normalized``: ``policy_input`` is already as :func:`acgs.domain.canonical.normalize`
+    makes it (built by :mod:`acgs.entrypoints.convert`, which checks the same while
+    converting), so encoding it need not walk it again.
     """
 
     constitutional_hash: str
     request_id: str
     policy_input: Mapping[str, Any]
+    normalized: bool = False
 
 
 @dataclass(frozen=True, slots=True)

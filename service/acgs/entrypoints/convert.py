@@ -158,6 +158,7 @@ def decision_request(
         or metadata_hash,
         request_id=checked_text(msg.request_id, "request_id", n),
         policy_input=policy_input,
+        normalized=True,  # struct_to_dict refuses NaN, bounds depth, makes integral floats ints
     )
 
 

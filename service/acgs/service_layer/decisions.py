@@ -129,7 +129,7 @@ class DecisionService:
         idem = self._idempotency if request.request_id else None
         # One canonical encoding of the input serves the cache key, the audit record and
         # the idempotency digest.
-        input_json = (canonical_input(request.policy_input)
+        input_json = (canonical_input(request.policy_input, normalized=request.normalized)
                       if self._cache is not None or self._audit is not None
                       or idem is not None else None)
         if idem is None or input_json is None:
@@ -183,7 +183,8 @@ class DecisionService:
         for request in requests:
             await self._check_hash(request.constitutional_hash, caller, request.policy_input)
         idem = (self._idempotency if any(r.request_id for r in requests) else None)
-        input_jsons = ([canonical_input(r.policy_input) for r in requests]
+        input_jsons = ([canonical_input(r.policy_input, normalized=r.normalized)
+                        for r in requests]
                        if self._cache is not None or self._audit is not None
                        or idem is not None else None)
         if idem is None or input_jsons is None:
