@@ -3,8 +3,10 @@
 ``python3 -m bench.cost`` (``make bench`` runs it first): the yardstick is
 :mod:`bench.bare_server` — grpc.aio and ``grpc.health.v1`` in a process of its own,
 nothing else — offered the same rate from the same generator on the same pinned
-core. Then one ``acgs serve`` (defaults: audit on, cache on, metrics on, an agent
-token) is offered, at that rate, in turn:
+core, with the metadata every Decide call carries (``grpc-timeout``, the constitutional
+hash; not the token, whose check is the service's own cost). grpc's synchronous server,
+bare, is measured next to it for reference. Then one ``acgs serve`` (defaults: audit on,
+cache on, metrics on, an agent token) is offered, at that rate, in turn:
 
 * ``hit``: the same decision input every call (unique request ids), so every call
   after the first is a cache hit that still pays its durable audit record;
@@ -33,7 +35,8 @@ from bench.server import Server, total
 HEADERS = {"x-constitutional-hash": "cdd01ef066bc6cf2", "grpc-timeout": "5S"}
 SCENARIOS = ("hit", "evaluated", "zipf")
 TITLES = {
-    "bare": "bare grpc.aio server, Health/Check (own process)",
+    "bare": "bare grpc.aio server, Health/Check (own process): the yardstick",
+    "bare_sync": "bare grpc synchronous server, 8 threads, Health/Check (own process)",
     "hit": "Decide, same input every call (cache hit), audit on",
     "evaluated": "Decide, every input distinct (evaluated), audit on",
     "zipf": "Decide, Zipf s=1.1 over 10,000 inputs, cache on, audit on",
@@ -65,9 +68,9 @@ async def _measure(server: Server, key: str, path: str, rate: float, seconds: fl
                    warmup: float, tag: str, *, headers: dict[str, str]) -> dict[str, Any]:
     driver = Driver("127.0.0.1", server.port, path, headers=headers)
     await driver.open()
-    decisions = key != "bare"
+    decisions = not key.startswith("bare")
     try:
-        body = workloads.health() if key == "bare" else _body(key, tag)
+        body = workloads.health() if not decisions else _body(key, tag)
         await driver.run(rate, warmup, body, 0)
         m0 = server.metrics() if decisions else None
         cpu0, t0 = server.cpu_s(), server.threads()
@@ -78,9 +81,12 @@ async def _measure(server: Server, key: str, path: str, rate: float, seconds: fl
         driver.close()
     calls = max(1, sample.calls)
     by_thread: dict[str, float] = defaultdict(float)
+    kernel_by_thread: dict[str, float] = defaultdict(float)
     for tid, (name, user, kernel) in t1.items():
         _, user0, kernel0 = t0.get(tid, (name, 0.0, 0.0))
-        by_thread[thread_group(tid, server.pid, name)] += (user + kernel - user0 - kernel0)
+        group = thread_group(tid, server.pid, name)
+        by_thread[group] += (user + kernel - user0 - kernel0)
+        kernel_by_thread[group] += kernel - kernel0
     problems = list(sample.problems[:3])
     counted = None
     if m0 is not None and m1 is not None:
@@ -98,6 +104,7 @@ async def _measure(server: Server, key: str, path: str, rate: float, seconds: fl
             "cpu_us": cpu / calls * 1e6,
             "threads_us": {g: s / calls * 1e6 for g, s in sorted(by_thread.items())
                            if s / calls * 1e6 >= 0.5},
+            "threads_kernel_us": {g: kernel_by_thread[g] / calls * 1e6 for g in by_thread},
             "p50_ms": percentile(sample.latency_s, 50) * 1e3,
             "p99_ms": percentile(sample.latency_s, 99) * 1e3}
 
@@ -107,13 +114,14 @@ async def cost(*, rate: float = 1000.0, seconds: float = 10.0, warmup: float = 3
                gen_cpus: set[int] | None = None) -> dict[str, Any]:
     """Measure the yardstick, then each of ``keys`` on one server; ratios to the yardstick."""
     rows: list[dict[str, Any]] = []
-    bare = Server("bare", {}, cpus=cpus, module="bench.bare_server").start()
-    try:
-        rows.append(await _measure(bare, "bare", scenarios.HEALTH, rate, seconds, warmup, "",
-                                   headers={}))
-    finally:
-        bare.stop()
-    print(_line(rows[-1], rows[0]), flush=True)
+    for key, env in (("bare", {}), ("bare_sync", {"BENCH_BARE_SYNC": "1"})):
+        bare = Server(key, env, cpus=cpus, module="bench.bare_server").start()
+        try:
+            rows.append(await _measure(bare, key, scenarios.HEALTH, rate, seconds, warmup, "",
+                                       headers=dict(HEADERS)))
+        finally:
+            bare.stop()
+        print(_line(rows[-1], rows[0]), flush=True)
     server = Server("cost", {}, cpus=cpus).start()
     server.pin_helpers(gen_cpus)
     try:
@@ -154,12 +162,13 @@ def markdown(result: dict[str, Any]) -> str:
         for r in rows)
     groups = sorted({g for r in rows for g in r["threads_us"]},
                     key=lambda g: -max(r["threads_us"].get(g, 0.0) for r in rows))
-    table = ("\nServer CPU per call by thread (µs):\n\n| thread | "
+    table = ("\nServer CPU per call by thread, µs (of which in the kernel):\n\n| thread | "
              + " | ".join(r["key"] for r in rows) + " |\n| --- |"
              + " ---: |" * len(rows) + "\n")
     for g in groups:
         table += f"| {g} | " + " | ".join(
-            f"{r['threads_us'][g]:.0f}" if g in r["threads_us"] else "" for r in rows) + " |\n"
+            f"{r['threads_us'][g]:.0f} ({r.get('threads_kernel_us', {}).get(g, 0.0):.0f})"
+            if g in r["threads_us"] else "" for r in rows) + " |\n"
     table += "| **all threads** | " + " | ".join(f"**{r['cpu_us']:.0f}**" for r in rows) + " |\n"
     return head + body + table
 
