@@ -152,3 +152,4 @@ def test_a_sealed_record_is_the_reference_encoding_of_its_body(
     assert record_hash == hashlib.sha256(reference(body).encode()).hexdigest()
     assert record.computed_hash() == record_hash
     assert line == reference({**body, "seq": number, "record_hash": record_hash}).encode()
+

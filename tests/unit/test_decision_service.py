@@ -163,3 +163,16 @@ def test_batch_never_caches_a_fail_safe_result() -> None:
     second = asyncio.run(service.decide_batch([failing], CALLER, deadline_s=None))
     assert all(d.fail_safe and not d.cached for d in [*first, *second])
     assert not parts["cache"].entries
+
+
+def test_decision_ids_are_uuid7_strings() -> None:
+    """new_decision_id formats by hand what str(uuid.UUID(int=...)) would write."""
+    import uuid
+
+    from acgs.domain.model import new_decision_id
+
+    ids = [new_decision_id() for _ in range(2000)]
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert len(set(ids)) == len(ids)
