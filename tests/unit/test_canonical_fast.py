@@ -153,3 +153,15 @@ def test_a_sealed_record_is_the_reference_encoding_of_its_body(
     assert record.computed_hash() == record_hash
     assert line == reference({**body, "seq": number, "record_hash": record_hash}).encode()
 
+
+
+def test_the_fast_path_is_on_with_this_orjson_and_off_when_orjson_writes_otherwise(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert canonical._FAST_PATH  # the probes agree with the pinned orjson
+    real = canonical.orjson.dumps
+
+    def other(value: Any, option: int = 0) -> bytes:  # a release that escapes DEL, say
+        return real(value, option=option).replace(b"\x7f", b"\\u007f")
+
+    monkeypatch.setattr(canonical.orjson, "dumps", other)
+    assert not canonical._fast_path_agrees()

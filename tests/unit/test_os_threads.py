@@ -44,3 +44,11 @@ def test_the_journal_writer_is_named(tmp_path: Path) -> None:
         assert _comm(thread.native_id) == "acgs-journal"
     finally:
         journal.close()
+
+
+def test_without_a_c_library_naming_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform where libc cannot be loaded must still run the service (best effort)."""
+    import acgs.os_threads as os_threads
+
+    monkeypatch.setattr(os_threads, "_LIBC", None)
+    os_threads.name_os_thread("acgs-anything")  # no error

@@ -13,13 +13,19 @@ differently (``1e+16`` is ``1e16`` there, ``1e-05`` is ``0.00001``), refuses int
 past 64 bits and lone surrogates, and knows types JSON has none for. So its output is
 taken only when it holds no exponent, no number below 1e-4 and no ``null`` (orjson's
 spelling of NaN); every other value takes the ``json`` path, which defines the format
-(tests/unit/test_canonical_fast.py checks that the two agree).
+(tests/unit/test_canonical_fast.py checks that the two agree). At import, a set of probes
+at the known edges is encoded both ways; if any differs (an orjson release that writes
+something otherwise), the fast path is off for the process.
+
+One difference is kept: orjson writes an ``Enum`` (its value) and a ``UUID`` (its text)
+where json raises TypeError. No caller passes either (records hold ``effect.value``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 from typing import Any
@@ -82,6 +88,8 @@ def dumps_bytes(value: Any, *, floats: bool = True) -> bytes:
 
 def _fast(value: Any, floats: bool) -> bytes | None:
     """orjson's bytes when they are certainly the reference's, else None."""
+    if not _FAST_PATH:
+        return None
     try:
         out = orjson.dumps(value, option=_ORJSON_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError included
@@ -98,6 +106,44 @@ def _slow(value: Any) -> str:
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
+
+
+# Every control character, the characters JSON encoders treat specially, keys whose UTF-8
+# and UTF-16 orders differ, integers at 64 bits, and floats on both sides of each place
+# where orjson's spelling may part from the reference's.
+_TEXT_PROBE = "".join(map(chr, range(0x20))) + '"\\/\x7f\u2028\u2029\ufeff\uffff\U0001f600é'
+_PROBES: tuple[Any, ...] = (
+    _TEXT_PROBE, {_TEXT_PROBE: [True, False, None]},
+    {"\uffff": 1, "\U0001f600": 2, "\ue000": 3, "a": 4, "": 5, "é": 6},
+    [0, -1, 2**63 - 1, -(2**63), 2**53, 2**53 + 1],
+    [0.1, -0.0, 0.5, 1.5, 0.0001, 0.00012, 0.0001234, 123456.789, 1e15 + 0.5,
+     9007199254740992.0, 1e16, 1.5e16, 1e21, 1e22, 1e-5, 1e-6, 1e-7, 5e-324,
+     1.7976931348623157e308, 2.2250738585072014e-308],
+)
+
+
+def _fast_path_agrees() -> bool:
+    for probe in _PROBES:
+        for floats in (True, False):
+            try:
+                fast = orjson.dumps(probe, option=_ORJSON_OPTIONS)
+            except TypeError:
+                return False
+            if floats and (b"null" in fast or b"0.0000" in fast or _EXPONENT.search(fast)):
+                continue  # the fast path would not take it
+            if not floats and any(isinstance(v, float) for v in (
+                    probe if isinstance(probe, list) else ())):
+                continue  # floats=False is never given a float
+            if fast != _slow(probe).encode("utf-8"):
+                return False
+    return True
+
+
+_FAST_PATH = _fast_path_agrees()
+if not _FAST_PATH:  # pragma: no cover - an orjson release that writes otherwise
+    logging.getLogger("acgs.canonical").warning(
+        "orjson %s writes some probe values otherwise than json.dumps: canonical JSON "
+        "uses json.dumps only (slower, same bytes)", orjson.__version__)
 
 
 def digest(*parts: str) -> str:

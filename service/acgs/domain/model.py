@@ -70,8 +70,10 @@ class DecisionRequest:
     ``policy_input`` is the whole input document handed to the constitution;
     it is what decides the answer and what the cache key is computed from.
     ``normalized``: ``policy_input`` is already as :func:`acgs.domain.canonical.normalize`
-    makes it (built by :mod:`acgs.entrypoints.convert`, which checks the same while
-    converting), so encoding it need not walk it again.
+    makes it, so encoding it need not walk it again. Internal: only
+    :func:`acgs.entrypoints.convert.decision_request` sets it (it checks the same while
+    converting; tests/unit/test_canonical_fast.py holds it to that); nothing a caller
+    sends can.
     """
 
     constitutional_hash: str
