@@ -142,6 +142,7 @@ def _line(row: dict[str, Any], bare: dict[str, Any]) -> str:
     return (f"{row['key']} at {row['rate']:.0f}/s: {row['cpu_us']:.0f} µs server CPU per call "
             f"({row['cpu_us'] / bare['cpu_us']:.2f}x bare), p50 {row['p50_ms']:.2f} ms, "
             f"p99 {row['p99_ms']:.2f} ms, {row['not_ok']} not OK"
+            + (f" {row['errors']}" if row["errors"] else "")
             + (f"; PROBLEMS: {row['problems']}" if row["problems"] else ""))
 
 
