@@ -8,9 +8,9 @@ through a ``threading.Condition`` (as the journal does), ``queue`` through a
 ``queue.SimpleQueue``. Nothing else: no hashing, no encoding, no shipper.
 
 2026-12-03, this VM, in turn: cond 128.0, 139.1, 137.0, 139.2, 144.2 µs; queue 127.7,
-136.7, 166.1, 136.5, 131.2 µs. The hand-over's kind does not matter, and the journal thread's ~150 µs per decision in
-``bench.cost`` is close to this floor: at 1,000/s each decision pays its own
-``fdatasync`` and two thread wake-ups.
+136.7, 166.1, 136.5, 131.2 µs. The hand-over's kind does not matter, and the journal
+thread's ~150 µs per decision in ``bench.cost`` is close to this floor: at 1,000/s each
+decision pays its own ``fdatasync`` and two thread wake-ups.
 """
 
 from __future__ import annotations
