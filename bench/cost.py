@@ -32,7 +32,7 @@ from bench import scenarios, workloads
 from bench.loadgen import Driver, Sample, percentile
 from bench.server import Server, total
 
-HEADERS = {"x-constitutional-hash": "cdd01ef066bc6cf2", "grpc-timeout": "5S"}
+HEADERS = workloads.HEADERS
 SCENARIOS = ("hit", "evaluated", "zipf")
 TITLES = {
     "bare": "bare grpc.aio server, Health/Check (own process): the yardstick",
@@ -64,13 +64,16 @@ def thread_group(tid: int, pid: int, name: str) -> str:
     return f"other: {name}"
 
 
-async def _measure(server: Server, key: str, path: str, rate: float, seconds: float,
-                   warmup: float, tag: str, *, headers: dict[str, str]) -> dict[str, Any]:
+async def measure(server: Server, key: str, path: str, body: workloads.Body, rate: float,
+                  seconds: float, warmup: float, *, headers: dict[str, str],
+                  per_call: int = 1) -> dict[str, Any]:
+    """Offer ``rate`` calls/s of ``body`` to ``path`` for ``warmup`` then ``seconds``: server
+    CPU per call (all threads and by thread), latency, calls not OK. Unless ``key`` names a
+    bare server, the server must count ``per_call`` decisions for each OK call."""
     driver = Driver("127.0.0.1", server.port, path, headers=headers)
     await driver.open()
     decisions = not key.startswith("bare")
     try:
-        body = workloads.health() if not decisions else _body(key, tag)
         await driver.run(rate, warmup, body, 0)
         m0 = server.metrics() if decisions else None
         cpu0, t0 = server.cpu_s(), server.threads()
@@ -93,11 +96,11 @@ async def _measure(server: Server, key: str, path: str, rate: float, seconds: fl
         counted = total(m1, "acgs_decisions_total") - total(m0, "acgs_decisions_total")
         cached = (total(m1, "acgs_decisions_total", cached="true")
                   - total(m0, "acgs_decisions_total", cached="true"))
-        if counted != sample.ok:
+        if counted != sample.ok * per_call:
             problems.append(f"server counted {counted:.0f} decisions for {sample.ok} OK calls")
     else:
         cached = 0.0
-    return {"key": key, "title": TITLES[key], "rate": rate, "seconds": seconds,
+    return {"key": key, "title": TITLES.get(key, key), "rate": rate, "seconds": seconds,
             "calls": sample.calls, "not_ok": sample.errors, "errors": sample.error_names(),
             "problems": problems, "achieved": sample.achieved,
             "cached_share": (cached / counted) if counted else None,
@@ -117,8 +120,8 @@ async def cost(*, rate: float = 1000.0, seconds: float = 10.0, warmup: float = 3
     for key, env in (("bare", {}), ("bare_sync", {"BENCH_BARE_SYNC": "1"})):
         bare = Server(key, env, cpus=cpus, module="bench.bare_server").start()
         try:
-            rows.append(await _measure(bare, key, scenarios.HEALTH, rate, seconds, warmup, "",
-                                       headers=dict(HEADERS)))
+            rows.append(await measure(bare, key, scenarios.HEALTH, workloads.health(), rate,
+                                      seconds, warmup, headers=dict(HEADERS)))
         finally:
             bare.stop()
         print(_line(rows[-1], rows[0]), flush=True)
@@ -127,8 +130,8 @@ async def cost(*, rate: float = 1000.0, seconds: float = 10.0, warmup: float = 3
     try:
         tag = f"{os.getpid() % 36**2:02x}"[-2:]
         for i, key in enumerate(keys):
-            rows.append(await _measure(server, key, scenarios.DECIDE, rate, seconds, warmup,
-                                       f"{tag}{i}", headers=server.headers(HEADERS)))
+            rows.append(await measure(server, key, scenarios.DECIDE, _body(key, f"{tag}{i}"),
+                                      rate, seconds, warmup, headers=server.headers(HEADERS)))
             print(_line(rows[-1], rows[0]), flush=True)
     finally:
         server.stop()

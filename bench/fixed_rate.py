@@ -23,33 +23,24 @@ import asyncio
 import os
 
 from bench import scenarios
-from bench.loadgen import Driver
-from bench.run import HEADERS
+from bench.cost import HEADERS, measure
 from bench.server import Server
 
 
-async def measure(scenario: str, rate: float, seconds: float, warmup: float) -> str:
+async def fixed(scenario: str, rate: float, seconds: float, warmup: float) -> str:
     last = max(os.sched_getaffinity(0))
     os.sched_setaffinity(0, os.sched_getaffinity(0) - {last} or {last})
-    server = Server("fixed", {}, cpus={last}).start()
+    scen = next(s for s in scenarios.SCENARIOS if s.key == scenario)
+    server = Server("fixed", scenarios.SERVERS[scen.server], cpus={last}).start()
     try:
-        scen = next(s for s in scenarios.SCENARIOS if s.key == scenario)
-        driver = Driver("127.0.0.1", server.port, scen.path, headers=server.headers(HEADERS))
-        await driver.open()
-        try:
-            body = scen.body("f")
-            await driver.run(rate, warmup, body, 0)
-            cpu0 = server.cpu_s()
-            sample = await driver.run(rate, seconds, body, 1_000_000)
-            cpu = server.cpu_s() - cpu0
-        finally:
-            driver.close()
-        calls, failed = sample.calls, sample.calls - sample.ok
-        return (f"{scenario} at {rate:.0f}/s for {seconds:.0f} s: "
-                f"{cpu / max(1, calls) * 1e6:.0f} µs server CPU per decision, "
-                f"{failed} of {calls} calls not OK")
+        row = await measure(server, scenario, scen.path, scen.body("f"), rate, seconds, warmup,
+                            headers=server.headers(HEADERS), per_call=scen.batch)
     finally:
         server.stop()
+    return (f"{scenario} at {rate:.0f}/s for {seconds:.0f} s: "
+            f"{row['cpu_us'] / scen.batch:.0f} µs server CPU per decision, "
+            f"{row['not_ok']} of {row['calls']} calls not OK"
+            + (f"; PROBLEMS: {row['problems']}" if row["problems"] else ""))
 
 
 def main() -> None:
@@ -60,7 +51,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=4.0)
     args = p.parse_args()
-    print(asyncio.run(measure(args.scenario, args.rate, args.seconds, args.warmup)))
+    print(asyncio.run(fixed(args.scenario, args.rate, args.seconds, args.warmup)))
 
 
 if __name__ == "__main__":

@@ -27,14 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import cost, h2load_check, profile, report, scenarios, shadow_cost, soak
+from bench import cost, h2load_check, profile, report, scenarios, shadow_cost, soak, workloads
 from bench.edge import TARGETS, endpoint
 from bench.loadgen import Driver, percentile
 from bench.scenarios import SCENARIOS, SERVERS, Cursor, Plan
 from bench.server import REPO, Server, features, total
 
-HASH = "cdd01ef066bc6cf2"
-HEADERS = {"x-constitutional-hash": HASH, "grpc-timeout": "5S"}
+HEADERS = workloads.HEADERS
 BASELINE_NOTE = (
     "Baseline = grpc.health.v1.Health/Check on the same grpc.aio server, in the same process, "
     "as Decide: identical transport, HTTP/2, grpc.aio dispatch and protobuf framing, with a "

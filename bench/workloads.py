@@ -22,6 +22,9 @@ ID_WIDTH = 16
 # Placeholders of the request id, principal id and resource id.
 _SLOTS = (b"\x01" * ID_WIDTH, b"\x02" * ID_WIDTH, b"\x03" * ID_WIDTH)
 
+HEADERS = {"x-constitutional-hash": CONSTITUTIONAL_HASH, "grpc-timeout": "5S"}
+"""The metadata every benchmark call carries (a token is added per server)."""
+
 Body = Callable[[int], bytes]
 """Message bytes of the i-th call of a workload (i counts up across steps)."""
 
