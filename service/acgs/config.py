@@ -6,6 +6,7 @@ the object (or the values it needs) from :mod:`acgs.lifecycle`.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -38,6 +39,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError as err:
         raise ConfigurationError(f"{name}={raw!r} is not a number") from err
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{name}={raw!r} is not a finite number")
     if value < 0:
         raise ConfigurationError(f"{name}={value} must not be negative")
     return value
