@@ -6,12 +6,19 @@ import asyncio
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 from acgs.adapters import journal as journal_module
+from acgs.adapters import journal_reader
 from acgs.adapters.journal import Journal, adopt_orphans
-from acgs.adapters.journal_files import list_segments, segment_path, verify_directory
+from acgs.adapters.journal_files import (
+    list_segments,
+    read_marker,
+    segment_path,
+    verify_directory,
+)
 from acgs.adapters.journal_lines import DamagedLine, checksummed, parse_line
 from acgs.domain.audit import GENESIS_HASH, AuditRecord, ChainChecker
 from acgs.errors import AuditUnavailable, ConfigurationError
@@ -277,3 +284,75 @@ def test_verify_directory_checks_a_journal_offline(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes().replace(b'"effect":"ALLOW"', b'"effect":"DENY"', 1))
     checked, broken = verify_directory(j.directory)
     assert broken is not None and broken.reason == "altered" and checked == broken.seq - 1
+
+
+def test_the_marker_file_lags_shipping_and_a_crash_only_resends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_reader, "MARKER_EVERY_S", 3600.0)
+    j = open_journal(tmp_path)
+    append_all(j, [[entry(i)] for i in range(5)])
+    j.mark_shipped(j.read_unshipped(3))
+    assert (j.shipped_seq, j.backlog_records) == (3, 2)
+    assert read_marker(j.directory) is None  # not written yet
+    # A crash now: a copy of the directory as the disk holds it, opened by a new process.
+    shutil.copytree(j.directory, tmp_path / "crashed" / "inst-a")
+    crashed = open_journal(tmp_path / "crashed", read_only=True)
+    assert (crashed.shipped_seq, crashed.backlog_records) == (0, 5)  # sent again, nothing lost
+    assert [r.seq for r in crashed.read_unshipped(100).records] == [1, 2, 3, 4, 5]
+    j.mark_shipped(j.read_unshipped(100))
+    j.save_marker()
+    saved = read_marker(j.directory)
+    assert saved is not None and saved.seq == 5
+    append_all(j, [[entry(6)]])
+    j.mark_shipped(j.read_unshipped(100))
+    assert read_marker(j.directory) == saved
+    j.close()  # closing saves it
+    closed = read_marker(j.directory)
+    assert closed is not None and closed.seq == 6
+    j = open_journal(tmp_path)
+    assert (j.shipped_seq, j.backlog_records) == (6, 0)
+    monkeypatch.setattr(journal_reader, "MARKER_EVERY_S", 0.0)
+    append_all(j, [[entry(7)]])
+    j.mark_shipped(j.read_unshipped(100))  # the interval passed: written at once
+    now = read_marker(j.directory)
+    assert now is not None and now.seq == 7
+    j.close()
+
+
+def test_the_marker_is_written_at_once_past_a_damaged_line_or_a_completed_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_reader, "MARKER_EVERY_S", 3600.0)
+    j = open_journal(tmp_path)
+    append_all(j, [[entry(i)] for i in range(3)])
+    damage_byte(segment_path(j.directory, 1), 1)  # seq 2
+    batch = j.read_unshipped(100)
+    assert [d.seq for d in batch.damaged] == [2]
+    j.mark_shipped(batch)  # seq 2 must never be given to another record
+    marker = read_marker(j.directory)
+    assert marker is not None and marker.seq == 3
+    j.close()
+    j = open_journal(tmp_path / "rotating", segment_bytes=2000)
+    for i in range(10):
+        append_all(j, [[entry(i)]])
+    j.mark_shipped(j.read_unshipped(6))  # completes a segment, which is deleted
+    marker = read_marker(j.directory)
+    assert marker is not None and marker.seq == 6 and min(list_segments(j.directory)) > 1
+    j.close()
+
+
+def test_closing_a_journal_that_failed_to_open_leaves_the_owner_s_marker(
+    tmp_path: Path,
+) -> None:
+    live = open_journal(tmp_path, instance_id="live")
+    append_all(live, [[entry(i)] for i in range(5)])
+    live.mark_shipped(live.read_unshipped(5))
+    live.save_marker()
+    other = Journal(directory=tmp_path / "live", instance_id="live")
+    with pytest.raises(ConfigurationError):
+        other.open()  # the directory is locked by ``live``
+    other.close()
+    marker = read_marker(live.directory)
+    assert marker is not None and marker.seq == 5
+    live.close()

@@ -33,7 +33,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from acgs.adapters.journal_files import (
+    MARKER,
     Position,
+    fsync_dir,
     list_segments,
     lock_dir,
     read_marker,
@@ -118,16 +120,28 @@ class Journal(JournalWriter):
             self._start_writer(last_seq=self._last_seq)
 
     def close(self, *, timeout_s: float = 30.0) -> None:
-        """Write and sync everything queued, stop the writer, release the directory."""
+        """Write and sync everything queued, stop the writer, save the shipped marker,
+        release the directory."""
         if self._stop_writer(timeout_s):
+            try:
+                self.save_marker()
+            except OSError:  # the next start re-sends what PostgreSQL already holds
+                logger.exception("journal %s: could not save the shipped marker", self.directory)
             self._release()
 
     def remove(self) -> None:
         """Delete this read-only journal's directory once everything in it is shipped."""
         if not self.read_only or self.backlog_records or self.shipped_seq < self.synced_seq:
             raise AuditUnavailable(f"journal {self.directory} still holds unshipped records")
+        # The marker goes last, exact: a crash part-way leaves it to say where the chain
+        # ends, so that an instance reusing this id continues after it.
+        self.save_marker()
+        marker = self.directory / MARKER
         for path in self.directory.iterdir():
-            path.unlink()
+            if path != marker:
+                path.unlink()
+        fsync_dir(self.directory)
+        marker.unlink(missing_ok=True)
         self.directory.rmdir()
         self._release()
         logger.info("journal %s fully shipped and removed", self.directory)

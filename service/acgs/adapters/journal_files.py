@@ -3,8 +3,10 @@
 A journal directory holds segment files named by the seq of their first record
 (``00000000000000000001.jsonl``), each a sequence of lines: the canonical JSON
 of one :class:`~acgs.domain.audit.AuditRecord` and ``\\n``. The file ``shipped``
-says how far PostgreSQL holds the chain. ``lock`` is held (``flock``) by the
-process that owns the directory; the kernel releases it if that process dies.
+says how far PostgreSQL holds the chain (at least: it may lag shipping by up to
+``journal_reader.MARKER_EVERY_S``, and what it lags is sent again after a crash).
+``lock`` is held (``flock``) by the process that owns the directory; the kernel
+releases it if that process dies.
 """
 
 from __future__ import annotations

@@ -198,6 +198,7 @@ class Shipper:
         while not self._stop.is_set():
             try:
                 if self.ship_once() == 0:
+                    self._save_markers()  # idle: the marker file catches up
                     self._journals[0].wait_for_data(self._idle_s)
                 else:
                     # Let records gather: under load one transaction per ``gather_s``
@@ -235,7 +236,16 @@ class Shipper:
             logger.warning("final ship failed; %d records stay in the journal for the next "
                            "start: %s", self.backlog_records, err)
         finally:
+            try:
+                self._save_markers()
+            except OSError as err:  # the next start re-sends what PostgreSQL already holds
+                logger.warning("could not save the shipped marker: %s", err)
             self.close()
+
+    def _save_markers(self) -> None:
+        """Bring each journal's marker file up to what is shipped (see mark_shipped)."""
+        for journal in self._journals:
+            journal.save_marker()
 
     def close(self) -> None:
         """Close the connection (``stop`` does this; call it after using only ``ship_once``)."""
@@ -280,7 +290,9 @@ class Shipper:
             inserted, quarantined = ship_bisecting(
                 conn, journal.instance_id, batch,
                 lambda cur, lo, hi: self._insert(cur, batch.records[lo:hi], fresh=True))
-        journal.mark_shipped(batch)  # only after the commit: a crash before it re-sends
+        # Only after the commit: a crash before it re-sends. Saved at once when records were
+        # quarantined: sent again, PostgreSQL might take one and hold it twice.
+        journal.mark_shipped(batch, save=quarantined > 0)
         self.shipped_records += inserted
         self.quarantined_records += quarantined
         self._oldest_pending_us = None
