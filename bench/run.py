@@ -73,7 +73,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-cost", action="store_true",
                    help="skip the CPU-per-call comparison with a bare grpc.aio server at "
                         "1,000/s (bench/cost.py) before the ladder")
-    p.add_argument("--profile", action="store_true", help="py-spy the server under uncached load")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy the server under load (--profile-workload, default uncached)")
+    p.add_argument("--profile-workload", choices=("distinct", "same"), default="distinct",
+                   help="distinct: every input new (evaluated); same: one input (cache hit)")
     p.add_argument("--profile-rate", type=float, default=1000.0)
     p.add_argument("--profile-seconds", type=int, default=20)
     p.add_argument("--profile-hz", type=int, default=100, help="py-spy samples per second")
@@ -220,7 +223,9 @@ async def run_profile(args: argparse.Namespace, cpus: set[int] | None,
         host, port = reach(server, args.targets[0], gen_cpus)
         driver = Driver(host, port, scenarios.DECIDE, headers=server.headers(HEADERS))
         await driver.open()
-        secs, body = args.profile_seconds, scenarios.SCENARIOS[1].body("p")
+        secs = args.profile_seconds
+        body = (workloads.same("p") if args.profile_workload == "same"
+                else scenarios.SCENARIOS[1].body("p"))
         load = asyncio.create_task(driver.run(args.profile_rate, secs * 1.5 + 6, body, 0))
         await asyncio.sleep(3)
         m0, cpu0, threads0 = server.metrics(), server.cpu_s(), server.thread_cpu_s()
@@ -238,13 +243,15 @@ async def run_profile(args: argparse.Namespace, cpus: set[int] | None,
         server.stop()
     us = cpu / max(decided, 1) * 1e6
     result = {"rate": args.profile_rate, "target": args.targets[0], "decisions": decided,
+              "workload": args.profile_workload,
               "server_cpu_us_per_decision": us,
               "load_errors": sample.error_names(), "py_spy": [summary, svg],
               "native": args.profile_native, "thread_cpu_s": thread_cpu,
               "load_p99_ms": percentile(sample.latency_s, 99) * 1e3,
               **profile.analyse(raw.read_text(), thread_cpu, decided)}
     mode = "native, pausing" if args.profile_native else "Python frames, non-blocking"
-    print(f"profile at {args.profile_rate:.0f}/s uncached ({mode} py-spy at {args.profile_hz} Hz): "
+    what = "uncached" if args.profile_workload == "distinct" else "cache hit"
+    print(f"profile at {args.profile_rate:.0f}/s {what} ({mode} py-spy at {args.profile_hz} Hz): "
           f"{decided:.0f} decisions in {secs} s, server {us:.0f} µs CPU per decision, load "
           f"p99 {result['load_p99_ms']:.1f} ms, errors {sample.error_names() or 'none'}\n")
     print(profile.render(result))
