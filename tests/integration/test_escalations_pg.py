@@ -434,6 +434,61 @@ def test_an_incident_no_journal_takes_is_recorded_in_the_admin_chain_with_its_ro
     run(tmp_path, pg_url, body)
 
 
+class AnswerLost(PgEscalationStore):
+    """A store whose first open_incident commits, then loses the answer (a connection
+    dropped after COMMIT, or the caller's timeout just after it)."""
+
+    lost = 1
+
+    async def open_incident(self, entry: EventEntry) -> None:
+        await super().open_incident(entry)
+        if self.lost:
+            self.lost -= 1
+            raise Unavailable("connection lost after the commit")
+
+
+class Recovered:
+    """A journal that refuses until ``healed`` is set, then takes entries into ``taken``."""
+
+    def __init__(self) -> None:
+        self.healed = False
+        self.taken: list[Entry] = []
+
+    async def append(self, entries: Sequence[Entry], *, reserve: bool = False) -> None:
+        if not self.healed:
+            raise AuditUnavailable("disk failed")
+        self.taken.extend(entries)
+
+
+def test_an_incident_whose_commit_answer_was_lost_is_recorded_once(
+        tmp_path: Path, pg_url: str) -> None:
+    """The retry of an incident PostgreSQL may hold already is the same event (one event
+    id), recorded once: not journaled anew (the journal healed meanwhile), not appended to
+    the admin chain a second time."""
+    async def body(r: Rig) -> None:
+        journal = Recovered()
+        store = AnswerLost(pool=r.pool)
+        escalator = JournalEscalator(journal=journal, store=store, telemetry=NullTelemetry(),
+                                     instance_id="inst-a",
+                                     constitutional_hash=CONSTITUTIONAL_HASH)
+        violation = Violation("audit_unavailable", Severity.CRITICAL, "disk failed")
+        escalation_id = await escalator.incident(reason="audit_unavailable", key="k",
+                                                 caller=AGENT, violation=violation)
+        assert len(escalator.outbox) == 1  # the outcome is unknown to this server
+        journal.healed = True
+        await escalator.retry_outbox()
+        await escalator.retry_outbox()
+        assert not escalator.outbox and journal.taken == []
+        rows = r.query("SELECT decision_id::text, kind, escalation_id FROM audit_decisions "
+                       "WHERE instance_id = 'admin'")
+        assert [row[1:] for row in rows] == [("incident.opened", escalation_id)]
+        assert r.projected() == [(escalation_id, "opened", AGENT.id, rows[0][0])]
+        report = await AuditQueries(pool=r.pool).verify_chain("admin")
+        assert report.ok and report.checked == 1
+
+    run(tmp_path, pg_url, body)
+
+
 def test_the_allow_of_a_superseded_approval_is_quarantined_with_it(tmp_path: Path,
                                                                    pg_url: str) -> None:
     async def body(r: Rig) -> None:

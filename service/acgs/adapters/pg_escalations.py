@@ -209,11 +209,13 @@ class PgEscalationStore:
 
     async def open_incident(self, entry: EventEntry) -> None:
         """Record the ``incident.opened`` event ``entry`` (one no journal took) in the admin
-        chain and open its escalation, in one transaction; a no-op if it is open already."""
+        chain and open its escalation, in one transaction; a no-op if it is open already,
+        and if the chain holds this event (its id) already: a retry after a lost answer."""
         with _reachable():
             async with self._pool.connection() as conn, conn.transaction(), \
                     conn.cursor() as cur:
-                await pg_event_chain.append_async(cur, [entry], projectors=(self._projector,))
+                await pg_event_chain.append_async(cur, [entry], projectors=(self._projector,),
+                                                  once=True)
 
     async def _fetch(self, query: Any, params: Any) -> list[tuple[Any, ...]]:
         with _reachable():

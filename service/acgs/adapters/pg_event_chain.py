@@ -53,16 +53,27 @@ LOCK_CLASS = 0x4AC6_E5C2  # pg_advisory_xact_lock(class, hashtext(chain)): one w
 
 _HEAD = ("SELECT seq, record_hash, kind FROM audit_decisions WHERE instance_id = %s "
          "ORDER BY seq DESC LIMIT 1")
+_HELD = ("SELECT decision_id FROM audit_decisions WHERE instance_id = %s "
+         "AND decision_id = ANY(%s::uuid[])")
 _INSERT = (f"INSERT INTO audit_decisions ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join(['%s'] * len(COLUMNS))})")
 
 
 def append(entries: Sequence[EventEntry], *, chain: str = ADMIN_CHAIN,
-           projectors: Sequence[Projector] = ()) -> Generator[Statement, Rows, list[AuditRecord]]:
+           projectors: Sequence[Projector] = (),
+           once: bool = False) -> Generator[Statement, Rows, list[AuditRecord]]:
     """Append ``entries`` to ``chain`` (then project them): returns their sealed records.
 
-    Run it inside the transaction that makes the change the entries record."""
+    Run it inside the transaction that makes the change the entries record. ``once``:
+    leave out entries whose event id the chain holds already (a retry of an append whose
+    commit may have happened), checked under the chain's lock."""
     seq, prev, _ = yield from _locked_head(chain)
+    if once and entries:
+        held = yield Statement(_HELD, (chain, [e.event_id for e in entries]))
+        recorded = {str(row[0]) for row in held}
+        entries = [e for e in entries if e.event_id not in recorded]
+        if not entries:
+            return []
     records = []
     for entry in entries:
         seq += 1
@@ -79,10 +90,11 @@ def append(entries: Sequence[EventEntry], *, chain: str = ADMIN_CHAIN,
 
 
 async def append_async(cur: psycopg.AsyncCursor[TupleRow], entries: Sequence[EventEntry], *,
-                       chain: str = ADMIN_CHAIN,
-                       projectors: Sequence[Projector] = ()) -> list[AuditRecord]:
+                       chain: str = ADMIN_CHAIN, projectors: Sequence[Projector] = (),
+                       once: bool = False) -> list[AuditRecord]:
     """:func:`append` on an asyncio cursor (inside the caller's transaction)."""
-    return await drive_async(cur, append(entries, chain=chain, projectors=projectors))
+    return await drive_async(cur, append(entries, chain=chain, projectors=projectors,
+                                         once=once))
 
 
 def append_sync(cur: psycopg.Cursor[TupleRow], entries: Sequence[EventEntry], *,

@@ -29,7 +29,10 @@ journal refuses it, in PostgreSQL's admin chain together with the escalation
 row, in one transaction (``EscalationStore.open_incident``);
 else kept in an outbox retried by the sweeper. The condition that raised them
 is detected again after a restart, so an incident the outbox lost to a crash
-is raised anew.
+is raised anew. A retry is the same event (the same event id): once PostgreSQL
+may hold it (an attempt there failed without an answer, e.g. a connection lost
+after its commit), it is retried only there, where ``open_incident`` records an
+event id once; the journal, healed meanwhile, would record it a second time.
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ class JournalEscalator:
         self._incidents: dict[str, tuple[str, float, asyncio.Future[None]]] = {}
         self._groups = OpenGroups(window_s=min(group_window_s, ttl_s), max_entries=max_groups,
                                   clock=clock)
-        self.outbox: list[Escalation] = []
+        self.outbox: list[EventEntry] = []  # incident.opened events not yet durable
+        self._maybe_in_pg: set[str] = set()  # their event ids PostgreSQL may hold
 
     def opening(self, decision: Decision, *, reason: str, caller: Caller,
                 policy_input: Mapping[str, Any]) -> tuple[str, EventEntry | None]:
@@ -138,7 +142,11 @@ class JournalEscalator:
             e = self._new(reason=reason, caller=caller, violations=(violation,),
                           policy_input=policy_input,
                           dedup_key=key if reason in _FLEET_DEDUP else "")
-            future = asyncio.ensure_future(self._make_durable(e))
+            caller_of_e = Caller(id=e.requester_id, role=e.requester_role,
+                                 identity=e.requester_identity)
+            opened = EventEntry(events.IncidentOpened(e), caller_of_e,
+                                constitutional_hash=self._hash)
+            future = asyncio.ensure_future(self._make_durable(opened))
             held = (e.id, now + self._window_s, future)
             self._incidents = {k: v for k, v in self._incidents.items() if v[1] > now}
             self._incidents[key] = held
@@ -149,8 +157,8 @@ class JournalEscalator:
     async def retry_outbox(self) -> None:
         """Try again to open the incidents that neither the journal nor the database took."""
         waiting, self.outbox = self.outbox, []
-        for e in waiting:
-            await self._make_durable(e)
+        for entry in waiting:
+            await self._make_durable(entry)
 
     def _new(self, *, reason: str, caller: Caller, violations: Sequence[Violation],
              policy_input: Mapping[str, Any] | None, decision: Decision | None = None,
@@ -172,22 +180,28 @@ class JournalEscalator:
             expires_at=created + self._ttl, dedup_key=dedup_key,
             requester_identity=caller.identity, group_key=group, last_seen_at=created)
 
-    async def _make_durable(self, e: Escalation) -> None:
-        """Journal ``e``'s opening (past the bound), else record it with the row in
-        PostgreSQL, else keep it in the outbox."""
-        caller = Caller(id=e.requester_id, role=e.requester_role, identity=e.requester_identity)
-        entry = EventEntry(events.IncidentOpened(e), caller, constitutional_hash=self._hash)
-        try:
-            await self._journal.append([entry], reserve=True)
-            return
-        except AuditUnavailable as err:
-            logger.error("journal refused incident escalation %s (%s): %s", e.id, e.reason, err)
+    async def _make_durable(self, entry: EventEntry) -> None:
+        """Journal the incident's opening ``entry`` (past the bound), else record it with
+        the row in PostgreSQL, else keep it in the outbox. An entry PostgreSQL may hold
+        already goes only there (see the module docstring)."""
+        assert isinstance(entry.event, events.IncidentOpened)
+        e = entry.event.escalation
+        if entry.event_id not in self._maybe_in_pg:
+            try:
+                await self._journal.append([entry], reserve=True)
+                return
+            except AuditUnavailable as err:
+                logger.error("journal refused incident escalation %s (%s): %s", e.id, e.reason,
+                             err)
         try:
             await asyncio.wait_for(self._store.open_incident(entry), self._direct_timeout_s)
+            self._maybe_in_pg.discard(entry.event_id)
+            return
         except (Unavailable, TimeoutError) as err:
             logger.error("incident escalation %s kept in memory until the database answers: %s",
                          e.id, err)
-            self.outbox.append(e)
         except Exception:  # never fail the call that reports the incident
             logger.exception("incident escalation %s could not be opened; retrying", e.id)
-            self.outbox.append(e)
+        # Whether the transaction committed before the failure is unknown.
+        self._maybe_in_pg.add(entry.event_id)
+        self.outbox.append(entry)
