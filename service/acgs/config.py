@@ -117,6 +117,10 @@ class Settings:
     # key fit) and free text (Struct string values, comments).
     max_id_chars: int = 256
     max_text_chars: int = 65536
+    # principal.roles entries: regopy's evaluation of the constitution is quadratic in them
+    # (each built-in call copies a frame that grows with the input), so 6,000 roles held an
+    # engine thread for 35 s, past any timeout.
+    max_roles: int = 64
     grace_period_s: float = 10.0
     drain_delay_s: float = 0.0
     # Audit trail
@@ -206,6 +210,7 @@ class Settings:
             max_id_chars=_at_most(_int(e, "ACGS_MAX_ID_CHARS", d.max_id_chars, minimum=16),
                                   "ACGS_MAX_ID_CHARS", MAX_INDEXED_CHARS),
             max_text_chars=_int(e, "ACGS_MAX_TEXT_CHARS", d.max_text_chars, minimum=256),
+            max_roles=_int(e, "ACGS_MAX_ROLES", d.max_roles, minimum=1),
             grace_period_s=_float(e, "ACGS_GRACE_PERIOD_S", d.grace_period_s),
             drain_delay_s=_float(e, "ACGS_DRAIN_DELAY_S", d.drain_delay_s),
             audit_enabled=_bool(e, "ACGS_AUDIT_ENABLED", d.audit_enabled),

@@ -8,11 +8,21 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from acgs.domain.model import Caller, Decision, Effect, EngineResult, Severity, Violation
+from acgs.domain.model import (
+    Caller,
+    Decision,
+    Effect,
+    EngineResult,
+    Severity,
+    Violation,
+    timed_out,
+    timed_out_result,
+)
 from acgs.domain.policy_version import FleetState
 from acgs.errors import EngineError, EngineTimeout, InvalidTransition
 from acgs.lifecycle.policy import shadowing
 from acgs.lifecycle.supervisor import Supervisor
+from acgs.service_layer.decisions import DecisionService
 from acgs.service_layer.policy_shadow import (
     ShadowEvaluator,
     ShadowPlan,
@@ -268,3 +278,35 @@ def test_the_watch_ignores_a_healthy_activation_and_the_end_of_its_window() -> N
         return store.calls
 
     assert asyncio.run(run()) == []
+
+
+def test_timeouts_do_not_roll_a_fresh_activation_back() -> None:
+    """A caller that keeps the engine busy right after an activation (slow requests, then
+    ordinary ones queued behind them until their budget passes) made the server roll the
+    fleet back: a timeout says the engine was busy, not that the revision cannot decide.
+    Both ways a timeout becomes a fail-safe DENY count as such: one decision's and a
+    batch's."""
+    single = timed_out_result("evaluation took longer than 250 ms", revision="bad")
+    batch = DecisionService._trusted(EngineTimeout("not decided within 0.25s"), "bad")
+    failed = DecisionService._trusted(EngineError("decision is undefined"), "bad")
+    assert [timed_out(v) for r in (single, batch, failed) for v in r.violations] == [
+        True, True, False]
+
+    async def run() -> list[tuple[str, str, Caller]]:
+        store = RollbackStore()
+        action = AutoRollback(store=store, instance_id="s1", telemetry=Counting(),
+                              incidents=None)
+        watch = RollbackWatch(share=0.5, window_s=30, min_decisions=4, on_trip=action)
+        watch.activated("bad")
+        for n, result in enumerate([single, batch] * 10):
+            watch.observe(Decision(f"d{n}", "", Effect.DENY, result.violations, "bad", "h",
+                                   False, 1, 0, fail_safe=True))
+        await asyncio.sleep(0.01)
+        assert store.calls == []
+        for n in range(30):  # the policy's own failures still do
+            watch.observe(Decision(f"e{n}", "", Effect.DENY, failed.violations, "bad", "h",
+                                   False, 1, 0, fail_safe=True))
+        await asyncio.sleep(0.01)
+        return store.calls
+
+    assert len(asyncio.run(run())) == 1

@@ -7,10 +7,17 @@ every attempt: nothing after it was shipped.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from acgs import CONSTITUTIONAL_HASH
+from acgs.adapters.rego_source import load_policy_dir
+from acgs.adapters.regopy_engine import RegopyEngine
 from acgs.config import Settings
 from acgs.entrypoints import convert
 from acgs.entrypoints.convert import StringLimits
@@ -22,6 +29,7 @@ from acgs.v1 import governance_pb2 as pb
 from tests.client import allow_input, decide_request
 
 LIMITS = StringLimits(id_chars=40, text_chars=100)
+POLICY = Path(__file__).resolve().parents[2] / "policy"
 WIDE = "\U0001d11e"  # 4 bytes in UTF-8: the worst case for an index entry
 
 
@@ -148,9 +156,64 @@ def test_documents_are_bounded_by_the_message_size_only() -> None:
                                    .SerializeToString()), Malformed)
 
 
+def _roles(n: int) -> list[str]:
+    return [f"role-{i}" for i in range(n)]
+
+
+def test_principal_roles_at_and_past_their_count() -> None:
+    """The constitution's denials name every role, which regopy evaluates in time growing
+    with the square of their number, past any timeout (6,000 roles, 22 KB: 35 s)."""
+    limits = StringLimits(id_chars=40, text_chars=100, roles=5)
+
+    def decide(n: int) -> convert.DecisionRequest:
+        msg = decide_request(allow_input(principal=_principal(roles=_roles(n))))
+        return convert.decision_request(msg, metadata_hash="", max_depth=8, limits=limits)
+
+    assert decide(5).policy_input["principal"]["roles"] == sorted(_roles(5))
+    with pytest.raises(InvalidRequest, match=r"^principal\.roles has 6 entries, over the "
+                                             r"limit of 5$"):
+        decide(6)
+    for shape in (list, lambda roles: dict.fromkeys(roles, True)):  # Rego iterates both
+        def text(n: int, shape: Callable[[list[str]], Any] = shape) -> str:
+            return json.dumps({"principal": {"roles": shape(_roles(n))}})
+        convert.parse_input_json(text(5), max_depth=8, limits=limits)
+        with pytest.raises(InvalidRequest, match=r"input_json: principal\.roles has 6"):
+            convert.parse_input_json(text(6), max_depth=8, limits=limits)
+
+
+def test_the_default_count_of_roles_is_decided_far_within_the_timeout() -> None:
+    """At the default bound, the constitution's dearest path (every principle denies, each
+    naming all 64 roles, each as long as a role it shows) stays far inside the 250 ms
+    budget."""
+    roles = [f"{i:02d}" + "r" * 62 for i in range(Settings().max_roles)]
+    policy_input = allow_input(principal=_principal(roles=roles),
+                               action={"type": "write", "attributes": {"pii": True}},
+                               resource=_resource(attributes={"contains_pii": True,
+                                                              "created_by": "agent-1"}))
+
+    async def decide() -> tuple[float, Any]:
+        engine = RegopyEngine(workers=1, constitutional_hash=CONSTITUTIONAL_HASH)
+        try:
+            await engine.activate(load_policy_dir(POLICY, constitutional_hash=CONSTITUTIONAL_HASH))
+            t0 = time.perf_counter()
+            result = await engine.decide(policy_input, timeout_s=10)
+            return time.perf_counter() - t0, result
+        finally:
+            engine.close()
+
+    seconds, result = asyncio.run(decide())
+    assert [v.principle for v in result.violations] == ["pii_purpose", "role_permission"]
+    assert all(roles[-1] in v.message for v in result.violations)
+    assert seconds < Settings().eval_timeout_ms / 1000 / 5, seconds
+
+
 def test_settings() -> None:
-    s = Settings.from_env({"ACGS_MAX_ID_CHARS": "600", "ACGS_MAX_TEXT_CHARS": "1000"})
-    assert (s.max_id_chars, s.max_text_chars) == (600, 1000)
+    s = Settings.from_env({"ACGS_MAX_ID_CHARS": "600", "ACGS_MAX_TEXT_CHARS": "1000",
+                           "ACGS_MAX_ROLES": "10"})
+    assert (s.max_id_chars, s.max_text_chars, s.max_roles) == (600, 1000, 10)
     assert (Settings().max_id_chars, Settings().max_text_chars) == (256, 65536)
+    assert Settings().max_roles == 64
+    with pytest.raises(ConfigurationError, match="ACGS_MAX_ROLES"):
+        Settings.from_env({"ACGS_MAX_ROLES": "0"})
     with pytest.raises(ConfigurationError, match="ACGS_MAX_ID_CHARS=601 is above its maximum"):
         Settings.from_env({"ACGS_MAX_ID_CHARS": "601"})

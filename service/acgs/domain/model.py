@@ -139,3 +139,17 @@ def fail_safe_result(message: str, *, revision: str, principle: str = FAIL_SAFE)
         violations=(Violation(principle, Severity.CRITICAL, message),),
         policy_revision=revision,
     )
+
+
+TIMED_OUT = "evaluation timed out: "  # how the message of a timeout's fail-safe DENY begins
+
+
+def timed_out_result(reason: object, *, revision: str) -> EngineResult:
+    """The fail-safe DENY for an evaluation not finished in its budget: the engine was busy
+    or the input slow, which says nothing about whether the policy can decide."""
+    return fail_safe_result(f"{TIMED_OUT}{reason}", revision=revision)
+
+
+def timed_out(v: Violation) -> bool:
+    """``v`` is the violation of :func:`timed_out_result`."""
+    return v.principle == FAIL_SAFE and v.message.startswith(TIMED_OUT)

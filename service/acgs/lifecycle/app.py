@@ -332,7 +332,8 @@ def _watch_database(app: Application, database: Database, metrics: Metrics | Non
 
 def string_limits(settings: Settings) -> StringLimits:
     """The request string bounds (ACGS_MAX_ID_CHARS, ACGS_MAX_TEXT_CHARS)."""
-    return StringLimits(id_chars=settings.max_id_chars, text_chars=settings.max_text_chars)
+    return StringLimits(id_chars=settings.max_id_chars, text_chars=settings.max_text_chars,
+                        roles=settings.max_roles)
 
 
 def _async(fn: Callable[[], object]) -> Callable[[], Any]:

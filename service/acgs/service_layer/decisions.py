@@ -33,6 +33,7 @@ from acgs.domain.model import (
     Violation,
     fail_safe_result,
     new_decision_id,
+    timed_out_result,
 )
 from acgs.errors import (
     AuditUnavailable,
@@ -295,7 +296,7 @@ class DecisionService:
             if isinstance(outcome, DeadlineExceeded):
                 raise outcome from err
             logger.warning("evaluation timed out: %s", err)
-            return fail_safe_result(f"evaluation timed out: {err}", revision=revision)
+            return timed_out_result(err, revision=revision)
         except EngineError as err:
             logger.warning("evaluation failed, denying: %s", err)
             return fail_safe_result(f"evaluation failed: {err}", revision=revision)
@@ -304,6 +305,8 @@ class DecisionService:
     def _trusted(outcome: EngineResult | Exception, revision: str) -> EngineResult:
         if isinstance(outcome, EngineResult):
             return outcome
+        if isinstance(outcome, EngineTimeout):  # as one decision's (_evaluate)
+            return timed_out_result(outcome, revision=revision)
         return fail_safe_result(f"evaluation failed: {outcome}", revision=revision)
 
     def _decision(

@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from acgs.domain.model import Caller, Decision, Severity, Violation
+from acgs.domain.model import FAIL_SAFE, Caller, Decision, Severity, Violation, timed_out
 from acgs.errors import AcgsError, InvalidTransition
 from acgs.service_layer.policy_ports import RollbackStore
 from acgs.service_layer.policy_shadow import ShadowEvaluator
@@ -83,7 +83,10 @@ class RollbackWatch:
             self._revision = ""  # the window passed without trouble
             return
         self._total += 1
-        self._failed += any(v.principle == "fail_safe" for v in decision.violations)
+        # Only the policy's own failures: a timeout says the engine was busy (a caller can
+        # make it so), not that the revision cannot decide.
+        self._failed += any(v.principle == FAIL_SAFE and not timed_out(v)
+                            for v in decision.violations)
         if self._total >= self._min and self._failed > self._share * self._total:
             revision, self._revision = self._revision, ""
             reason = (f"{self._failed} of the first {self._total} decisions under {revision} "
