@@ -18,9 +18,13 @@ import grpc
 import psycopg
 import pytest
 from acgs import CONSTITUTIONAL_HASH
+from acgs.adapters import pg_event_chain
 from acgs.adapters.audit_signing import CheckpointSigner, TrustedKeys
+from acgs.adapters.journal import adopt_orphans
 from acgs.adapters.pg_audit import COLUMNS, Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries, record_of
+from acgs.adapters.pg_event_chain import sealer
+from acgs.adapters.projectors import drive_async
 from acgs.adapters.projectors.checkpoints import CheckpointProjector
 from acgs.domain.audit import (
     ALTERED,
@@ -256,6 +260,73 @@ def test_a_chain_without_checkpoints_says_what_it_cannot_see(tmp_path: Path,
     sql(pg_url, "DELETE FROM audit_decisions WHERE seq > 2")
     report = both(pg_url, tmp_path)
     assert verdict(report) == (True, 2, "", 0) and report.notes == (NO_CHECKPOINT,)
+
+
+def adopt_and_ship(tmp_path: Path, url: str, seal: bool = True) -> None:
+    """inst-a (checkpoint at seq 6, then 5 more decisions) dies; inst-b adopts its journal,
+    ships it and removes it, sealing the chain with a checkpoint signed by its own key."""
+    dead = open_journal(tmp_path)
+    checkpointer = Checkpointer(journal=dead, signer=SIGNER, instance_id="inst-a",
+                                constitutional_hash=CONSTITUTIONAL_HASH, interval_s=0)
+
+    async def go() -> None:
+        for i in range(5):
+            await dead.append([entry(i)])
+        await checkpointer.checkpoint()
+        for i in range(5):
+            await dead.append([entry(10 + i)])
+
+    asyncio.run(go())
+    dead.close()  # as after kill -9: no checkpoint covers seq 7-11
+    live = open_journal(tmp_path, instance_id="inst-b")
+    shipper = Shipper(journal=live, conninfo=url, orphans=adopt_orphans(tmp_path,
+                                                                         exclude="inst-b"),
+                      projectors=(CheckpointProjector(),))
+    if seal:
+        shipper.seal = sealer(SIGNER, signer_id="inst-b", constitutional_hash=CONSTITUTIONAL_HASH)
+    assert shipper.ship_once() == 11
+    shipper.close()
+    live.close()
+    assert not (tmp_path / "inst-a").exists()
+
+
+def test_an_adopted_chain_is_sealed_before_its_journal_is_removed(tmp_path: Path,
+                                                                pg_url: str) -> None:
+    """After kill -9 the dead server's last records were covered by no checkpoint, and
+    no later one would come: deleting them went unseen once its journal was removed."""
+    adopt_and_ship(tmp_path, pg_url)
+    report = both(pg_url, tmp_path)
+    assert verdict(report) == (True, 12, "", 0) and report.notes == ()
+    assert (report.checkpoint_seq, report.checkpoint_record_seq) == (11, 12)
+    with psycopg.connect(pg_url) as conn:
+        caller = conn.execute("SELECT caller_id, kind FROM audit_decisions WHERE "
+                              "instance_id = 'inst-a' AND seq = 12").fetchone()
+    assert caller == ("inst-b", "checkpoint")  # done by the adopting server
+    sql(pg_url, "DELETE FROM audit_decisions WHERE instance_id = 'inst-a' AND seq > 8")
+    report = both(pg_url, tmp_path)
+    assert verdict(report) == (False, 9, TRUNCATED, 9)
+
+
+def test_an_adopted_chain_unsealed_says_what_it_cannot_see(tmp_path: Path,
+                                                          pg_url: str) -> None:
+    adopt_and_ship(tmp_path, pg_url, seal=False)
+    sql(pg_url, "DELETE FROM audit_decisions WHERE instance_id = 'inst-a' AND seq > 8")
+    report = both(pg_url, tmp_path)
+    assert verdict(report) == (True, 8, "", 0) and report.notes  # the cut is not seen
+
+
+def test_sealing_twice_adds_nothing(tmp_path: Path, pg_url: str) -> None:
+    adopt_and_ship(tmp_path, pg_url)
+
+    async def go() -> Any:
+        async with await psycopg.AsyncConnection.connect(pg_url) as conn, \
+                conn.transaction(), conn.cursor() as cur:
+            return await drive_async(cur, pg_event_chain.seal(
+                SIGNER, chain="inst-a", last_seq=12, signer_id="inst-b",
+                constitutional_hash=CONSTITUTIONAL_HASH))
+
+    assert asyncio.run(go()) is None  # the head is a checkpoint already
+    assert verdict(both(pg_url, tmp_path))[:2] == (True, 12)
 
 
 def test_over_grpc_a_malformed_row_is_named_never_internal(tmp_path: Path, pg_url: str) -> None:

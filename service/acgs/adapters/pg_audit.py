@@ -122,6 +122,11 @@ class Shipper:
         # Called (from this thread) with the seqs of damaged lines of the server's own
         # journal before they are quarantined: a signed checkpoint must attest them first.
         self.attest: Callable[[Sequence[int]], object] | None = None
+        # Called (from this thread, in a transaction) with (cursor, chain, last seq) for an
+        # adopted journal fully shipped, before it is removed: a checkpoint of that chain's
+        # head, signed with this server's key (pg_event_chain.sealer). Its server is gone,
+        # so no checkpoint of its own would ever cover its last records.
+        self.seal: Callable[[psycopg.Cursor[TupleRow], str, int], object] | None = None
         self._projectors = tuple(projectors)
         self._conninfo = conninfo
         self._batch = batch
@@ -332,6 +337,10 @@ class Shipper:
         if journal is self._journals[0] or journal.shipped_seq < journal.synced_seq:
             return
         remove = getattr(journal, "remove", None)
+        if self.seal is not None and journal.synced_seq > 0:
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cur:
+                self.seal(cur, journal.instance_id, journal.synced_seq)
         if remove is not None:
             remove()
         self._journals.remove(journal)

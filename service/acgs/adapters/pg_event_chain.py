@@ -16,7 +16,8 @@ Servers sign it like their own chains (:func:`checkpoint`, every
 key (which PostgreSQL never holds), follows the head it signs, so an edit
 re-hashed through the chain, or a cut tail, is named like in any chain.
 Incidents that no journal would take use the same mechanism, with the
-projectors of their kinds run in the same transaction.
+projectors of their kinds run in the same transaction. A dead server's chain, once
+the server that adopted its journal shipped it, is sealed here too (:func:`seal`).
 
 Written without I/O: :func:`append` is a plan (:mod:`acgs.adapters.projectors`)
 run on a synchronous or asyncio cursor.
@@ -24,7 +25,8 @@ run on a synchronous or asyncio cursor.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+import logging
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import psycopg
@@ -48,6 +50,7 @@ from acgs.service_layer.checkpointer import Signer, checkpoint_entry
 from acgs.service_layer.ports import EventEntry
 
 ADMIN_CHAIN = events.ADMIN_CHAIN
+logger = logging.getLogger("acgs.audit")
 
 LOCK_CLASS = 0x4AC6_E5C2  # pg_advisory_xact_lock(class, hashtext(chain)): one writer per chain
 
@@ -131,6 +134,35 @@ def checkpoint(signer: Signer, *, signer_id: str, constitutional_hash: str,
     yield Statement(_INSERT, [row_of(record)], many=True)
     yield from CheckpointProjector().project([record])
     return record
+
+
+def seal(signer: Signer, *, chain: str, last_seq: int, signer_id: str,
+         constitutional_hash: str) -> Generator[Statement, Rows, AuditRecord | None]:
+    """Sign the head of ``chain``, a dead server's chain whose journal ``signer_id`` adopted
+    and shipped to ``last_seq``, before that journal is removed: no later checkpoint of its
+    own will come, and without this one its records after its last checkpoint could be cut
+    unseen. None when the head is a checkpoint already, or is not ``last_seq`` (its last
+    records were quarantined: logged, nothing signed)."""
+    head_seq, _, kind = yield from _locked_head(chain)
+    if head_seq != last_seq:
+        logger.error("chain %s: PostgreSQL's head is seq %d, its journal's last %d; not "
+                     "sealed", chain, head_seq, last_seq)
+        return None
+    if kind == events.CHECKPOINT:
+        return None
+    return (yield from checkpoint(signer, signer_id=signer_id,
+                                  constitutional_hash=constitutional_hash, chain=chain))
+
+
+def sealer(signer: Signer, *, signer_id: str,
+           constitutional_hash: str) -> Callable[[psycopg.Cursor[TupleRow], str, int], object]:
+    """:func:`seal` as the shipper calls it: ``(cursor, chain, last_seq)``, in its
+    transaction."""
+    def run(cur: psycopg.Cursor[TupleRow], chain: str, last_seq: int) -> object:
+        return drive_sync(cur, seal(signer, chain=chain, last_seq=last_seq,
+                                    signer_id=signer_id, constitutional_hash=constitutional_hash))
+
+    return run
 
 
 class AdminChainCheckpoints:

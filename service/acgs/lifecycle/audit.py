@@ -25,7 +25,7 @@ from acgs.adapters.audit_signing import CheckpointSigner, TrustedKeys, load_publ
 from acgs.adapters.journal import Journal, adopt_orphans
 from acgs.adapters.pg_audit import Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries
-from acgs.adapters.pg_event_chain import AdminChainCheckpoints
+from acgs.adapters.pg_event_chain import AdminChainCheckpoints, sealer
 from acgs.adapters.pg_migrations import check_constitution
 from acgs.adapters.projectors.registry import projectors
 from acgs.config import Settings
@@ -71,10 +71,12 @@ async def build_audit(
                           idempotency_window_s=settings.idempotency_window_s,
                           group_s=settings.escalation_group_s),
                       stall_s=settings.audit_ship_stall_s)
+    signer = signing_key(settings)
+    shipper.seal = sealer(signer, signer_id=settings.instance_id,
+                          constitutional_hash=settings.constitutional_hash)
     # nothing ships to a database before it is migrated and its constitution checked
     parts.thread("shipper", shipper, held=database.offline)
     parts.step("journal-flush", stop=_flush(journal))
-    signer = signing_key(settings)
     checkpointer = Checkpointer(journal=journal, signer=signer, instance_id=settings.instance_id,
                                 constitutional_hash=settings.constitutional_hash,
                                 interval_s=settings.audit_checkpoint_s, on_result=on_checkpoint)
