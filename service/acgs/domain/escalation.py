@@ -43,6 +43,7 @@ CRITICAL_VIOLATION = "critical_violation"
 FAIL_SAFE = "fail_safe"
 CONSTITUTION_MISMATCH = "constitution_mismatch"
 AUDIT_UNAVAILABLE = "audit_unavailable"
+ESCALATION_LIMIT = "escalation_limit"  # a caller opened too many escalations (an incident)
 
 # Event kinds (escalation_events.kind, and the "event" of the audit records).
 OPENED = "opened"

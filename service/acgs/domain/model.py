@@ -28,6 +28,7 @@ class Severity(enum.Enum):
 FAIL_SAFE = "fail_safe"
 AUDIT_UNAVAILABLE = "audit_unavailable"
 CONSTITUTIONAL_HASH = "constitutional_hash"
+ESCALATION_LIMIT = "escalation_limit"  # a caller past ACGS_ESCALATION_CALLER_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
