@@ -68,7 +68,7 @@ class FakeAudit:
     entries: list[Entry] = field(default_factory=list)
     full: bool = False
 
-    async def append(self, entries: Sequence[Entry]) -> None:
+    async def append(self, entries: Sequence[Entry], *, reserve: bool = False) -> None:
         if self.full:
             raise AuditUnavailable("journal full")
         self.entries.extend(entries)

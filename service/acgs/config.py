@@ -147,6 +147,11 @@ class Settings:
     escalation_required_approvals: int = 1
     escalation_sweep_s: float = 5.0
     escalation_group_s: float = 300.0
+    # New escalations one caller may open on one server per sliding window (0: no cap); past
+    # it, decisions are DENY escalation_limit (grouping cannot stop a caller that varies
+    # the resource of each request).
+    escalation_caller_limit: int = 100
+    escalation_caller_window_s: float = 300.0
     # Idempotency of request_id
     idempotency_window_s: float = 600.0
     idempotency_max_entries: int = 100_000
@@ -193,6 +198,8 @@ class Settings:
                 f"ACGS_ENV={environment!r}: expected development, production or test"
             )
         pool_min, pool_max = _pool_sizes(e, d.db_pool_min, d.db_pool_max)
+        caller_limit, caller_window_s = _escalation_cap(e, d.escalation_caller_limit,
+                                                        d.escalation_caller_window_s)
         return cls(
             grpc_addr=e.get("ACGS_GRPC_ADDR", d.grpc_addr),
             metrics_addr=e.get("ACGS_METRICS_ADDR", d.metrics_addr),
@@ -238,6 +245,8 @@ class Settings:
                                                d.escalation_required_approvals, minimum=1),
             escalation_sweep_s=_float(e, "ACGS_ESCALATION_SWEEP_S", d.escalation_sweep_s),
             escalation_group_s=_float(e, "ACGS_ESCALATION_GROUP_S", d.escalation_group_s),
+            escalation_caller_limit=caller_limit,
+            escalation_caller_window_s=caller_window_s,
             idempotency_window_s=_float(e, "ACGS_IDEMPOTENCY_WINDOW_S", d.idempotency_window_s),
             idempotency_max_entries=_int(e, "ACGS_IDEMPOTENCY_MAX_ENTRIES",
                                          d.idempotency_max_entries, minimum=1),
@@ -275,6 +284,18 @@ def _pool_sizes(env: Mapping[str, str], least: int, most: int) -> tuple[int, int
     if high < low:
         raise ConfigurationError(f"ACGS_DB_POOL_MAX={high} is below ACGS_DB_POOL_MIN={low}")
     return low, high
+
+
+def _escalation_cap(env: Mapping[str, str], limit: int, window_s: float) -> tuple[int, float]:
+    """ACGS_ESCALATION_CALLER_LIMIT (0: no cap) and ACGS_ESCALATION_CALLER_WINDOW_S; a cap
+    needs a window: a window of 0 would count nothing and so silently lift the cap."""
+    limit = _int(env, "ACGS_ESCALATION_CALLER_LIMIT", limit, minimum=0)
+    window_s = _float(env, "ACGS_ESCALATION_CALLER_WINDOW_S", window_s)
+    if limit > 0 and window_s <= 0:
+        raise ConfigurationError(
+            f"ACGS_ESCALATION_CALLER_WINDOW_S={window_s} must be above 0 while "
+            f"ACGS_ESCALATION_CALLER_LIMIT={limit} (set the limit to 0 for no cap)")
+    return limit, window_s
 
 
 def _share(env: Mapping[str, str], name: str, default: float) -> float:

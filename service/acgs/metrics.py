@@ -200,7 +200,8 @@ class Metrics:
         self._latency = {True: _Buckets(), False: _Buckets()}
         self._engine = _Buckets()
         self._events = {"hash_mismatches": 0, "audit_refusals": 0, "shadow_evaluations": 0,
-                        "shadow_dropped": 0, "policy_auto_rollbacks": 0}
+                        "shadow_dropped": 0, "policy_auto_rollbacks": 0,
+                        "escalations_limited": 0}
         self._shadow_differences: dict[str, int] = {}
         self._escalations_created: dict[str, int] = {}
         self._escalations_open: dict[tuple[str, str], int] = {}
@@ -362,6 +363,11 @@ class Metrics:
         """Count an escalation handed to humans."""
         self._escalations_created[reason] = self._escalations_created.get(reason, 0) + 1
 
+    def escalation_limited(self) -> None:
+        """Count a decision denied instead of opening an escalation past its caller's cap
+        (ACGS_ESCALATION_CALLER_LIMIT)."""
+        self._events["escalations_limited"] += 1
+
     def set_open_escalations(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Replace the open-escalation snapshot: ``{(reason, severity): open count}``."""
         self._escalations_open = dict(counts)
@@ -442,6 +448,9 @@ class Metrics:
             ("acgs_cache_misses", "Cache lookups not answered, by tier", self._cache_obs("misses")),
             ("acgs_cache_redis_errors", "Redis errors and timeouts", self._obs_redis_errors),
             ("acgs_escalations_created", "Escalations opened, by reason", self._obs_escalated),
+            ("acgs_escalations_limited", "Decisions denied instead of opening an escalation: "
+             "their caller reached ACGS_ESCALATION_CALLER_LIMIT",
+             self._event("escalations_limited")),
             ("acgs_policy_shadow_evaluations", "Live decisions also decided under the shadowed "
              "candidate", self._event("shadow_evaluations")),
             ("acgs_policy_shadow_differences", "Shadow decisions whose effect differs from the "
@@ -616,6 +625,9 @@ class NullTelemetry:
         pass
 
     def escalation_created(self, *, reason: str) -> None:
+        pass
+
+    def escalation_limited(self) -> None:
         pass
 
     def set_open_escalations(self, counts: Mapping[tuple[str, str], int]) -> None:

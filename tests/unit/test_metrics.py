@@ -38,6 +38,7 @@ EXPECTED_FAMILIES = {
     "acgs_audit_shipper_stalled_seconds": ("gauge", set()),
     "acgs_escalations_open": ("gauge", {"reason", "severity"}),
     "acgs_escalations_created": ("counter", {"reason"}),
+    "acgs_escalations_limited": ("counter", set()),
     "acgs_escalations_resolved": ("counter", {"reason", "outcome"}),
     "acgs_escalation_resolution_seconds": ("histogram", {"outcome"}),
     "acgs_constitutional_violations": ("counter", {"principle", "severity"}),

@@ -81,7 +81,9 @@ def build_escalations(settings: Settings, parts: Supervisor, *, trail: AuditTrai
         instance_id=settings.instance_id, constitutional_hash=settings.constitutional_hash,
         ttl_s=settings.escalation_ttl_s,
         required_approvals=settings.escalation_required_approvals,
-        group_window_s=settings.escalation_group_s)
+        group_window_s=settings.escalation_group_s,
+        caller_limit=settings.escalation_caller_limit,
+        caller_window_s=settings.escalation_caller_window_s)
     service = EscalationService(
         store=store, audit=trail.journal, bell=bell, telemetry=telemetry,
         instance_id=settings.instance_id, constitutional_hash=settings.constitutional_hash,

@@ -8,6 +8,11 @@ A decision that needs a human (ESCALATE, fail-safe, a critical violation) gets
 an escalation id; the escalation's opening record goes in the same durable
 write as the decision's, so the answer never waits on PostgreSQL. A wrong hash
 and refused audit writes open incident escalations (see the Escalator port).
+A decision that would open an escalation past its caller's cap
+(``ACGS_ESCALATION_CALLER_LIMIT``) is a DENY instead, keeping the policy's
+violations plus ``escalation_limit``; it is audited like any other and opens one
+incident per caller, so a flood is never silent and never ALLOWed. The cache
+keeps the policy's answer, not that DENY.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from typing import Any
 from acgs.domain import canonical, events
 from acgs.domain import escalation as esc
 from acgs.domain.cache_key import cache_key_of_json, canonical_input
+from acgs.domain.escalation_group import EscalationLimited
 from acgs.domain.model import (
     AUDIT_UNAVAILABLE,
     CONSTITUTIONAL_HASH,
+    ESCALATION_LIMIT,
     Caller,
     Decision,
     DecisionRequest,
@@ -337,10 +344,19 @@ class DecisionService:
             return decisions
         entries: list[Entry] = []
         openings: list[EventEntry] = []
+        limited: Violation | None = None
         encoded = input_jsons if input_jsons is not None else [None] * len(requests)
         for i, (decision, request, input_json) in enumerate(
                 zip(decisions, requests, encoded, strict=True)):
-            escalation_id, opening = self._opening(decision, request, caller)
+            try:
+                escalation_id, opening = self._opening(decision, request, caller)
+            except EscalationLimited as err:
+                # Fail closed: past the caller's cap, DENY (never ALLOW, never unanswered).
+                limited = err.violation
+                decision = replace(decision, effect=Effect.DENY,
+                                   violations=(*decision.violations, err.violation))
+                decisions[i] = decision
+                escalation_id, opening = "", None
             if escalation_id:
                 decision = replace(decision, escalation_id=escalation_id)
                 decisions[i] = decision
@@ -361,6 +377,11 @@ class DecisionService:
             return await self._refuse_all(decisions, str(err), caller)
         if openings and self._escalator is not None:
             self._escalator.opened(openings)
+        if limited is not None and self._escalator is not None:
+            # Humans learn of the flood: one incident per caller at a time.
+            await self._escalator.incident(
+                reason=esc.ESCALATION_LIMIT, key=f"{ESCALATION_LIMIT}:{caller.id}",
+                caller=caller, violation=limited)
         return decisions
 
     def _opening(self, decision: Decision, request: DecisionRequest,

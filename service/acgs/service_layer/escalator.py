@@ -21,6 +21,16 @@ the projector counts). Across servers, the projector merges an opening into
 the pending escalation of the same group opened within the window: the later
 id becomes an alias that reads as the earlier escalation.
 
+The cap per caller (:class:`~acgs.domain.escalation_group.OpeningLimit`). Grouping
+cannot stop a caller varying the resource of each request: every request is a
+group of its own. So a caller may open at most ``caller_limit`` escalations on
+this server within a sliding ``caller_window_s`` (``ACGS_ESCALATION_CALLER_LIMIT``,
+``ACGS_ESCALATION_CALLER_WINDOW_S``); decisions joining a group do not count,
+openings the journal refused are given back. Past the cap, ``opening`` raises
+:class:`~acgs.domain.escalation_group.EscalationLimited`: the DecisionService
+answers DENY (principle ``escalation_limit``) and opens one incident per caller
+(``escalation_limit:<caller id>``) so that humans learn of the flood.
+
 Incidents (a request naming another constitution, the audit trail refusing
 decisions) answer no durable decision. They are opened once per key at a
 time (``incident_window_s``) by an ``incident.opened`` event: in the journal
@@ -48,8 +58,8 @@ from typing import Any
 from acgs.domain import escalation as esc
 from acgs.domain import events
 from acgs.domain.escalation import Escalation, State
-from acgs.domain.escalation_group import OpenGroups, group_key
-from acgs.domain.model import Caller, Decision, Effect, Violation
+from acgs.domain.escalation_group import EscalationLimited, OpenGroups, OpeningLimit, group_key
+from acgs.domain.model import ESCALATION_LIMIT, Caller, Decision, Effect, Severity, Violation
 from acgs.errors import AuditUnavailable, Unavailable
 from acgs.service_layer.escalation_ports import (
     EscalationStore,
@@ -61,7 +71,7 @@ from acgs.service_layer.ports import EventEntry
 logger = logging.getLogger("acgs.escalations")
 
 # Incidents that no caller learns the id of are deduplicated across servers too.
-_FLEET_DEDUP = frozenset({esc.CONSTITUTION_MISMATCH})
+_FLEET_DEDUP = frozenset({esc.CONSTITUTION_MISMATCH, esc.ESCALATION_LIMIT})
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -72,7 +82,10 @@ class JournalEscalator:
     ``required_approvals``: approvals needed when the policy names none;
     ``direct_timeout_s``: budget of recording an incident in PostgreSQL;
     ``group_window_s``: how long after its opening an escalation takes in the later
-    decisions of its group (``ACGS_ESCALATION_GROUP_S``; 0: never).
+    decisions of its group (``ACGS_ESCALATION_GROUP_S``; 0: never);
+    ``caller_limit``: escalations one caller may open within ``caller_window_s``
+    (``ACGS_ESCALATION_CALLER_LIMIT``, ``ACGS_ESCALATION_CALLER_WINDOW_S``; 0: no cap), for
+    at most ``max_callers`` callers tracked (see OpeningLimit).
     """
 
     def __init__(self, *, journal: ReservingSink, store: EscalationStore,
@@ -80,6 +93,8 @@ class JournalEscalator:
                  ttl_s: float = 3600.0, required_approvals: int = 1,
                  incident_window_s: float = 300.0, direct_timeout_s: float = 1.0,
                  group_window_s: float = 0.0, max_groups: int = 10_000,
+                 caller_limit: int = 100, caller_window_s: float = 300.0,
+                 max_callers: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._journal = journal
         self._store = store
@@ -94,18 +109,29 @@ class JournalEscalator:
         self._incidents: dict[str, tuple[str, float, asyncio.Future[None]]] = {}
         self._groups = OpenGroups(window_s=min(group_window_s, ttl_s), max_entries=max_groups,
                                   clock=clock)
+        self._limit = OpeningLimit(limit=caller_limit, window_s=caller_window_s,
+                                   max_callers=max_callers, clock=clock)
         self.outbox: list[EventEntry] = []  # incident.opened events not yet durable
         self._maybe_in_pg: set[str] = set()  # their event ids PostgreSQL may hold
 
     def opening(self, decision: Decision, *, reason: str, caller: Caller,
                 policy_input: Mapping[str, Any]) -> tuple[str, EventEntry | None]:
         """The escalation ``decision`` belongs to, and the event opening it (None when it
-        joins one this server opened for its group). No I/O."""
+        joins one this server opened for its group). No I/O.
+
+        Raises EscalationLimited when it would open one past the caller's cap."""
         key = group_key(reason=reason, caller=caller, policy_input=policy_input,
                         violations=decision.violations) if self._groups.enabled else ""
         joined = self._groups.get(key) if key else None
         if joined is not None:
             return joined, None
+        if not self._limit.admit(caller.id):
+            self._telemetry.escalation_limited()
+            raise EscalationLimited(Violation(
+                ESCALATION_LIMIT, Severity.HIGH,
+                f"caller {caller.id} opened {self._limit.limit} escalations within "
+                f"{self._limit.window_s:g} s on this server (ACGS_ESCALATION_CALLER_LIMIT): "
+                "denied instead of opening another"))
         e = self._new(reason=reason, caller=caller, violations=decision.violations,
                       policy_input=policy_input, decision=decision, group=key)
         if key:
@@ -120,9 +146,13 @@ class JournalEscalator:
             self._telemetry.escalation_created(reason=entry.event.escalation.reason)
 
     def abandoned(self, entries: Sequence[EventEntry]) -> None:
-        """Openings the journal refused: their groups open anew next time."""
-        self._groups.forget({entry.event.escalation.id for entry in entries
-                             if isinstance(entry.event, events.EscalationOpened)})
+        """Openings the journal refused: their groups open anew next time, and they do not
+        count against their callers' caps."""
+        opened = [entry.event.escalation for entry in entries
+                  if isinstance(entry.event, events.EscalationOpened)]
+        self._groups.forget({e.id for e in opened})
+        for e in opened:
+            self._limit.give_back(e.requester_id)
 
     def closed(self, escalation_id: str) -> None:
         """An escalation was resolved here: later decisions of its group open a new one."""

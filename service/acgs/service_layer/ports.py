@@ -109,7 +109,10 @@ class Escalator(Protocol):
     decision joins an escalation of its group opened before). The escalation
     exists once that event is durable, so the caller appends it before the
     decision's own entry, then reports them with ``opened`` (or, when the
-    journal refused them, ``abandoned``).
+    journal refused them, ``abandoned``). It raises
+    :class:`~acgs.domain.escalation_group.EscalationLimited` instead when the decision would
+    open an escalation past its caller's cap (``ACGS_ESCALATION_CALLER_LIMIT``): the caller
+    answers DENY with the error's violation and opens an incident for the flood.
     ``incident`` opens an escalation that no durable decision carries (a
     request naming another constitution, the audit trail refusing decisions):
     once per ``key`` at a time, durable before it returns when the journal or
