@@ -239,9 +239,11 @@ class DenyReads:
 
 def test_replay_groups_the_changes_and_skips_what_says_nothing_about_the_policy() -> None:
     fail_safe = (Violation("fail_safe", Severity.CRITICAL, "timed out"),)
+    capped = (Violation("escalation_limit", Severity.HIGH, "caller past its cap"),)
     records = ([record(n, "read") for n in range(4)] + [record(4, "write"), record(5, "list"),
                record(6, "boom"), record(7, "read", effect=Effect.DENY, violations=fail_safe),
-               record(8, "read", kind="evaluate")])
+               record(8, "read", kind="evaluate"),
+               record(9, "read", effect=Effect.DENY, violations=capped)])
     engine = DenyReads()
 
     async def export(where: DecisionFilter) -> AsyncIterator[AuditRecord]:
@@ -262,10 +264,10 @@ def test_replay_groups_the_changes_and_skips_what_says_nothing_about_the_policy(
     reports = asyncio.run(run())
     final = reports[-1]
     assert final.done and not any(r.done for r in reports[:-1]) and len(reports) > 1
-    assert (final.replayed, final.changed, final.skipped) == (7, 6, 2)
+    assert (final.replayed, final.changed, final.skipped) == (7, 6, 3)
     assert final.counts == {"ALLOW->DENY": 4, "ALLOW->ESCALATE": 1, "ALLOW->FAIL_SAFE": 1}
     assert [e.decision_id for e in final.examples["ALLOW->DENY"]] == ["id-0", "id-1"]
     assert engine.closed
     sampled = asyncio.run(run(sample=0.5))[-1]
-    assert 0 < sampled.replayed + sampled.skipped < 9
+    assert 0 < sampled.replayed + sampled.skipped < 10
     assert sampled.replayed == asyncio.run(run(sample=0.5))[-1].replayed  # deterministic

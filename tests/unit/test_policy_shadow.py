@@ -161,6 +161,11 @@ def test_timeouts_and_audit_refusals_are_not_differences() -> None:
             "audit_unavailable", Severity.CRITICAL, "journal full"),), "live", "h", False, 1,
             0, fail_safe=True)
         evaluator.offer({"action": "read"}, refused)
+        capped = Decision("d8", "", Effect.DENY, (
+            Violation("high_impact_action", Severity.HIGH, "needs a human"),
+            Violation("escalation_limit", Severity.HIGH, "caller past its cap")),
+            "live", "h", False, 1, 0)
+        evaluator.offer({"action": "transfer"}, capped)  # the caller's cap, not the policy
         evaluator.offer({"action": "write"}, decision())
         await drained(evaluator)
         report = evaluator.report()

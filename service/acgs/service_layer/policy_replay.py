@@ -25,7 +25,8 @@ from acgs.domain.model import EngineResult
 from acgs.domain.policy_version import PolicyVersion
 from acgs.service_layer.policy_ports import PolicyStore
 
-_NOT_POLICY = frozenset({"fail_safe", "audit_unavailable"})
+# Principles the service adds itself: such a recorded effect is not the policy's answer.
+_NOT_POLICY = frozenset({"fail_safe", "audit_unavailable", "escalation_limit"})
 
 
 class CandidateEngine(Protocol):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from acgs.domain.audit import mask_fields
-from acgs.domain.model import AUDIT_UNAVAILABLE, Decision, EngineResult
+from acgs.domain.model import AUDIT_UNAVAILABLE, ESCALATION_LIMIT, Decision, EngineResult
 from acgs.errors import EngineTimeout
 
 logger = logging.getLogger("acgs.policy.shadow")
@@ -122,6 +122,8 @@ class ShadowEvaluator:
         if decision.fail_safe and any(v.principle == AUDIT_UNAVAILABLE
                                       for v in decision.violations):
             return  # refused for want of an audit trail: says nothing about the policy
+        if any(v.principle == ESCALATION_LIMIT for v in decision.violations):
+            return  # a DENY for the caller's escalation cap: not the policy's answer either
         live = FAIL_SAFE if decision.fail_safe else decision.effect.name
         try:
             self._queue.put_nowait(_Item(plan.generation, policy_input, live,
