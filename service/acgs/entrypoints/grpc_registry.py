@@ -11,11 +11,17 @@ A string holding a NUL character, or longer than its bound, is malformed too
 A malformed body first passes the ``guard`` (the CallerResolver) that the
 servicer would have called, so that an unauthenticated caller learns nothing
 from a body that does not parse: UNAUTHENTICATED comes before INVALID_ARGUMENT.
+
+Every method passes a :class:`Gate` first: once the server stops, a new call is
+refused with UNAVAILABLE before any work (nothing decided, nothing journaled),
+and the stop waits for the admitted calls (see ``GrpcServer.stop``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,6 +133,74 @@ def _message_problem(value: Any, repeated: bool, path: str, limits: StringLimits
     return None
 
 
+STOPPING = "server stopping; retry (another server answers, or this one once restarted)"
+"""UNAVAILABLE's message for a call that arrives once the server stops."""
+
+
+class Gate:
+    """Admits calls until :meth:`close`; then refuses each new one (the caller answers
+    UNAVAILABLE, :data:`STOPPING`) and lets the admitted unary calls finish.
+
+    Why refuse rather than leave new calls to grpc's ``Server.stop``: grpc cancels a call
+    that reached the server but that the application had not picked up yet when the stop
+    began (the caller sees CANCELLED, not a retryable status). Under load the event loop
+    picks calls up one at a time, so such calls are most of those in flight. Refused here,
+    they get UNAVAILABLE, which every client retries.
+    """
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.in_flight = 0
+        self.refused = 0
+        self.last_seen = 0.0
+        """time.monotonic() of the latest call to arrive or end, or of the close."""
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def admit(self, *, counted: bool = True) -> bool:
+        """True: go on (then :meth:`release` once done, if ``counted``); False: refuse."""
+        self.last_seen = time.monotonic()
+        if self.closed:
+            self.refused += 1
+            return False
+        if counted:
+            self.in_flight += 1
+            self._idle.clear()
+        return True
+
+    def release(self) -> None:
+        self.last_seen = time.monotonic()
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.last_seen = time.monotonic()
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until no admitted unary call is running; False if ``timeout_s`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(0.0, timeout_s))
+        except TimeoutError:
+            return False
+        return True
+
+    async def quiet(self, quiet_s: float, timeout_s: float) -> bool:
+        """Wait until no call arrived or ended for ``quiet_s`` (the callers that were answered
+        sent their next call, were refused, and backed off); False if ``timeout_s`` passed
+        first."""
+        end = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            now = time.monotonic()
+            wait = self.last_seen + quiet_s - now
+            if wait <= 0:
+                return True
+            if now + wait > end:
+                return False
+            await asyncio.sleep(wait)
+
+
 Guard = Callable[[Context, str], Awaitable[object]]
 """Checks the caller of a method ("package.Service/Method"); raises to refuse."""
 
@@ -137,8 +211,11 @@ async def _refuse(request: Malformed, context: Context, method: str, guard: Guar
     raise InvalidRequest(request.reason)
 
 
-def _unary(fn: Callable[[Any, Context], Awaitable[Any]], method: str, guard: Guard | None) -> Any:
+def _unary(fn: Callable[[Any, Context], Awaitable[Any]], method: str, guard: Guard | None,
+           gate: Gate | None) -> Any:
     async def handler(request: Any, context: Context) -> Any:
+        if gate is not None and not gate.admit():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
         try:
             if isinstance(request, Malformed):
                 await _refuse(request, context, method, guard)
@@ -147,13 +224,19 @@ def _unary(fn: Callable[[Any, Context], Awaitable[Any]], method: str, guard: Gua
             raise
         except Exception as err:
             await abort_with(context, err)
+        finally:
+            if gate is not None:
+                gate.release()
 
     return handler
 
 
 def _stream(fn: Callable[[Any, Context], AsyncIterator[Any]], method: str,
-            guard: Guard | None) -> Any:
+            guard: Guard | None, gate: Gate | None) -> Any:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
+        # A stream is not waited for (a watch may last hours): grpc's grace bounds it.
+        if gate is not None and not gate.admit(counted=False):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
         try:
             if isinstance(request, Malformed):
                 await _refuse(request, context, method, guard)
@@ -168,9 +251,11 @@ def _stream(fn: Callable[[Any, Context], AsyncIterator[Any]], method: str,
 
 
 def register(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object, *,
-             guard: Guard | None = None, limits: StringLimits = DEFAULT_LIMITS) -> None:
+             guard: Guard | None = None, limits: StringLimits = DEFAULT_LIMITS,
+             gate: Gate | None = None) -> None:
     """Add ``servicer``'s methods (named as in the .proto) for ``service`` to ``server``;
-    ``guard`` checks the caller of a body that does not parse (see the module docstring)."""
+    ``guard`` checks the caller of a body that does not parse, ``gate`` admits each call
+    (see the module docstring)."""
     handlers: dict[str, Any] = {}
     for method in service.methods:
         fn = getattr(servicer, method.name)
@@ -182,13 +267,13 @@ def register(server: grpc.aio.Server, service: ServiceDescriptor, servicer: obje
         serializer = resp_cls.SerializeToString
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(fn, name, guard),
+                _stream(fn, name, guard, gate),
                 request_deserializer=deserializer,
                 response_serializer=serializer,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(fn, name, guard),
+                _unary(fn, name, guard, gate),
                 request_deserializer=deserializer,
                 response_serializer=serializer,
             )

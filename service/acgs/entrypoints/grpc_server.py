@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import grpc
@@ -12,9 +13,14 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from acgs.entrypoints.convert import DEFAULT_LIMITS, StringLimits
-from acgs.entrypoints.grpc_registry import Guard, register
+from acgs.entrypoints.grpc_registry import Gate, Guard, register
 
 logger = logging.getLogger("acgs.server")
+
+QUIET_S = 0.05
+"""At stop, how long no call may have been refused before grpc's stop begins (see stop)."""
+MAX_QUIET_WAIT_S = 1.0
+"""The longest the stop waits for that lull (callers that never back off do not hold it)."""
 
 
 class GrpcServer:
@@ -25,7 +31,7 @@ class GrpcServer:
 
     ``start`` binds and returns the bound port (useful with port 0); ``stop``
     reports NOT_SERVING first, then lets in-flight calls finish for up to
-    ``grace_s`` seconds.
+    ``grace_s`` seconds, answering new ones UNAVAILABLE.
     """
 
     def __init__(
@@ -53,6 +59,7 @@ class GrpcServer:
             ]
         )
         self._health = HealthServicer()
+        self._gate = Gate()
         self.port = 0
 
     @property
@@ -61,7 +68,8 @@ class GrpcServer:
 
     async def start(self) -> int:
         for descriptor, servicer in self._services:
-            register(self._server, descriptor, servicer, guard=self._guard, limits=self._limits)
+            register(self._server, descriptor, servicer, guard=self._guard, limits=self._limits,
+                     gate=self._gate)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [d.full_name for d, _ in self._services]
         names += [
@@ -91,8 +99,27 @@ class GrpcServer:
             await self._health.set(descriptor.full_name, status)
 
     async def stop(self, grace_s: float) -> None:
+        """NOT_SERVING; refuse new calls with UNAVAILABLE; wait for the admitted ones (at
+        most ``grace_s``) and for a lull in arrivals; then grpc's stop with what remains
+        of ``grace_s`` (streams still open are cancelled at its end).
+
+        grpc's ``Server.stop`` cancels at once (CANCELLED) every call that reached the
+        server but that the application had not picked up yet; under load that was most
+        of the calls in flight. Emptying the server first leaves only calls that arrive
+        in the instant grpc's stop begins, while their connection is still open: those
+        can still see CANCELLED (README, status codes).
+        """
         await self.set_serving(False)
-        await self._server.stop(grace_s)
+        end = time.monotonic() + grace_s
+        self._gate.close()
+        in_flight = self._gate.in_flight
+        if not await self._gate.drained(grace_s):
+            logger.warning("stop: %d call(s) still running after the grace period of %.1f s",
+                           self._gate.in_flight, grace_s)
+        await self._gate.quiet(QUIET_S, min(MAX_QUIET_WAIT_S, end - time.monotonic()))
+        logger.info("stop: %d call(s) in flight finished; %d new call(s) refused (UNAVAILABLE)",
+                    in_flight - self._gate.in_flight, self._gate.refused)
+        await self._server.stop(max(0.0, end - time.monotonic()))
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
