@@ -1,8 +1,8 @@
 """A scripted stand-in for acgs.v1.Governance, to test what a client does on failures.
 
 ``FakeGovernance(script)`` answers Decide from ``script``: one entry per call, each a
-gRPC status code (with optional trailers) or ``None`` for a normal decision; the last
-entry repeats. It records the DecideRequests it received. Run as a script
+gRPC status code (with optional trailers), a :class:`Hold` (answer after a while) or
+``None`` for a normal decision; the last entry repeats. It records the DecideRequests it received. Run as a script
 (``python -m tests.fake_governance PORT``) it is a server that SIGKILLs itself on its
 first Decide, after printing the request_id: a server dying mid-call.
 """
@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -29,9 +30,14 @@ class Fail:
     trailers: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True)
+class Hold:
+    seconds: float
+
+
 @dataclass
 class FakeGovernance:
-    script: Sequence[Fail | None]
+    script: Sequence[Fail | Hold | None]
     received: list[pb.DecideRequest] = field(default_factory=list)
     metadata: list[dict[str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -41,7 +47,9 @@ class FakeGovernance:
             self.received.append(request)
             self.metadata.append({k: str(v) for k, v in context.invocation_metadata()})
             step = self.script[min(len(self.received), len(self.script)) - 1]
-        if step is not None:
+        if isinstance(step, Hold):
+            time.sleep(step.seconds)
+        elif step is not None:
             context.set_trailing_metadata(step.trailers)
             context.abort(step.code, f"scripted {step.code.name}")
         return pb.Decision(decision_id=f"d-{request.request_id}", effect=pb.ALLOW,

@@ -13,6 +13,7 @@ import time
 import grpc
 import pytest
 from acgs_client import (
+    AcgsError,
     AsyncClient,
     Client,
     ConstitutionMismatch,
@@ -21,9 +22,9 @@ from acgs_client import (
     RetryPolicy,
     Unavailable,
 )
-from acgs_client.retry import retry_after_s
+from acgs_client.retry import retry_after_s, server_cancelled
 
-from tests.fake_governance import Fail, FakeGovernance
+from tests.fake_governance import Fail, FakeGovernance, Hold
 from tests.plugins.servers import REPO, free_port
 
 REQUEST = {"tenant_id": "t1", "principal": {"id": "agent-7", "roles": ["operator"],
@@ -32,7 +33,7 @@ REQUEST = {"tenant_id": "t1", "principal": {"id": "agent-7", "roles": ["operator
 FAST = RetryPolicy(max_attempts=5, initial_backoff_s=0.01, max_backoff_s=0.05)
 
 
-def serve(script: list[Fail | None]) -> tuple[FakeGovernance, grpc.Server, str]:
+def serve(script: list[Fail | Hold | None]) -> tuple[FakeGovernance, grpc.Server, str]:
     fake = FakeGovernance(script)
     server, port = fake.serve()
     return fake, server, f"127.0.0.1:{port}"
@@ -183,3 +184,73 @@ def test_backoff_is_jittered_and_bounded() -> None:
     assert policy.delay_s(10, grpc.StatusCode.UNAVAILABLE, None) is None
     assert policy.delay_s(1, grpc.StatusCode.INVALID_ARGUMENT, None) is None
     assert policy.delay_s(1, grpc.StatusCode.DEADLINE_EXCEEDED, None) is None
+
+
+def test_a_server_cancelled_decide_is_retried_with_the_same_request_id() -> None:
+    """A stopping server may cancel a call that reached it as its stop began (README,
+    status codes): Decide is idempotent by request_id, so the client retries it."""
+    fake, server, addr = serve([Fail(grpc.StatusCode.CANCELLED), None])
+
+    async def main() -> str:
+        async with AsyncClient(addr, retry=FAST) as client:
+            return (await client.decide(**REQUEST)).request_id
+
+    try:
+        with Client(addr, retry=FAST) as client:
+            assert client.decide(**REQUEST).allowed
+        assert len({r.request_id for r in fake.received}) == 1 and len(fake.received) == 2
+        fake.received.clear()
+        request_id = asyncio.run(main())  # the script starts over: CANCELLED, then a decision
+        assert [r.request_id for r in fake.received] == [request_id, request_id]
+    finally:
+        server.stop(None)
+
+
+def test_a_caller_cancelling_its_decide_is_not_retried() -> None:
+    """Cancelling the caller's task cancels the call, once: nothing is sent again."""
+    fake, server, addr = serve([Hold(0.5), None])
+
+    async def main() -> None:
+        async with AsyncClient(addr, retry=FAST, timeout_s=5) as client:
+            task = asyncio.create_task(client.decide(**REQUEST))
+            while not fake.received:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.2)
+
+    try:
+        asyncio.run(main())
+        assert len(fake.received) == 1
+    finally:
+        server.stop(None)
+
+
+def test_a_channel_closed_mid_call_is_not_retried() -> None:
+    """The synchronous client closed by another thread while a call waits: CANCELLED,
+    raised at once, not retried."""
+    fake, server, addr = serve([Hold(0.5), None])
+    try:
+        client = Client(addr, retry=FAST, timeout_s=5)
+        closer = threading.Timer(0.2, client.close)
+        closer.start()
+        with pytest.raises(AcgsError) as info:
+            client.decide(**REQUEST)
+        closer.join()
+        assert info.value.code == grpc.StatusCode.CANCELLED
+        assert len(fake.received) == 1
+    finally:
+        server.stop(None)
+
+
+def test_cancelled_is_retried_only_when_the_server_cancelled_an_idempotent_call() -> None:
+    policy = RetryPolicy()
+    assert policy.delay_s(1, grpc.StatusCode.CANCELLED, None) is None
+    assert policy.delay_s(1, grpc.StatusCode.CANCELLED, None, cancelled_by_server=True)
+    assert policy.delay_s(policy.max_attempts, grpc.StatusCode.CANCELLED, None,
+                          cancelled_by_server=True) is None
+    assert server_cancelled(grpc.StatusCode.CANCELLED, "CANCELLED")
+    assert not server_cancelled(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
+    assert not server_cancelled(grpc.StatusCode.CANCELLED, "Channel closed!")
+    assert not server_cancelled(grpc.StatusCode.UNAVAILABLE, "")

@@ -15,7 +15,7 @@ import grpc.aio
 from acgs_client.client import SIGHT_POLL_S
 from acgs_client.config import ClientConfig
 from acgs_client.errors import DeadlineExceeded, NotFound, from_status
-from acgs_client.retry import retry_after_s
+from acgs_client.retry import retry_after_s, server_cancelled
 from acgs_client.types import (
     Decision,
     DecisionRequest,
@@ -64,13 +64,15 @@ class AsyncClient:
                      timeout_s: float | None = None, **fields: Any) -> Decision:
         req = request or decision_request(**fields)
         proto = req.to_proto(self.config.constitutional_hash)
-        return Decision.from_proto(await self._call(self._governance.Decide, proto, timeout_s))
+        return Decision.from_proto(await self._call(self._governance.Decide, proto, timeout_s,
+                                                    idempotent=True))
 
     async def decide_batch(self, requests: Iterable[DecisionRequest], *,
                            timeout_s: float | None = None) -> list[Decision]:
         proto = governance_pb2.DecideBatchRequest(
             requests=[r.to_proto(self.config.constitutional_hash) for r in requests])
-        response = await self._call(self._governance.DecideBatch, proto, timeout_s)
+        response = await self._call(self._governance.DecideBatch, proto, timeout_s,
+                                    idempotent=True)
         return [Decision.from_proto(d) for d in response.decisions]
 
     async def evaluate(self, path: str, input: Mapping[str, Any] | None = None, *,
@@ -78,7 +80,8 @@ class AsyncClient:
         proto = governance_pb2.EvaluateRequest(
             constitutional_hash=self.config.constitutional_hash, path=path,
             input_json="" if input is None else json.dumps(input))
-        return evaluation_of(await self._call(self._governance.Evaluate, proto, timeout_s))
+        return evaluation_of(await self._call(self._governance.Evaluate, proto, timeout_s,
+                                              idempotent=True))
 
     async def get_escalation(self, escalation_id: str, *,
                              timeout_s: float | None = None) -> Escalation:
@@ -143,7 +146,9 @@ class AsyncClient:
         return escalation
 
     async def _call(self, method: Callable[..., Awaitable[T]], request: Any,
-                    timeout_s: float | None) -> T:
+                    timeout_s: float | None, *, idempotent: bool = False) -> T:
+        """``idempotent``: a CANCELLED from the server is retried too (acgs_client.retry).
+        Cancelling the caller's task raises CancelledError here, never retried."""
         deadline = time.monotonic() + (timeout_s or self.config.timeout_s)
         attempt = 0
         while True:
@@ -156,7 +161,9 @@ class AsyncClient:
                 return await method(request, timeout=remaining, metadata=self._metadata)
             except grpc.aio.AioRpcError as err:
                 code, after = err.code(), retry_after_s(err.trailing_metadata())
-                delay = self.config.retry.delay_s(attempt, code, after)
+                delay = self.config.retry.delay_s(
+                    attempt, code, after,
+                    cancelled_by_server=idempotent and server_cancelled(code, err.details()))
                 if delay is None or time.monotonic() + delay >= deadline:
                     raise from_status(code, err.details() or "", after) from err
                 await asyncio.sleep(delay)

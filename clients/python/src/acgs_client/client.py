@@ -12,7 +12,7 @@ import grpc
 
 from acgs_client.config import ClientConfig
 from acgs_client.errors import DeadlineExceeded, NotFound, from_status
-from acgs_client.retry import retry_after_s
+from acgs_client.retry import retry_after_s, server_cancelled
 from acgs_client.types import (
     Decision,
     DecisionRequest,
@@ -70,14 +70,16 @@ class Client:
         ``request_id``; dicts are accepted). Retries reuse the request's ``request_id``."""
         req = request or decision_request(**fields)
         proto = req.to_proto(self.config.constitutional_hash)
-        return Decision.from_proto(self._call(self._governance.Decide, proto, timeout_s))
+        return Decision.from_proto(self._call(self._governance.Decide, proto, timeout_s,
+                                              idempotent=True))
 
     def decide_batch(self, requests: Iterable[DecisionRequest], *,
                      timeout_s: float | None = None) -> list[Decision]:
         """Decide several actions in one call; decisions come back in request order."""
         proto = governance_pb2.DecideBatchRequest(
             requests=[r.to_proto(self.config.constitutional_hash) for r in requests])
-        response = self._call(self._governance.DecideBatch, proto, timeout_s)
+        response = self._call(self._governance.DecideBatch, proto, timeout_s,
+                              idempotent=True)
         return [Decision.from_proto(d) for d in response.decisions]
 
     def evaluate(self, path: str, input: Mapping[str, Any] | None = None, *,
@@ -86,7 +88,8 @@ class Client:
         proto = governance_pb2.EvaluateRequest(
             constitutional_hash=self.config.constitutional_hash, path=path,
             input_json="" if input is None else json.dumps(input))
-        return evaluation_of(self._call(self._governance.Evaluate, proto, timeout_s))
+        return evaluation_of(self._call(self._governance.Evaluate, proto, timeout_s,
+                                        idempotent=True))
 
     def get_escalation(self, escalation_id: str, *,
                        timeout_s: float | None = None) -> Escalation:
@@ -158,7 +161,9 @@ class Client:
             call.cancel()
         return escalation
 
-    def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None) -> T:
+    def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None, *,
+              idempotent: bool = False) -> T:
+        """``idempotent``: a CANCELLED from the server is retried too (acgs_client.retry)."""
         deadline = time.monotonic() + (timeout_s or self.config.timeout_s)
         attempt = 0
         while True:
@@ -171,7 +176,9 @@ class Client:
                 return method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as err:
                 code, after = err.code(), retry_after_s(err.trailing_metadata())
-                delay = self.config.retry.delay_s(attempt, code, after)
+                delay = self.config.retry.delay_s(
+                    attempt, code, after,
+                    cancelled_by_server=idempotent and server_cancelled(code, err.details()))
                 if delay is None or time.monotonic() + delay >= deadline:
                     raise from_status(code, err.details() or "", after) from err
                 time.sleep(delay)
