@@ -2,9 +2,10 @@
 
 ``FakeGovernance(script)`` answers Decide from ``script``: one entry per call, each a
 gRPC status code (with optional trailers), a :class:`Hold` (answer after a while) or
-``None`` for a normal decision; the last entry repeats. It records the DecideRequests it received. Run as a script
-(``python -m tests.fake_governance PORT``) it is a server that SIGKILLs itself on its
-first Decide, after printing the request_id: a server dying mid-call.
+``None`` for a normal decision; the last entry repeats. It records the DecideRequests
+it received. Run as a script (``python -m tests.fake_governance PORT``) it is a server
+that SIGKILLs itself on its first Decide, after printing the request_id: a server dying
+mid-call.
 """
 
 from __future__ import annotations
