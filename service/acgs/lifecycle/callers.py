@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from acgs.adapters import dev_tokens
 from acgs.adapters.local_snapshot import SnapshotStore
-from acgs.adapters.pg_migrations import migrate
+from acgs.adapters.pg_migrations import check_constitution, migrate
 from acgs.adapters.pg_tokens import PgTokenStore
 from acgs.config import Settings
 from acgs.domain import tokens
@@ -226,13 +226,19 @@ def _read(path: Path, name: str) -> bytes:
 
 
 @asynccontextmanager
-async def token_store(settings: Settings) -> AsyncIterator[PgTokenStore]:
+async def token_store(settings: Settings, *, migrate_first: bool) -> AsyncIterator[PgTokenStore]:
     """The token table for the command line (``acgs token ...``), on ACGS_DATABASE_URL or the
-    embedded PostgreSQL; migrates first, so that the first token needs no running server.
-    Raises ConstitutionMismatch, ConfigurationError, psycopg.Error; closes all on exit."""
-    conninfo, stop_database = await open_database(settings)
+    embedded PostgreSQL ``acgs serve`` made under ACGS_DATA_DIR (never a new one: see
+    :func:`acgs.lifecycle.database.existing_embedded`). ``migrate_first`` (creating a token)
+    migrates the database first, so that the first token needs no running server; otherwise
+    the database must already be ACGS's (its constitution is checked). Raises
+    ConstitutionMismatch, ConfigurationError, psycopg.Error; closes all on exit."""
+    conninfo, stop_database = await open_database(settings, create=False)
     try:
-        await migrate(conninfo, constitutional_hash=settings.constitutional_hash)
+        if migrate_first:
+            await migrate(conninfo, constitutional_hash=settings.constitutional_hash)
+        else:
+            await check_constitution(conninfo, constitutional_hash=settings.constitutional_hash)
         async with AsyncConnectionPool(conninfo, min_size=1, max_size=1, open=False) as pool:
             yield PgTokenStore(pool=pool)
     finally:

@@ -28,7 +28,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from acgs.adapters.embedded_pg import EmbeddedPostgres
@@ -36,6 +39,7 @@ from acgs.adapters.gated_pool import GatedPool
 from acgs.adapters.local_snapshot import SnapshotStore
 from acgs.adapters.pg_migrations import migrate
 from acgs.config import Settings
+from acgs.errors import ConfigurationError
 from acgs.lifecycle.offline import database_watch, prepare_database, snapshot_store
 from acgs.lifecycle.supervisor import Supervisor
 from acgs.service_layer.database_watch import DatabaseWatch
@@ -80,16 +84,60 @@ async def build_database(settings: Settings, parts: Supervisor) -> Database:
     return Database(conninfo=conninfo, pool=pool, watch=watch, snapshots=snapshots)
 
 
-async def open_database(settings: Settings) -> tuple[str, Closer]:
+async def open_database(settings: Settings, *, create: bool = True) -> tuple[str, Closer]:
     """The database's conninfo (ACGS_DATABASE_URL, else the embedded PostgreSQL) and its closer.
 
-    Raises ConnectionError when the embedded PostgreSQL does not start.
+    ``create=False`` (the admin commands) refuses to make a new embedded PostgreSQL: one run
+    from the wrong directory would otherwise initdb and migrate a database no server uses,
+    and its answers ("no such token") would be about that one. Raises ConfigurationError
+    then, ConnectionError when the embedded PostgreSQL does not start.
     """
     if settings.database_url is not None:
         return settings.database_url, _nothing
+    if not create:
+        existing_embedded(settings)
     embedded = EmbeddedPostgres(directory=settings.data_dir / "pg")
     conninfo = await asyncio.to_thread(embedded.start)
     return conninfo, lambda: asyncio.to_thread(embedded.stop)
+
+
+def embedded_directory(settings: Settings) -> Path:
+    """Where the embedded PostgreSQL's data is (absolute: messages name it)."""
+    return (settings.data_dir / "pg").absolute()
+
+
+def existing_embedded(settings: Settings) -> Path:
+    """The embedded PostgreSQL's directory, if ``acgs serve`` made one there; else raise
+    ConfigurationError saying where it looked and how to name the right database."""
+    directory = embedded_directory(settings)
+    if not (directory / "PG_VERSION").exists():
+        raise ConfigurationError(
+            f"no database: ACGS_DATABASE_URL is not set and there is no embedded PostgreSQL "
+            f"under {directory} (ACGS_DATA_DIR={settings.data_dir}); set ACGS_DATABASE_URL "
+            f"to the servers' database, or ACGS_DATA_DIR to the data directory of the "
+            f"server whose embedded PostgreSQL you mean (or run from the directory it was "
+            f"started in); nothing was created")
+    return directory
+
+
+def describe(conninfo: str) -> str:
+    """A database URL or conninfo as messages show it: ``postgresql://user@host:port/db``,
+    never its password."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "ACGS_DATABASE_URL (unparsable)"
+    user = f"{params['user']}@" if params.get("user") else ""
+    host = str(params.get("host") or "localhost")
+    port = f":{params['port']}" if params.get("port") else ""
+    return f"postgresql://{user}{host}{port}/{params.get('dbname') or params.get('user') or ''}"
+
+
+def database_name(settings: Settings) -> str:
+    """The database the admin commands use, as their output names it."""
+    if settings.database_url is not None:
+        return describe(settings.database_url)
+    return f"the embedded PostgreSQL under {embedded_directory(settings)}"
 
 
 def shared_pool(settings: Settings, conninfo: str) -> GatedPool:
@@ -109,8 +157,10 @@ def watching(parts: Supervisor, watch: DatabaseWatch) -> None:
 
 
 async def migrate_database(settings: Settings) -> list[str]:
-    """Apply the migrations to the configured (or embedded) database; return what was applied."""
-    conninfo, stop_database = await open_database(settings)
+    """Apply the migrations to the configured (or existing embedded) database; return what
+    was applied. ConfigurationError when there is neither (``acgs serve`` makes the
+    embedded one)."""
+    conninfo, stop_database = await open_database(settings, create=False)
     try:
         return await migrate(conninfo, constitutional_hash=settings.constitutional_hash)
     finally:
