@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from acgs.entrypoints.convert import DEFAULT_LIMITS, StringLimits
 from acgs.entrypoints.grpc_registry import Gate, Guard, register
+from acgs.listen import cannot_listen
 
 logger = logging.getLogger("acgs.server")
 
@@ -29,7 +30,8 @@ class GrpcServer:
     ``credentials``: TLS, else plaintext. ``guard``: the CallerResolver's
     ``resolve``, applied to bodies that do not parse (see grpc_registry).
 
-    ``start`` binds and returns the bound port (useful with port 0); ``stop``
+    ``start`` binds and returns the bound port (useful with port 0), or raises
+    ConfigurationError naming ACGS_GRPC_ADDR when it cannot bind; ``stop``
     reports NOT_SERVING first, then lets in-flight calls finish for up to
     ``grace_s`` seconds, answering new ones UNAVAILABLE.
     """
@@ -77,12 +79,15 @@ class GrpcServer:
             reflection.SERVICE_NAME,
         ]
         reflection.enable_server_reflection(names, self._server)
-        if self._credentials is None:
-            self.port = self._server.add_insecure_port(self._address)
-        else:
-            self.port = self._server.add_secure_port(self._address, self._credentials)
+        try:
+            if self._credentials is None:
+                self.port = self._server.add_insecure_port(self._address)
+            else:
+                self.port = self._server.add_secure_port(self._address, self._credentials)
+        except RuntimeError as err:  # grpc: "Failed to bind to address ...; set GRPC_VERBOSITY"
+            raise cannot_listen("ACGS_GRPC_ADDR", self._address) from err
         if self.port == 0:
-            raise OSError(f"cannot bind the gRPC address {self._address}")
+            raise cannot_listen("ACGS_GRPC_ADDR", self._address)
         await self._server.start()
         await self.set_serving(False)
         logger.info("gRPC listening on %s (port %d)", self._address, self.port)

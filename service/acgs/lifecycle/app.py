@@ -4,7 +4,8 @@
 stop and background work to one :class:`~acgs.lifecycle.supervisor.Supervisor`,
 which starts them in this order and stops them in reverse:
 
-1. config checks, metrics (``/metrics``, ``/ready``)
+1. config checks (the listen addresses free: a port in use stops the start here), metrics
+   (``/metrics``, ``/ready``)
 2. the policy engine and the decision cache (Redis tier)
 3. the database: PostgreSQL or the embedded one, migrated and checked, or the
    local snapshots while it is unreachable (:mod:`acgs.lifecycle.database`)
@@ -56,6 +57,7 @@ from acgs.lifecycle.database import Database, build_database, watching
 from acgs.lifecycle.escalations import Escalations, build_escalations
 from acgs.lifecycle.policy import PolicyLifecycle, build_policy_lifecycle
 from acgs.lifecycle.supervisor import Supervisor
+from acgs.listen import cannot_listen, reason_of, require_free
 from acgs.metrics import Metrics, NullTelemetry
 from acgs.service_layer.decisions import DecisionService
 from acgs.service_layer.idempotency import IdempotencyMap
@@ -136,13 +138,17 @@ async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Ap
     """Construct every part from ``settings``, in start order. Raises AcgsError subclasses on
     bad config (and what opening the database raises, see lifecycle.database)."""
     require_secure(settings)
+    require_free("ACGS_GRPC_ADDR", settings.grpc_addr)  # before anything is started or made
+    if telemetry is None:
+        require_free("ACGS_METRICS_ADDR", settings.metrics_addr)
     parts = Supervisor()
     metrics: Metrics | None = None
     if telemetry is None:
         metrics = telemetry = Metrics(address=settings.metrics_addr,
                                       instance_id=settings.instance_id,
                                       constitutional_hash=settings.constitutional_hash)
-        parts.step("metrics", start=_async(metrics.start), stop=_async(metrics.close))
+        parts.step("metrics", start=_async(_metrics_start(settings, metrics)),
+                   stop=_async(metrics.close))
         metrics.watch_tasks(states=parts.states, note=parts.down_note)
     elif isinstance(telemetry, Metrics):
         metrics = telemetry
@@ -334,6 +340,18 @@ def string_limits(settings: Settings) -> StringLimits:
     """The request string bounds (ACGS_MAX_ID_CHARS, ACGS_MAX_TEXT_CHARS)."""
     return StringLimits(id_chars=settings.max_id_chars, text_chars=settings.max_text_chars,
                         roles=settings.max_roles)
+
+
+def _metrics_start(settings: Settings, metrics: Metrics) -> Callable[[], None]:
+    """Start the metrics server; a failed bind is a ConfigurationError naming the setting."""
+    def start() -> None:
+        try:
+            metrics.start()
+        except OSError as err:
+            raise cannot_listen("ACGS_METRICS_ADDR", settings.metrics_addr,
+                                reason_of(err)) from err
+
+    return start
 
 
 def _async(fn: Callable[[], object]) -> Callable[[], Any]:
