@@ -205,7 +205,15 @@ class RedisDecisionCache:
                 self._writes_paused_until = time.monotonic() + self._backoff_max_s
             logger.warning("Redis cache refused a command: %s", err)
             return
-        self._trip(f"{type(err).__name__}: {err}")
+        self._trip(self._describe(err, writing=writing))
+
+    def _describe(self, err: Exception, *, writing: bool) -> str:
+        """``err`` for the log: its type and what it means (asyncio's TimeoutError, the
+        usual one, has no message of its own)."""
+        if isinstance(err, TimeoutError) and not str(err):
+            return (f"{type(err).__name__}: no answer to {'SET' if writing else 'GET'} within "
+                    f"{self._timeout_s * 1000:g} ms (ACGS_CACHE_REDIS_TIMEOUT_MS)")
+        return f"{type(err).__name__}: {str(err) or '(no message)'}"
 
     def _trip(self, reason: object) -> None:
         if self._tripped:
