@@ -20,13 +20,16 @@ from acgs.entrypoints import audit_events_cli, audit_export_cli
 from acgs.v1 import audit_pb2, audit_pb2_grpc
 
 
-def add_connection_args(parser: argparse.ArgumentParser) -> None:
+def add_connection_args(parser: argparse.ArgumentParser, *, role: str = "auditor") -> None:
+    """--addr, --cacert and --token for a command that calls a server with ``role``'s token
+    (the one :func:`metadata` is given: each command's help names its own)."""
     parser.add_argument("--addr", default=os.environ.get("ACGS_ADDR", "localhost:50051"),
                         help="server address (default: $ACGS_ADDR or localhost:50051)")
     parser.add_argument("--cacert", default=os.environ.get("ACGS_CACERT"),
-                        help="CA certificate (PEM) to use TLS; plaintext when absent")
+                        help="CA certificate (PEM) to verify the server's TLS certificate "
+                             "with (default: $ACGS_CACERT); plaintext when neither is given")
     parser.add_argument("--token", default=None,
-                        help="bearer token (default: $ACGS_TOKEN, else the auditor token of "
+                        help=f"bearer token (default: $ACGS_TOKEN, else the {role} token of "
                              "$ACGS_DATA_DIR/dev-tokens when that file exists)")
 
 
@@ -39,10 +42,18 @@ def channel(args: argparse.Namespace) -> grpc.Channel:
 
 
 def token(args: argparse.Namespace, *, role: str = "auditor") -> str | None:
-    """--token, else $ACGS_TOKEN, else ``role``'s token in the development tokens file."""
-    if args.token or os.environ.get("ACGS_TOKEN"):
-        return str(args.token or os.environ["ACGS_TOKEN"])
+    """--token, else $ACGS_TOKEN, else ``role``'s token in the development tokens file.
+
+    Notes on ``args`` where it came from and the role the command uses, for :func:`fail`."""
+    args.token_role = role
+    if args.token:
+        args.token_from = "--token"
+        return str(args.token)
+    if os.environ.get("ACGS_TOKEN"):
+        args.token_from = "$ACGS_TOKEN"
+        return os.environ["ACGS_TOKEN"]
     path = Path(os.environ.get("ACGS_DATA_DIR") or ".acgs") / "dev-tokens"
+    args.token_from = str(path)
     try:
         return dev_tokens.read(path).get(role)
     except OSError:
@@ -58,9 +69,22 @@ def metadata(args: argparse.Namespace, *, role: str = "auditor") -> tuple[tuple[
     return tuple(md)
 
 
-def fail(err: grpc.RpcError) -> int:
-    """Report a failed call on stderr; the exit status of a command that made it."""
-    print(f"acgs: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+_REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+
+def fail(err: grpc.RpcError, args: argparse.Namespace | None = None) -> int:
+    """Report a failed call on stderr; the exit status of a command that made it.
+
+    A refused token that came from $ACGS_TOKEN (not --token) is said to have: a shell may
+    still hold another role's token there, and the command then never used the one its
+    help names."""
+    code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
+    note = ""
+    if code in _REFUSALS and args is not None and getattr(args, "token_from", "") == "$ACGS_TOKEN":
+        role = getattr(args, "token_role", "auditor")
+        note = (f" (the token came from $ACGS_TOKEN; this command needs an {role} token: "
+                "pass one with --token, or set ACGS_TOKEN to one)")
+    print(f"acgs: {code.name}: {err.details()}{note}", file=sys.stderr)  # type: ignore[attr-defined]
     return 1
 
 
@@ -85,7 +109,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                 broken += _print_report(name, report)
                 trust = report.trust
         except grpc.RpcError as err:
-            return fail(err)
+            return fail(err, args)
     if not names:
         print("no audit chains yet")
     elif trust:

@@ -197,8 +197,9 @@ def cmd_tail(args: argparse.Namespace, *, channel: Channel, metadata: Metadata) 
                         emit(record, args)
                 printed.clear()  # from now on each record is read once
         except grpc.RpcError as err:
-            print(f"acgs: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-            return 1
+            from acgs.entrypoints.admin_cli import fail  # admin_cli imports this module
+
+            return fail(err, args)
         except KeyboardInterrupt:
             return 0
     return 0
@@ -224,8 +225,9 @@ def cmd_events(args: argparse.Namespace, *, channel: Channel, metadata: Metadata
                               file=sys.stderr)
                     break
         except grpc.RpcError as err:
-            print(f"acgs: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-            return 1
+            from acgs.entrypoints.admin_cli import fail  # admin_cli imports this module
+
+            return fail(err, args)
     return 0
 
 

@@ -38,8 +38,9 @@ def export(args: argparse.Namespace, *, channel: Channel, metadata: Metadata) ->
                 out.write(export_line(record_from_proto(record)) + "\n")
                 count += 1
         except grpc.RpcError as err:
-            print(f"acgs: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-            return 1
+            from acgs.entrypoints.admin_cli import fail  # admin_cli imports this module
+
+            return fail(err, args)
     print(f"exported {count} records to {args.out}", file=sys.stderr)
     return 0
 

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--samples", type=int, default=10_000,
                       help="requests to compare with --against-opa (10000)")
     test.add_argument("--seed", type=int, default=0, help="their random seed (0)")
-    admin_cli.add_connection_args(test)  # to fetch a stored revision
+    admin_cli.add_connection_args(test, role="admin")  # to fetch a stored revision
     test.set_defaults(func=cmd_policy_test)
     policy_cli.register(policy)
     return parser

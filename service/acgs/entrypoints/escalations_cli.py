@@ -62,7 +62,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                     return 0
                 request.page_token = page.next_page_token
         except grpc.RpcError as err:
-            return fail(err)
+            return fail(err, args)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -75,7 +75,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 _print(event, args, f"#{event.seq} {event.kind:12} by {event.actor_id}: "
                                     f"{_line(event.escalation)}")
         except grpc.RpcError as err:
-            return fail(err)
+            return fail(err, args)
         except KeyboardInterrupt:
             return 0
     return 0
@@ -94,7 +94,7 @@ def _change(args: argparse.Namespace, verdict: str | None) -> int:
                     escalation_id=args.id, verdict=verdict, comment=args.comment),
                     metadata=_metadata(args), timeout=30)
         except grpc.RpcError as err:
-            return fail(err)
+            return fail(err, args)
     _print(e, args, _line(e) + (f" allow={e.approval_decision_id}"
                                 if e.approval_decision_id else ""))
     return 0
@@ -123,4 +123,4 @@ def register(sub: Any) -> None:
         commands.append(cmd)
     for cmd in commands:
         cmd.add_argument("--json", action="store_true", help="one JSON object per line")
-        add_connection_args(cmd)
+        add_connection_args(cmd, role="admin")

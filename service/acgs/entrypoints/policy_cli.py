@@ -62,7 +62,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         request.message = args.message
         version = _call(args, "CreatePolicyVersion", request)
     except grpc.RpcError as err:
-        return admin_cli.fail(err)
+        return admin_cli.fail(err, args)
     print(version.revision)
     if version.already_stored:
         print(f"acgs: {version.revision} was stored already (by {version.created_by} at "
@@ -96,7 +96,7 @@ def cmd_activate(args: argparse.Namespace) -> int:
     try:
         return _report(_call(args, "ActivatePolicyVersion", request, timeout=args.wait + 5))
     except grpc.RpcError as err:
-        return admin_cli.fail(err)
+        return admin_cli.fail(err, args)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -105,7 +105,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     try:
         return _report(_call(args, "RollbackPolicy", request, timeout=args.wait + 5))
     except grpc.RpcError as err:
-        return admin_cli.fail(err)
+        return admin_cli.fail(err, args)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -114,7 +114,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     try:
         versions = _call(args, "ListPolicyVersions", pb.ListPolicyVersionsRequest()).versions
     except grpc.RpcError as err:
-        return admin_cli.fail(err)
+        return admin_cli.fail(err, args)
     for v in versions:
         print(f"{'*' if v.desired else ' '} {v.revision}  {v.name} {v.version}  "
               f"{_when(v.created_at)}  {'signed' if v.signed else 'unsigned'}  "
@@ -129,7 +129,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         answer = _call(args, "ListPolicyHistory", pb.ListPolicyHistoryRequest(
             limit=args.limit, before_seq=args.before))
     except grpc.RpcError as err:
-        return admin_cli.fail(err)
+        return admin_cli.fail(err, args)
     if not answer.entries:
         print("no policy history")
     for e in answer.entries:
@@ -152,7 +152,7 @@ def cmd_instances(args: argparse.Namespace) -> int:
     try:
         answer = _call(args, "ListInstances", pb.ListInstancesRequest())
     except grpc.RpcError as err:
-        return admin_cli.fail(err)
+        return admin_cli.fail(err, args)
     print(f"desired {answer.desired_revision or '-'} (generation {answer.generation})")
     for i in answer.instances:
         state = ("live" if i.live else "silent") + (", serving" if i.serving else "")
@@ -173,7 +173,7 @@ def cmd_shadow(args: argparse.Namespace) -> int:
         state = _call(args, "StartShadow", pb.StartShadowRequest(
             revision=args.revision, sample=args.sample, examples=args.examples))
     except grpc.RpcError as err:
-        return admin_cli.fail(err)
+        return admin_cli.fail(err, args)
     print(f"shadowing {state.candidate_revision} on {state.sample:.0%} of live decisions "
           f"(generation {state.generation}); see `acgs policy shadow-report`")
     return 0
@@ -184,7 +184,7 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
     try:
         report = _call(args, "GetShadowReport", pb.GetShadowReportRequest())
     except grpc.RpcError as err:
-        return admin_cli.fail(err)
+        return admin_cli.fail(err, args)
     if args.json:
         from google.protobuf import json_format
 
@@ -271,7 +271,7 @@ def _bundle_of(args: argparse.Namespace) -> Any:
     try:
         version = _call(args, "GetPolicyVersion", pb.GetPolicyVersionRequest(revision=args.dir))
     except grpc.RpcError as err:
-        admin_cli.fail(err)
+        admin_cli.fail(err, args)
         return None
     return bundle_from_parts(modules=dict(version.modules), data_json=version.data_json,
                              manifest=json.loads(version.manifest_json),
@@ -316,7 +316,7 @@ def register(policy: Any) -> None:
     shadow_report.add_argument("--json", action="store_true")
     shadow_report.set_defaults(func=cmd_shadow_report)
     for cmd in (push, activate, rollback, listing, history, instances, shadow, shadow_report):
-        admin_cli.add_connection_args(cmd)
+        admin_cli.add_connection_args(cmd, role="admin")
     signer = policy.add_parser("sign", help="sign a policy directory (writes DIR/policy.sig)")
     signer.add_argument("dir")
     signer.add_argument("--key", required=True, help="Ed25519 private key, PEM")
