@@ -86,6 +86,31 @@ def test_signed_policies_through_the_command_line(servers: ServerFactory, tmp_pa
     assert seeded in instances.stdout and "live, serving" in instances.stdout
 
 
+def test_trusted_keys_refuse_the_unsigned_version_already_in_force(servers: ServerFactory,
+                                                                 tmp_path: Path) -> None:
+    """A fleet seeded unsigned, restarted with ACGS_POLICY_TRUSTED_KEYS and the same unsigned
+    ACGS_POLICY_DIR: the desired revision is the one the directory holds (no activation
+    needed), yet its stored signature is verified and the server refuses to start, naming
+    the revision (exit status 2)."""
+    _, trusted_pub = key_pair(tmp_path, "trusted")
+    seed = policy_copy(tmp_path / "seed", "1.0.0")
+    first = servers.start({"ACGS_POLICY_DIR": str(seed), "ACGS_ENGINE_WORKERS": "1"},
+                          name="unsigned")
+    seeded = first_revision(first)
+    assert first.stop() == 0
+    strict = servers.make({"ACGS_POLICY_DIR": str(seed), "ACGS_ENGINE_WORKERS": "1",
+                           "ACGS_POLICY_TRUSTED_KEYS": str(trusted_pub)}, name="strict")
+    strict.start(wait_serving=False)
+    assert strict.proc is not None
+    try:
+        code = strict.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server started with an unsigned revision in force:\n{strict.log()}")
+    assert code == 2, strict.log()
+    assert f"acgs: error: the fleet's desired policy {seeded}" in strict.log()
+    assert "unsigned" in strict.log()
+
+
 def ready(server: ServerProcess) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/ready",

@@ -23,6 +23,7 @@ from acgs.domain.policy_version import (
     FleetState,
     InstanceInfo,
     PolicyVersion,
+    content_digest,
 )
 from acgs.errors import BadSignature, EngineError, InvalidTransition, PolicyError
 from acgs.service_layer.policy_admin import PolicyAdminService
@@ -114,18 +115,28 @@ def checked(revision: str) -> CheckedPolicy:
 class Server:
     """A fake server: its active revision, what activation does, its readiness reports."""
 
-    def __init__(self, store: FakeStore, *, fail: bool = False, max_lag_s: float = 0.2) -> None:
+    def __init__(self, store: FakeStore, *, fail: bool = False, max_lag_s: float = 0.2,
+                 verifier: Ed25519Verifier | None = None) -> None:
         self.active = "r0"
         self.fail = fail
         self.fresh: list[bool] = []
+        self.verifier = verifier
         self.sync = PolicySync(store=store, instance_id="s1", activate=self._activate,
                                active_revision=lambda: self.active, address=lambda: "x:1",
                                serving=lambda: True, on_fresh=self._on_fresh,
-                               interval_s=0.01, max_lag_s=max_lag_s)
+                               interval_s=0.01, max_lag_s=max_lag_s,
+                               verify=self._verify if verifier is not None else None)
+
+    def _verify(self, v: PolicyVersion) -> None:
+        assert self.verifier is not None
+        self.verifier.verify(digest=content_digest(v.modules, v.data_json, v.manifest_json),
+                             signature=v.signature)
 
     async def _activate(self, v: PolicyVersion) -> None:
         if self.fail:
             raise PolicyError("does not compile here")
+        if self.verifier is not None:  # as the server's activation: verify, then swap
+            self._verify(v)
         self.active = v.revision
 
     async def _on_fresh(self, fresh: bool) -> None:
@@ -160,6 +171,68 @@ def test_a_server_that_cannot_load_the_desired_version_goes_stale_after_the_lag(
         server.fail = False
         await server.sync.reconcile()
         assert server.fresh[-1] is True and server.active == "r1"
+
+    asyncio.run(run())
+
+
+def signed_version(revision: str, key: Ed25519PrivateKey | None) -> PolicyVersion:
+    """A version with content, signed by ``key`` (None: unsigned)."""
+    v = replace(version(revision), modules=(("a.rego", f"package {revision}"),))
+    if key is None:
+        return v
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    digest = content_digest(v.modules, v.data_json, v.manifest_json)
+    return replace(v, signature=sign(digest, private_key_pem=pem))
+
+
+def test_with_trusted_keys_the_revision_already_served_is_verified_at_start() -> None:
+    """The seed of ACGS_POLICY_DIR is already active when the server catches up: with
+    trusted keys, the desired revision's stored signature is verified all the same, and a
+    start whose desired revision is unsigned (or signed by another key) is refused, naming
+    it."""
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    verifier = Ed25519Verifier(keys=[key.public_key()])
+
+    async def run() -> None:
+        for signer, refusal in ((None, "unsigned"), (other, "does not verify")):
+            store = FakeStore()
+            store.versions = {"r0": signed_version("r0", signer)}
+            store.fleet = FleetState("r0", "", 1)
+            server = Server(store, verifier=verifier)
+            with pytest.raises(BadSignature, match=f"r0.*{refusal}"):
+                await server.sync.catch_up()
+        store = FakeStore()
+        store.versions = {"r0": signed_version("r0", key)}
+        store.fleet = FleetState("r0", "", 1)
+        server = Server(store, verifier=verifier)
+        await server.sync.catch_up()
+        await server.sync.reconcile()
+        assert server.fresh == [True] and store.rows["s1"].active_revision == "r0"
+
+    asyncio.run(run())
+
+
+def test_with_trusted_keys_an_unverified_revision_served_is_not_fresh() -> None:
+    """A server serving the desired revision without having verified it (its start held
+    while the database was unreachable) verifies it in its next round; when it does not
+    verify, the server reports itself stale at once, not after ACGS_POLICY_MAX_LAG_S, and
+    fresh again once the fleet's desired revision verifies."""
+    key = Ed25519PrivateKey.generate()
+
+    async def run() -> None:
+        store = FakeStore()
+        store.versions = {"r0": signed_version("r0", None), "r1": signed_version("r1", key)}
+        store.fleet = FleetState("r0", "", 1)
+        server = Server(store, verifier=Ed25519Verifier(keys=[key.public_key()]),
+                        max_lag_s=60)
+        await server.sync.reconcile()
+        await server.sync.reconcile()
+        assert server.fresh == [False, False] and server.active == "r0"
+        store.fleet = FleetState("r1", "r0", 2)
+        await server.sync.reconcile()
+        assert server.fresh[-1] is True and server.active == "r1"
+        assert store.rows["s1"].active_revision == "r1"
 
     asyncio.run(run())
 

@@ -5,7 +5,9 @@ only with the audit trail. At start, before the server reports SERVING: a
 database without a desired revision gets the policy of ``ACGS_POLICY_DIR``
 (already active in the engine) stored and made desired; then the server
 catches up with the desired revision (a server that was down during an
-activation serves the new version from its first answer). Then the
+activation serves the new version from its first answer); with trusted keys the
+catch-up verifies the desired revision's stored signature even when the engine
+already holds it (the seed), and a start it does not verify is refused. Then the
 reconciler runs (see :mod:`acgs.service_layer.policy_sync`). On stop the
 server leaves the fleet as soon as it stops serving. Every version the server
 activates (or serves at start) is kept as the local snapshot; a start while
@@ -132,11 +134,14 @@ async def build_policy_lifecycle(
         window_s=settings.policy_rollback_window_s,
         min_decisions=settings.policy_rollback_min_decisions, on_trip=rollback)
 
-    async def activate(version: PolicyVersion) -> None:
+    def verify(version: PolicyVersion) -> None:  # BadSignature: not served here
         if verifier is not None:
             verifier.verify(digest=content_digest(version.modules, version.data_json,
                                                   version.manifest_json),
                             signature=version.signature)
+
+    async def activate(version: PolicyVersion) -> None:
+        verify(version)
         bundle = await asyncio.to_thread(stored_bundle, version,
                                          constitutional_hash=settings.constitutional_hash)
         await engine.activate(bundle)
@@ -172,7 +177,8 @@ async def build_policy_lifecycle(
                       active_revision=lambda: engine.policy.revision, address=address,
                       serving=serving, on_fresh=on_fresh, bell=bell,
                       interval_s=settings.policy_sync_s, max_lag_s=settings.policy_max_lag_s,
-                      rounds=[shadow_sync.round])
+                      rounds=[shadow_sync.round],
+                      verify=verify if verifier is not None else None)
 
     async def seed() -> None:
         await seed_fleet(settings, store=store, bundle=engine.bundle, verifier=verifier)
@@ -234,7 +240,8 @@ async def seed_fleet(settings: Settings, *, store: PgPolicyStore, bundle: Policy
                      verifier: Ed25519Verifier | None) -> None:
     """First start of a fleet: store ``bundle`` (ACGS_POLICY_DIR) and make it desired.
 
-    Nothing changes when a desired revision exists. Raises BadSignature when
+    Nothing changes when a desired revision exists (the catch-up then serves it, verifying
+    its stored signature under trusted keys even when it is this bundle). Raises BadSignature when
     trusted keys are configured and the directory's ``policy.sig`` is missing
     or wrong.
     """

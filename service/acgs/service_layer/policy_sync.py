@@ -7,6 +7,12 @@ fetch, verify, compile and warm, then one atomic swap), then heartbeats its
 active revision and serving flag into the fleet table. This heartbeat is the
 acknowledgement ActivatePolicyVersion waits for.
 
+Trusted keys (``verify``): the revision served is verified before it is served, also when
+no activation is needed (the seed of ACGS_POLICY_DIR is already active at start): its
+stored signature must verify. ``catch_up`` raises when it does not (the start is refused);
+a round that finds the revision served unverified verifies it, and while it does not
+verify the server reports itself stale at once.
+
 Freshness: while the served revision lags the desired one for longer than
 ``max_lag_s`` (the version does not load here, or the swap is slow), the
 server reports itself stale (``on_fresh(False)``: NOT_SERVING) until it
@@ -26,7 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from acgs.domain.policy_version import PolicyVersion
-from acgs.errors import AcgsError
+from acgs.errors import AcgsError, BadSignature
 from acgs.service_layer.policy_ports import PolicyStore
 
 logger = logging.getLogger("acgs.policy.sync")
@@ -48,7 +54,8 @@ class PolicySync:
                  serving: Callable[[], bool], on_fresh: Callable[[bool], Awaitable[None]],
                  bell: Bell | None = None, interval_s: float = 1.0,
                  max_lag_s: float = 10.0,
-                 rounds: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
+                 rounds: Sequence[Callable[[], Awaitable[None]]] = (),
+                 verify: Callable[[PolicyVersion], None] | None = None) -> None:
         self._store = store
         self._instance_id = instance_id
         self._activate = activate
@@ -60,6 +67,8 @@ class PolicySync:
         self.interval_s = interval_s
         self._max_lag_s = max_lag_s
         self._rounds = tuple(rounds)  # more fleet state that follows the same bell (shadow)
+        self._verify = verify  # raises BadSignature (trusted keys); None: nothing to verify
+        self._verified = ""  # the revision last activated or verified here
         self._desired = ""
         self._lag_since: float | None = None
         self._failed: str = ""
@@ -75,9 +84,25 @@ class PolicySync:
         if state is None:
             return
         self._desired = state.desired_revision
-        if state.desired_revision != self._active_revision():
-            version = await self._store.get_version(state.desired_revision)
-            await self._activate(version)
+        try:
+            await self._serve(state.desired_revision)
+        except BadSignature as err:
+            raise BadSignature(f"the fleet's desired policy {state.desired_revision} cannot be "
+                               f"served under ACGS_POLICY_TRUSTED_KEYS: {err}") from err
+
+    def _unverified(self) -> bool:
+        """Trusted keys are set and the revision served was not verified here."""
+        return self._verify is not None and self._verified != self._active_revision()
+
+    async def _serve(self, revision: str) -> None:
+        """Activate ``revision`` (verified by the activation), or verify it when it is
+        already active but unverified; nothing else."""
+        if revision != self._active_revision():
+            await self._activate(await self._store.get_version(revision))
+            self._verified = revision
+        elif self._verify is not None and self._verified != revision:
+            self._verify(await self._store.get_version(revision))
+            self._verified = revision
 
     def next_ring(self) -> asyncio.Future[None] | None:
         """The bell's next ring, taken before a round: a notification during the round
@@ -95,7 +120,8 @@ class PolicySync:
             state = await self._store.state()
             if state is not None:
                 self._desired = state.desired_revision
-            if self._desired and self._desired != self._active_revision():
+            if self._desired and (self._desired != self._active_revision()
+                                  or self._unverified()):
                 await self._load(self._desired)
         except AcgsError as err:
             logger.warning("policy reconciliation: %s", err)
@@ -109,7 +135,7 @@ class PolicySync:
 
     async def _load(self, revision: str) -> None:
         try:
-            await self._activate(await self._store.get_version(revision))
+            await self._serve(revision)
             self._failed = ""
         except AcgsError as err:
             if self._failed != revision:  # once per revision: it is retried every round
@@ -125,7 +151,8 @@ class PolicySync:
         elif self._lag_since is None:
             self._lag_since = now
         stale = self._lag_since is not None and now - self._lag_since > self._max_lag_s
-        await self._on_fresh(not stale)
+        # a revision served unverified under trusted keys: stale at once, no grace
+        await self._on_fresh(not stale and not (bool(self._desired) and self._unverified()))
 
     async def heartbeat(self) -> None:
         """Tell the fleet the revision served (the first one before the rounds start)."""
