@@ -221,7 +221,8 @@ def list_decisions(seen: Seen) -> st.SearchStrategy[Call]:
 
 
 KINDS = ("decision", "evaluation", "escalation.opened", "escalation.changed",
-         "incident.opened", "policy.version_created", "policy.activated",
+         "incident.opened", "policy.version_created", "policy.version_signed",
+         "policy.activated",
          "policy.rolled_back", "token.created", "token.revoked", "checkpoint")
 
 

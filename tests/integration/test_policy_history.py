@@ -2,6 +2,7 @@
 
 - Activations push, rollbacks pop: two rollbacks step back twice, never forward to
   what was rolled back; a rollback with nothing beneath is refused and records nothing.
+- A version stored unsigned takes a signature once (policy.version_signed).
 - Every upload, activation and rollback is one event of the "admin" chain, with the
   admin who did it, written in the transaction of its change: a change that fails
   leaves no event, and the chain verifies.
@@ -154,6 +155,32 @@ def test_every_change_is_an_admin_event_with_its_actor(pg_url: str) -> None:
     assert {e.seq: e.event_id for e in history} == {1: ids[3], 2: ids[4], 3: ids[5]}
     assert times == [(True,)] * 3
     assert verify_admin(pg_url) == (True, 5)
+
+
+def test_a_version_stored_unsigned_takes_a_signature_once_on_the_record(pg_url: str) -> None:
+    """The one change a stored version takes: its signature, when it had none, recorded as
+    policy.version_signed with who attached it; a signed version keeps its signature and an
+    attempt records nothing; an unknown revision is NotFound."""
+    async def body(store: PgPolicyStore) -> list[Any]:
+        await store.insert_version(policy("A"), signature="", caller=ALICE, message="initial")
+        signed = await store.attach_signature("A", signature="sig-1", caller=BOB,
+                                              message="signed after the push")
+        again = await store.attach_signature("A", signature="sig-2", caller=ALICE)
+        with pytest.raises(NotFound):
+            await store.attach_signature("missing", signature="sig", caller=ALICE)
+        return [signed, again, await store.get_version("A")]
+
+    (first, first_signed), (second, second_signed), stored = run(pg_url, body)
+    assert first_signed and not second_signed
+    assert first.signature == second.signature == stored.signature == "sig-1"
+    assert (stored.created_by, stored.message) == ("tok-alice", "initial")  # the upload's
+    assert admin_events(pg_url) == [
+        (1, "policy.version_created", "tok-alice", "admin",
+         events.PolicyVersionCreated("A", "constitution", "1.0.0", "initial", False, 3)),
+        (2, "policy.version_signed", "tok-bob", "admin",
+         events.PolicyVersionSigned("A", "constitution", "1.0.0", "signed after the push")),
+    ]
+    assert verify_admin(pg_url) == (True, 2)
 
 
 def test_a_change_that_fails_records_nothing(pg_url: str) -> None:

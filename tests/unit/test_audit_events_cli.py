@@ -20,7 +20,8 @@ def test_every_event_kind_has_a_line_naming_what_and_who(event: events.Event) ->
     line = cli.line(record_to_proto(record))
     assert f"admin#0 {event.KIND}" in line and "alice@host/admin" in line
     words = {events.TokenCreated: "tok-1", events.TokenRevoked: "tok-1",
-             events.PolicyVersionCreated: "rev-2", events.PolicyActivated: "rev-2",
+             events.PolicyVersionCreated: "rev-2", events.PolicyVersionSigned: "rev-2",
+             events.PolicyActivated: "rev-2",
              events.PolicyRolledBack: "rev-1", events.PolicyShadowStarted: "rev-3",
              events.PolicyShadowStopped: "generation=5"}
     assert words.get(type(event), ESC.id) in line

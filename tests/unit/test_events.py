@@ -33,6 +33,7 @@ SAMPLES: list[events.Event] = [
     events.IncidentOpened(dataclasses.replace(ESC, decision_id="", group_key="")),
     events.EscalationChanged.of(ESC, APPROVED, change="approved", comment="ok"),
     events.PolicyVersionCreated("rev-2", "constitution", "1.2", "tighten pii", True, 14),
+    events.PolicyVersionSigned("rev-2", "constitution", "1.2", "signed after the push"),
     events.PolicyActivated("rev-2", "rev-1", 7, "go"),
     events.PolicyRolledBack("rev-1", "rev-2", 8, "shadow disagreement"),
     events.PolicyShadowStarted("rev-3", 0.25, 5, 4),

@@ -6,15 +6,18 @@ an append-only stack of activations and rollbacks
 (:mod:`acgs.domain.policy_history`); ``policy_state`` is a view of its last
 entry, with ``generation`` its seq. This store is the only writer of
 ``policy_versions`` and ``policy_history``: each change appends its audit
-event (policy.version_created, policy.activated, policy.rolled_back) to the
+event (policy.version_created, policy.version_signed, policy.activated,
+policy.rolled_back) to the
 "admin" chain (:mod:`acgs.adapters.pg_event_chain`) in the transaction that
 makes it, so the change and its event commit together or not at all. History
 writers are serialised by a table lock (readers are not blocked); a change of
 the desired revision NOTIFYs ``channel`` in its transaction, so listeners wake
 only once it is committed. Storing a version that exists already changes
-nothing and records nothing. Each server upserts its ``policy_instances`` row
-on every heartbeat; liveness is judged by the database's clock. Every method
-raises :class:`~acgs.errors.Unavailable` when PostgreSQL cannot be reached.
+nothing and records nothing; the one change a stored version takes is its
+signature, once, when it was stored unsigned (``attach_signature``). Each
+server upserts its ``policy_instances`` row on every heartbeat; liveness is
+judged by the database's clock. Every method raises
+:class:`~acgs.errors.Unavailable` when PostgreSQL cannot be reached.
 """
 
 from __future__ import annotations
@@ -113,6 +116,29 @@ class PgPolicyStore:
             row = await cur.fetchone()
         assert row is not None
         return _version(row), created
+
+    async def attach_signature(self, revision: str, *, signature: str, caller: Caller,
+                               message: str = "") -> tuple[PolicyVersion, bool]:
+        """Give the version ``revision``, stored unsigned, its ``signature`` (checked by the
+        caller) and record policy.version_signed; a version signed already keeps its
+        signature and nothing is recorded. Returns the stored version and whether this call
+        signed it; NotFound when absent."""
+        async with self._transaction() as cur:
+            await cur.execute(
+                "UPDATE policy_versions SET signature = %s WHERE revision = %s "
+                "AND signature = '' AND %s <> '' RETURNING name, version",
+                (signature, revision, signature))
+            updated = await cur.fetchone()
+            if updated is not None:
+                await pg_event_chain.append_async(cur, [EventEntry(events.PolicyVersionSigned(
+                    revision=revision, name=updated[0], version=updated[1], message=message),
+                    caller)])
+            await cur.execute(f"SELECT {_COLUMNS} FROM policy_versions WHERE revision = %s",
+                              (revision,))
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no policy version {revision!r}")
+        return _version(row), updated is not None
 
     async def get_version(self, revision: str, *, full: bool = True) -> PolicyVersion:
         """One version (with its sources when ``full``); NotFound when absent."""

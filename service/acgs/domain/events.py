@@ -44,6 +44,7 @@ ESCALATION_OPENED = "escalation.opened"
 ESCALATION_CHANGED = "escalation.changed"  # acknowledged, approval, approved, denied, expired
 INCIDENT_OPENED = "incident.opened"  # an escalation that answers no decision
 POLICY_VERSION_CREATED = "policy.version_created"
+POLICY_VERSION_SIGNED = "policy.version_signed"  # a signature attached to an unsigned version
 POLICY_ACTIVATED = "policy.activated"
 POLICY_ROLLED_BACK = "policy.rolled_back"
 POLICY_SHADOW_STARTED = "policy.shadow_started"  # a candidate shadowed on live decisions
@@ -53,8 +54,8 @@ TOKEN_REVOKED = "token.revoked"
 CHECKPOINT = "checkpoint"  # a signed checkpoint of the chain (acgs.domain.checkpoint)
 
 KINDS = (DECISION, EVALUATION, ESCALATION_OPENED, ESCALATION_CHANGED, INCIDENT_OPENED,
-         POLICY_VERSION_CREATED, POLICY_ACTIVATED, POLICY_ROLLED_BACK, POLICY_SHADOW_STARTED,
-         POLICY_SHADOW_STOPPED, TOKEN_CREATED, TOKEN_REVOKED, CHECKPOINT)
+         POLICY_VERSION_CREATED, POLICY_VERSION_SIGNED, POLICY_ACTIVATED, POLICY_ROLLED_BACK,
+         POLICY_SHADOW_STARTED, POLICY_SHADOW_STOPPED, TOKEN_CREATED, TOKEN_REVOKED, CHECKPOINT)
 DECISION_KINDS = frozenset({DECISION, EVALUATION, "decide", "evaluate", "approval"})
 """Kinds (new and legacy) whose records are decisions: what the decision queries read."""
 
@@ -271,6 +272,32 @@ class PolicyVersionCreated(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyVersionSigned(Event):
+    """A signature attached to a version stored unsigned (the same content pushed again,
+    signed; verified where keys are trusted). The content and its revision are unchanged."""
+
+    KIND: ClassVar[str] = POLICY_VERSION_SIGNED
+    revision: str
+    name: str
+    version: str
+    message: str
+
+    def to_data(self) -> dict[str, Any]:
+        return {"revision": self.revision, "name": self.name, "version": self.version,
+                "message": self.message}
+
+    @classmethod
+    def from_data(cls, doc: Mapping[str, Any]) -> PolicyVersionSigned:
+        _only(doc, {"revision", "name", "version", "message"})
+        return cls(_s(doc, "revision", required=True), _s(doc, "name"), _s(doc, "version"),
+                   _s(doc, "message"))
+
+    @property
+    def subject(self) -> Subject:
+        return Subject(policy_revision=self.revision)
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyActivated(Event):
     """``revision`` made the fleet's desired policy, replacing ``previous_revision``;
     ``history_seq`` is its place in the activation history."""
@@ -419,8 +446,8 @@ class TokenRevoked(Event):
 PAYLOADS: dict[str, type[Event]] = {
     cls.KIND: cls for cls in (
         EscalationOpened, IncidentOpened, EscalationChanged, PolicyVersionCreated,
-        PolicyActivated, PolicyRolledBack, PolicyShadowStarted, PolicyShadowStopped,
-        TokenCreated, TokenRevoked)
+        PolicyVersionSigned, PolicyActivated, PolicyRolledBack, PolicyShadowStarted,
+        PolicyShadowStopped, TokenCreated, TokenRevoked)
 }
 """The payload type of each kind whose ``data`` is a payload (decisions: only approvals)."""
 

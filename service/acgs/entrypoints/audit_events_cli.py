@@ -91,6 +91,9 @@ def summary(r: audit_pb2.AuditRecord) -> str:
         return (f"revision {event.revision[:12]} {event.name} {event.version} "
                 f"signed={str(event.signed).lower()} tests={event.tests_passed} "
                 f"message={event.message!r}")
+    if isinstance(event, events.PolicyVersionSigned):
+        return (f"revision {event.revision[:12]} {event.name} {event.version} signed "
+                f"message={event.message!r}")
     if isinstance(event, events.PolicyActivated):
         return (f"revision {event.revision[:12]} (was {event.previous_revision[:12] or '-'}) "
                 f"history#{event.history_seq} message={event.message!r}")
