@@ -111,6 +111,47 @@ def test_trusted_keys_refuse_the_unsigned_version_already_in_force(servers: Serv
     assert "unsigned" in strict.log()
 
 
+def test_a_version_pushed_unsigned_is_signed_by_pushing_it_again_signed(
+        servers: ServerFactory, tmp_path: Path, server_database: str) -> None:
+    """`acgs policy sign` after the push, then push again: the stored version takes the
+    signature (policy.version_signed, by the admin), and a fleet that ran unsigned starts
+    with trusted keys once its ACGS_POLICY_DIR is signed (the seed's version takes its
+    policy.sig, by the server), then activates the version signed after its push."""
+    trusted, trusted_pub = key_pair(tmp_path, "trusted")
+    seed = policy_copy(tmp_path / "seed", "1.0.0")
+    lax = servers.start({"ACGS_POLICY_DIR": str(seed), "ACGS_ENGINE_WORKERS": "1"}, name="lax")
+    seeded = first_revision(lax)
+    candidate = policy_copy(tmp_path / "next", "1.0.1")
+    first = acgs("policy", "push", str(candidate), "-m", "first push", server=lax)
+    assert first.returncode == 0, first.stderr
+    revision = first.stdout.strip()
+    assert acgs("policy", "sign", str(candidate), "--key", str(trusted)).returncode == 0
+    signed = acgs("policy", "push", str(candidate), "-m", "now signed", server=lax)
+    assert signed.returncode == 0 and signed.stdout.strip() == revision, signed.stderr
+    assert "was stored unsigned" in signed.stderr and "signed now" in signed.stderr
+    again = acgs("policy", "push", str(candidate), server=lax)
+    assert again.returncode == 0 and "stored already" in again.stderr
+    line = next(ln for ln in acgs("policy", "list", server=lax).stdout.splitlines()
+                if revision in ln)
+    assert "  signed  " in line and "first push" in line  # the first upload's message stays
+
+    assert acgs("policy", "sign", str(seed), "--key", str(trusted)).returncode == 0
+    assert lax.stop() == 0
+    strict = servers.start({"ACGS_POLICY_DIR": str(seed), "ACGS_ENGINE_WORKERS": "1",
+                            "ACGS_POLICY_TRUSTED_KEYS": str(trusted_pub)}, name="strict")
+    assert first_revision(strict) == seeded
+    activated = acgs("policy", "activate", revision, server=strict)
+    assert activated.returncode == 0, activated.stderr
+    assert first_revision(strict) == revision
+    with psycopg.connect(server_database) as conn:
+        rows = conn.execute("SELECT caller_id, caller_role, data FROM audit_decisions "
+                            "WHERE instance_id = 'admin' AND kind = 'policy.version_signed' "
+                            "ORDER BY seq").fetchall()
+    assert [(c, r, json.loads(d)["revision"]) for c, r, d in rows] == [
+        (lax.tokens.id("admin"), "admin", revision),
+        (strict.env["ACGS_INSTANCE_ID"], "system", seeded)]
+
+
 def ready(server: ServerProcess) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/ready",

@@ -44,6 +44,7 @@ class FakeStore:
         self.fleet: FleetState | None = None
         self.rows: dict[str, InstanceInfo] = {}
         self.steps: dict[int, ph.Step] = {}
+        self.signed_by: list[tuple[str, str, str]] = []  # attach_signature's records
 
     async def insert_version(self, policy: CheckedPolicy, *, signature: str, caller: Caller,
                              message: str = "") -> tuple[PolicyVersion, bool]:
@@ -52,6 +53,15 @@ class FakeStore:
                           message)
         created = policy.revision not in self.versions
         return self.versions.setdefault(policy.revision, v), created
+
+    async def attach_signature(self, revision: str, *, signature: str, caller: Caller,
+                               message: str = "") -> tuple[PolicyVersion, bool]:
+        stored = self.versions[revision]
+        if stored.signature or not signature:
+            return stored, False
+        self.versions[revision] = replace(stored, signature=signature)
+        self.signed_by.append((revision, caller.id, message))
+        return self.versions[revision], True
 
     async def get_version(self, revision: str, *, full: bool = True) -> PolicyVersion:
         return self.versions[revision]
@@ -233,6 +243,53 @@ def test_with_trusted_keys_an_unverified_revision_served_is_not_fresh() -> None:
         await server.sync.reconcile()
         assert server.fresh[-1] is True and server.active == "r1"
         assert store.rows["s1"].active_revision == "r1"
+
+    asyncio.run(run())
+
+
+class FakeChecker:
+    """Every upload passes, its revision and digest from its one module."""
+
+    async def check(self, *, modules: Mapping[str, str], data_json: str,
+                    manifest_json: str) -> CheckedPolicy:
+        pairs = tuple(sorted(modules.items()))
+        return CheckedPolicy("r1", content_digest(pairs, data_json, manifest_json), "p", "1",
+                             pairs, data_json, manifest_json, 2)
+
+
+def test_a_version_pushed_unsigned_takes_its_signature_when_pushed_again_signed() -> None:
+    """The same content pushed again with a signature signs the version stored unsigned
+    (once, on the record, by whom and why); with trusted keys the signature must verify
+    first, and a version signed already keeps its signature."""
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    modules = {"a.rego": "package r1"}
+    good = signed_version("r1", key).signature
+    forged = signed_version("r1", other).signature
+
+    async def run() -> None:
+        for verifier in (None, Ed25519Verifier(keys=[key.public_key()])):
+            store = FakeStore()
+            service = PolicyAdminService(checker=FakeChecker(), store=store, verifier=verifier)
+            if verifier is None:  # unsigned uploads are refused where keys are trusted
+                first = await service.create(modules=modules, data_json="{}",
+                                             manifest_json="{}", signature="", caller=ADMIN,
+                                             message="first")
+                assert first.created and not first.signature_attached
+            else:
+                store.versions["r1"] = signed_version("r1", None)
+                with pytest.raises(BadSignature, match="does not verify"):
+                    await service.create(modules=modules, data_json="{}", manifest_json="{}",
+                                         signature=forged, caller=ADMIN)
+                assert store.versions["r1"].signature == ""
+            upload = await service.create(modules=modules, data_json="{}", manifest_json="{}",
+                                          signature=good, caller=ADMIN, message="signed")
+            assert (upload.created, upload.signature_attached) == (False, True)
+            assert upload.version.signature == store.versions["r1"].signature == good
+            assert store.signed_by == [("r1", ADMIN.id, "signed")]
+            again = await service.create(modules=modules, data_json="{}", manifest_json="{}",
+                                         signature=good, caller=ADMIN)
+            assert (again.created, again.signature_attached) == (False, False)
+            assert len(store.signed_by) == 1
 
     asyncio.run(run())
 

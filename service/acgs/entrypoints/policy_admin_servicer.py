@@ -60,13 +60,14 @@ class PolicyAdminServicer:
     async def CreatePolicyVersion(self, request: pb.CreatePolicyVersionRequest,
                                   context: Context) -> pb.PolicyVersion:
         caller = await self._callers.resolve(context, _SERVICE + "CreatePolicyVersion")
-        version, passed, created = await self._service.create(
+        upload = await self._service.create(
             modules=dict(request.modules), data_json=request.data_json,
             manifest_json=request.manifest_json, signature=request.signature,
             caller=caller, message=_message(request.message))
-        out = version_to_proto(version)
-        out.tests_passed = passed
-        out.already_stored = not created
+        out = version_to_proto(upload.version)
+        out.tests_passed = upload.tests_passed
+        out.already_stored = not upload.created
+        out.signature_attached = upload.signature_attached
         return out
 
     async def ValidatePolicy(self, request: pb.CreatePolicyVersionRequest,

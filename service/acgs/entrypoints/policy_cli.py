@@ -64,6 +64,11 @@ def cmd_push(args: argparse.Namespace) -> int:
     except grpc.RpcError as err:
         return admin_cli.fail(err, args)
     print(version.revision)
+    if version.signature_attached:
+        print(f"acgs: {version.revision} was stored unsigned (by {version.created_by} at "
+              f"{_when(version.created_at)}: {version.message or '-'}); it is signed now",
+              file=sys.stderr)
+        return 0
     if version.already_stored:
         print(f"acgs: {version.revision} was stored already (by {version.created_by} at "
               f"{_when(version.created_at)}: {version.message or '-'}); nothing changed",

@@ -240,32 +240,61 @@ async def seed_fleet(settings: Settings, *, store: PgPolicyStore, bundle: Policy
                      verifier: Ed25519Verifier | None) -> None:
     """First start of a fleet: store ``bundle`` (ACGS_POLICY_DIR) and make it desired.
 
-    Nothing changes when a desired revision exists (the catch-up then serves it, verifying
-    its stored signature under trusted keys even when it is this bundle). Raises BadSignature when
+    When a desired revision exists nothing changes (the catch-up then serves it, verifying
+    its stored signature under trusted keys even when it is this bundle), but for one case:
+    with trusted keys, a version of this bundle's revision stored unsigned takes the
+    directory's ``policy.sig`` when it verifies. Raises BadSignature when
     trusted keys are configured and the directory's ``policy.sig`` is missing
     or wrong.
     """
     await store.forget_instances(older_than=dt.timedelta(hours=1))  # long-dead servers
     state = await store.state()
+    digest = content_digest(bundle.modules, bundle.data_json, bundle.manifest_json)
+    sig_path = settings.policy_dir / SIGNATURE_FILE
+    signature = sig_path.read_text("ascii").strip() if sig_path.exists() else ""
+    server = Caller(id=settings.instance_id, role="system")
     if state is not None:
         if state.desired_revision != bundle.revision:
             logger.warning("%s (revision %s) is not the fleet's policy: serving the desired "
                            "revision %s; `acgs policy push` and `activate` it to change that",
                            settings.policy_dir, bundle.revision, state.desired_revision)
+        if verifier is not None and signature:
+            await _sign_stored(settings, store, bundle.revision, digest=digest,
+                               signature=signature, verifier=verifier, caller=server)
         return
-    digest = content_digest(bundle.modules, bundle.data_json, bundle.manifest_json)
-    sig_path = settings.policy_dir / SIGNATURE_FILE
-    signature = sig_path.read_text("ascii").strip() if sig_path.exists() else ""
     if verifier is not None:
         verifier.verify(digest=digest, signature=signature)
     checked = CheckedPolicy(revision=bundle.revision, digest=digest, name=bundle.name,
                             version=bundle.version, modules=bundle.modules,
                             data_json=bundle.data_json, manifest_json=bundle.manifest_json,
                             tests_passed=0)
-    server = Caller(id=settings.instance_id, role="system")
     await store.insert_version(checked, signature=signature, caller=server,
                                message=f"seeded from {settings.policy_dir}")
     state = await store.activate(bundle.revision, caller=server, only_if_unset=True,
                                  message="the first start of the fleet")
     logger.info("fleet policy: %s desired (generation %d)", state.desired_revision,
                 state.generation)
+
+
+async def _sign_stored(settings: Settings, store: PgPolicyStore, revision: str, *,
+                       digest: str, signature: str, verifier: Ed25519Verifier,
+                       caller: Caller) -> None:
+    """ACGS_POLICY_DIR is signed by a trusted key and its revision is stored unsigned (a
+    fleet that ran without trusted keys): the stored version takes the signature, as a push
+    of the signed directory would give it (policy.version_signed, the server as actor)."""
+    try:
+        verifier.verify(digest=digest, signature=signature)
+    except BadSignature as err:
+        logger.warning("%s: %s is not used: %s", settings.policy_dir, SIGNATURE_FILE, err)
+        return
+    try:
+        stored = await store.get_version(revision, full=False)
+    except NotFound:
+        return
+    if stored.signature:
+        return
+    sig_path = settings.policy_dir / SIGNATURE_FILE
+    _, signed = await store.attach_signature(revision, signature=signature, caller=caller,
+                                             message=f"signed by {sig_path}")
+    if signed:
+        logger.warning("policy %s was stored unsigned: signed by %s", revision, sig_path)

@@ -2,7 +2,8 @@
 
 An upload is checked by the PolicyChecker (never in the server's own
 process), its signature by the SignatureVerifier when trusted keys are
-configured, then stored. Activation pushes a stored version onto the
+configured, then stored (the same content again changes nothing, but gives a
+version stored unsigned the signature it now carries). Activation pushes a stored version onto the
 fleet's history (:mod:`acgs.domain.policy_history`; PostgreSQL notifies every
 server) and waits until every live server (heartbeat within
 ``live_within_s``) reports serving it; rollback pops the activation in force,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from acgs.domain.model import Caller
 from acgs.domain.policy_history import HistoryEntry
@@ -28,6 +30,18 @@ from acgs.domain.policy_version import (
 )
 from acgs.errors import InvalidRequest
 from acgs.service_layer.policy_ports import PolicyChecker, PolicyStore, SignatureVerifier
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """What :meth:`PolicyAdminService.create` did with an upload."""
+
+    version: PolicyVersion
+    tests_passed: int
+    created: bool
+    """This call stored it (False: stored before; unchanged but for ``signature_attached``)."""
+    signature_attached: bool = False
+    """It was stored unsigned and this call gave it the upload's signature."""
 
 
 class PolicyAdminService:
@@ -53,15 +67,21 @@ class PolicyAdminService:
         return checked
 
     async def create(self, *, modules: Mapping[str, str], data_json: str, manifest_json: str,
-                     signature: str, caller: Caller,
-                     message: str = "") -> tuple[PolicyVersion, int, bool]:
-        """Check and store a version; return it, its number of passed Rego tests and whether
-        this call stored it (False: stored before, unchanged, nothing recorded)."""
+                     signature: str, caller: Caller, message: str = "") -> Upload:
+        """Check and store a version. Content stored before stays as it is (its first
+        uploader and message, nothing recorded), except a version stored unsigned: it takes
+        this upload's signature (verified by :meth:`validate` where keys are trusted;
+        otherwise kept unchecked, as an upload's is), recorded as policy.version_signed."""
         checked = await self.validate(modules=modules, data_json=data_json,
                                       manifest_json=manifest_json, signature=signature)
         stored, created = await self._store.insert_version(
             checked, signature=signature, caller=caller, message=message)
-        return stored, checked.tests_passed, created
+        signed = False
+        if not created and signature and not stored.signature:
+            stored, signed = await self._store.attach_signature(
+                stored.revision, signature=signature, caller=caller, message=message)
+        return Upload(version=stored, tests_passed=checked.tests_passed, created=created,
+                      signature_attached=signed)
 
     async def list_versions(self) -> list[PolicyVersion]:
         return await self._store.list_versions()
