@@ -127,12 +127,15 @@ def test_every_event_kind_is_journaled_projected_listed_and_verified(
             governance.Decide(decide_request(allow_input(), constitutional_hash="0" * 16),
                               timeout=10)
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        # policy.version_created, policy.activated, policy.rolled_back,
-        # policy.shadow_started, policy.shadow_stopped
+        # policy.version_created, policy.version_signed (the same content again, signed),
+        # policy.activated, policy.rolled_back, policy.shadow_started, policy.shadow_stopped
         policies = ppb_grpc.PolicyAdminStub(admin_ch)
         candidate = parts(APPROVALS, version="2")
         candidate.message = "every event"
         revision = policies.CreatePolicyVersion(candidate, timeout=60).revision
+        candidate.signature = "c2lnbmVkIGFmdGVyIHRoZSBwdXNo"  # no trusted keys: kept as is
+        signed = policies.CreatePolicyVersion(candidate, timeout=60)
+        assert signed.signature_attached and signed.signed and signed.revision == revision
         policies.StartShadow(ppb.StartShadowRequest(revision=revision, sample=0.5), timeout=10)
         policies.StopShadow(ppb.StopShadowRequest(), timeout=10)
         policies.ActivatePolicyVersion(ppb.ActivatePolicyVersionRequest(
@@ -206,6 +209,7 @@ def test_every_event_kind_is_journaled_projected_listed_and_verified(
 
     eventually(every_kind_listed, "every kind in ListEvents")
     assert (admin_id, "admin") in actors(events.POLICY_ACTIVATED)
+    assert actors(events.POLICY_VERSION_SIGNED) == [(admin_id, "admin")]
     assert (admin_id, "admin") in actors(events.POLICY_ROLLED_BACK)
     assert (second.record.id, "admin") in actors(events.ESCALATION_CHANGED)
     [revoked] = [r for r in listed(server, events.TOKEN_REVOKED)

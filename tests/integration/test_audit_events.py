@@ -149,7 +149,7 @@ def kinds_of(records: list[AuditRecord]) -> list[str]:
 
 def test_every_event_is_listed_once_in_order(trail: str) -> None:
     everything = every_page(trail, EventFilter(), 100)
-    assert len(everything) == 5 + 13 + 2  # legacy, inst-e (the checkpoint included), admin
+    assert len(everything) == 5 + 14 + 2  # legacy, inst-e (the checkpoint included), admin
     assert {r.kind for r in everything} == {*events.KINDS, *LEGACY}
     order = [(r.decided_at_us, r.instance_id, r.seq) for r in everything]
     assert order == sorted(set(order))
@@ -246,7 +246,8 @@ def test_a_kind_filter_over_legacy_escalations_reads_a_bounded_amount_per_call(
 
 def test_actor_instance_and_time_filters(trail: str) -> None:
     by_alice = every_page(trail, EventFilter(actor=ADMIN.id), 100)
-    assert kinds_of(by_alice) == ["policy.version_created", "policy.activated",
+    assert kinds_of(by_alice) == ["policy.version_created", "policy.version_signed",
+                                  "policy.activated",
                                   "policy.rolled_back", "policy.shadow_started",
                                   "policy.shadow_stopped", "token.created", "token.revoked",
                                   "token.created", "token.revoked"]
@@ -298,13 +299,13 @@ def test_the_decision_reads_see_decisions_only(trail: str) -> None:
 
 
 def test_every_chain_of_every_kind_verifies_online_and_exported(trail: str) -> None:
-    for chain, count in (("inst-e", 13), ("legacy", 5), ("admin", 2)):
+    for chain, count in (("inst-e", 14), ("legacy", 5), ("admin", 2)):
         report = with_queries(trail, lambda q, c=chain: q.verify_chain(c))
         assert report.ok and report.checked == count, report
-    assert with_queries(trail, lambda q: q.verify_chain("inst-e")).checkpoint_seq == 12
+    assert with_queries(trail, lambda q: q.verify_chain("inst-e")).checkpoint_seq == 13
     reports = verify_export(read_export(export(trail)), TrustedKeys(keys=[SIGNER.public_key]))
     assert [(r.instance_id, r.ok, r.checked) for r in reports] == [
-        ("admin", True, 2), ("inst-e", True, 13), ("legacy", True, 5)]
+        ("admin", True, 2), ("inst-e", True, 14), ("legacy", True, 5)]
     lines = [json.loads(line) for line in export(trail)]
     assert {(d["kind"], d.get("schema", 0), bool(d.get("data"))) for d in lines
             if d["instance_id"] == "inst-e" and d["kind"].startswith("token")} == {
@@ -398,6 +399,6 @@ def test_list_events_over_grpc(trail: str) -> None:
                     async for r in stub.ExportDecisions(pb.ExportDecisionsRequest())]
         reports = verify_export(read_export(exported), TrustedKeys(keys=[SIGNER.public_key]))
         assert [(r.instance_id, r.ok, r.checked) for r in reports] == [
-            ("admin", True, 2), ("inst-e", True, 13), ("legacy", True, 5)]
+            ("admin", True, 2), ("inst-e", True, 14), ("legacy", True, 5)]
 
     asyncio.run(_grpc(trail, calls))
