@@ -20,7 +20,7 @@ import pytest
 from acgs import CONSTITUTIONAL_HASH
 from acgs.adapters import pg_event_chain
 from acgs.adapters.audit_signing import CheckpointSigner, TrustedKeys
-from acgs.adapters.journal import adopt_orphans
+from acgs.adapters.journal import Journal, adopt_orphans
 from acgs.adapters.pg_audit import COLUMNS, Shipper
 from acgs.adapters.pg_audit_queries import AuditQueries, record_of
 from acgs.adapters.pg_event_chain import sealer
@@ -41,7 +41,7 @@ from acgs.domain.model import Effect
 from acgs.entrypoints.audit_servicer import AuditServicer
 from acgs.entrypoints.callers import AnonymousAuthenticator, CallerResolver
 from acgs.entrypoints.grpc_server import GrpcServer
-from acgs.errors import NotFound
+from acgs.errors import ConfigurationError, NotFound
 from acgs.service_layer.checkpointer import Checkpointer
 from acgs.v1 import audit_pb2 as pb
 from acgs.v1 import audit_pb2_grpc
@@ -262,9 +262,9 @@ def test_a_chain_without_checkpoints_says_what_it_cannot_see(tmp_path: Path,
     assert verdict(report) == (True, 2, "", 0) and report.notes == (NO_CHECKPOINT,)
 
 
-def adopt_and_ship(tmp_path: Path, url: str, seal: bool = True) -> None:
-    """inst-a (checkpoint at seq 6, then 5 more decisions) dies; inst-b adopts its journal,
-    ships it and removes it, sealing the chain with a checkpoint signed by its own key."""
+def dead_server(tmp_path: Path, url: str | None = None) -> None:
+    """inst-a: 5 decisions, a checkpoint (seq 6), 5 more (7-11); it ships them itself when
+    ``url`` is given; then dies, as after kill -9: no checkpoint covers seq 7-11."""
     dead = open_journal(tmp_path)
     checkpointer = Checkpointer(journal=dead, signer=SIGNER, instance_id="inst-a",
                                 constitutional_hash=CONSTITUTIONAL_HASH, interval_s=0)
@@ -277,13 +277,28 @@ def adopt_and_ship(tmp_path: Path, url: str, seal: bool = True) -> None:
             await dead.append([entry(10 + i)])
 
     asyncio.run(go())
-    dead.close()  # as after kill -9: no checkpoint covers seq 7-11
+    if url is not None:
+        shipper = Shipper(journal=dead, conninfo=url, projectors=(CheckpointProjector(),))
+        assert shipper.ship_once() == 11
+        shipper.close()
+    dead.close()
+
+
+def adopter(tmp_path: Path, url: str, *, seal: bool = True) -> tuple[Shipper, Journal]:
+    """inst-b, started on the same host: it adopts inst-a's journal."""
     live = open_journal(tmp_path, instance_id="inst-b")
-    shipper = Shipper(journal=live, conninfo=url, orphans=adopt_orphans(tmp_path,
-                                                                         exclude="inst-b"),
+    shipper = Shipper(journal=live, conninfo=url,
+                      orphans=adopt_orphans(tmp_path, exclude="inst-b"),
                       projectors=(CheckpointProjector(),))
     if seal:
         shipper.seal = sealer(SIGNER, signer_id="inst-b", constitutional_hash=CONSTITUTIONAL_HASH)
+    return shipper, live
+
+
+def adopt_and_ship(tmp_path: Path, url: str, *, seal: bool = True) -> None:
+    """inst-a dies with seq 7-11 unshipped; inst-b adopts, ships and removes its journal."""
+    dead_server(tmp_path)
+    shipper, live = adopter(tmp_path, url, seal=seal)
     assert shipper.ship_once() == 11
     shipper.close()
     live.close()
@@ -315,17 +330,84 @@ def test_an_adopted_chain_unsealed_says_what_it_cannot_see(tmp_path: Path,
     assert verdict(report) == (True, 8, "", 0) and report.notes  # the cut is not seen
 
 
+def test_a_tail_rechained_in_postgresql_is_not_signed_and_its_journal_is_kept(
+        tmp_path: Path, pg_url: str) -> None:
+    """The seal signs what the journal holds, never what PostgreSQL holds: a database
+    writer edited seq 8 (after the last checkpoint) and re-hashed 8-11; sealing PostgreSQL's
+    head would have vouched for the edit and deleted the true copy."""
+    dead_server(tmp_path, pg_url)
+    records = rows(pg_url)
+    prev = records[6].record_hash
+    forged = []
+    for r in records[7:]:
+        changed = replace(r, effect=Effect.DENY) if r.seq == 8 else r
+        forged.append(changed.sealed(seq=r.seq, prev_hash=prev))
+        prev = forged[-1].record_hash
+    store(pg_url, forged)
+    shipper, live = adopter(tmp_path, pg_url)
+    shipper.ship_once()
+    shipper.close()
+    live.close()
+    assert (tmp_path / "inst-a" / "sealing").exists()  # kept, and never reopened as own
+    report = both(pg_url, tmp_path)
+    assert report.checkpoint_seq == 5 and report.notes  # nothing vouches for seq 7-11
+
+
+def test_a_tail_postgresql_lost_keeps_the_journal_that_holds_it(tmp_path: Path,
+                                                              pg_url: str) -> None:
+    dead_server(tmp_path, pg_url)
+    sql(pg_url, "DELETE FROM audit_decisions WHERE instance_id = 'inst-a' AND seq > 8")
+    shipper, live = adopter(tmp_path, pg_url)
+    shipper.ship_once()
+    shipper.close()
+    live.close()
+    assert (tmp_path / "inst-a").exists()
+
+
+def test_a_crash_after_the_seal_neither_seals_twice_nor_lets_the_id_continue(
+        tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 between the seal's commit and the journal's removal: PostgreSQL holds the
+    seal at seq 12 and the journal (seq 1-11) is still there. A server restarted with the
+    dead id would continue at seq 12, and its shipper would fail every round on the seal:
+    it refuses to start instead. The next adopter sees the seal and removes the journal."""
+    dead_server(tmp_path)
+    shipper, live = adopter(tmp_path, pg_url)
+    orphan = shipper._journals[1]
+
+    def crash() -> None:
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(orphan, "remove", crash)
+    with pytest.raises(SystemExit):
+        shipper.ship_once()
+    shipper.close()
+    live.close()
+    orphan._release()
+    with pytest.raises(ConfigurationError, match="must not continue it"):
+        open_journal(tmp_path)  # ACGS_INSTANCE_ID=inst-a again
+    shipper, live = adopter(tmp_path, pg_url)
+    shipper.ship_once()
+    shipper.close()
+    live.close()
+    assert not (tmp_path / "inst-a").exists()
+    report = both(pg_url, tmp_path)
+    assert verdict(report) == (True, 12, "", 0) and report.checkpoint_seq == 11
+
+
 def test_sealing_twice_adds_nothing(tmp_path: Path, pg_url: str) -> None:
     adopt_and_ship(tmp_path, pg_url)
+    with psycopg.connect(pg_url) as conn:
+        last_hash = conn.execute("SELECT record_hash FROM audit_decisions WHERE "
+                                 "instance_id = 'inst-a' AND seq = 11").fetchone()[0]
 
     async def go() -> Any:
         async with await psycopg.AsyncConnection.connect(pg_url) as conn, \
                 conn.transaction(), conn.cursor() as cur:
             return await drive_async(cur, pg_event_chain.seal(
-                SIGNER, chain="inst-a", last_seq=12, signer_id="inst-b",
+                SIGNER, chain="inst-a", last_seq=11, last_hash=last_hash, signer_id="inst-b",
                 constitutional_hash=CONSTITUTIONAL_HASH))
 
-    assert asyncio.run(go()) is None  # the head is a checkpoint already
+    assert asyncio.run(go()) == pg_event_chain.SEALED  # the head is its checkpoint already
     assert verdict(both(pg_url, tmp_path))[:2] == (True, 12)
 
 

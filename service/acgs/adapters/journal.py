@@ -34,6 +34,7 @@ from pathlib import Path
 
 from acgs.adapters.journal_files import (
     MARKER,
+    SEALING,
     Position,
     fsync_dir,
     list_segments,
@@ -101,6 +102,14 @@ class Journal(JournalWriter):
                 f"audit journal {self.directory} is owned by another live process "
                 f"(is instance id {self.instance_id!r} used twice?)"
             ) from err
+        if not self.read_only and (self.directory / SEALING).exists():
+            self._release()
+            raise ConfigurationError(
+                f"audit journal {self.directory}: its server died and another server sealed "
+                f"its chain in PostgreSQL (a signed checkpoint after its last record), so "
+                f"instance id {self.instance_id!r} must not continue it: start with another "
+                "ACGS_INSTANCE_ID (a server started with any other id ships and removes this "
+                "journal)")
         marker = read_marker(self.directory)
         tail = recover(self.directory, marker)
         if marker is not None and marker.seq > tail.last_seq:
@@ -129,19 +138,36 @@ class Journal(JournalWriter):
                 logger.exception("journal %s: could not save the shipped marker", self.directory)
             self._release()
 
+    def mark_sealing(self) -> None:
+        """Before an adopting server seals this read-only journal's chain in PostgreSQL
+        (a checkpoint record after its last one): from now on no server reopens it as
+        its own, which would continue the chain at the seal's seq."""
+        path = self.directory / SEALING
+        with open(path, "wb") as f:
+            os.fsync(f.fileno())
+        fsync_dir(self.directory)
+
+    @property
+    def last_hash(self) -> str:
+        """The record hash of the newest record (queued or written)."""
+        return self._last_hash
+
     def remove(self) -> None:
         """Delete this read-only journal's directory once everything in it is shipped."""
         if not self.read_only or self.backlog_records or self.shipped_seq < self.synced_seq:
             raise AuditUnavailable(f"journal {self.directory} still holds unshipped records")
         # The marker goes last, exact: a crash part-way leaves it to say where the chain
-        # ends, so that an instance reusing this id continues after it.
+        # ends, so that an instance reusing this id continues after it; after the sealing
+        # flag, for a sealed chain, whose id must not be continued at all.
         self.save_marker()
-        marker = self.directory / MARKER
+        last = [self.directory / SEALING, self.directory / MARKER]
         for path in self.directory.iterdir():
-            if path != marker:
+            if path not in last:
                 path.unlink()
         fsync_dir(self.directory)
-        marker.unlink(missing_ok=True)
+        for path in reversed(last):
+            path.unlink(missing_ok=True)
+            fsync_dir(self.directory)
         self.directory.rmdir()
         self._release()
         logger.info("journal %s fully shipped and removed", self.directory)

@@ -27,6 +27,7 @@ logger = logging.getLogger("acgs.audit.journal")
 
 SUFFIX = ".jsonl"
 MARKER = "shipped"
+SEALING = "sealing"  # an adopting server is sealing this dead chain: never reopen it as one's own
 LOCK = "lock"
 _READ_CHUNK = 1024 * 1024
 

@@ -122,11 +122,12 @@ class Shipper:
         # Called (from this thread) with the seqs of damaged lines of the server's own
         # journal before they are quarantined: a signed checkpoint must attest them first.
         self.attest: Callable[[Sequence[int]], object] | None = None
-        # Called (from this thread, in a transaction) with (cursor, chain, last seq) for an
-        # adopted journal fully shipped, before it is removed: a checkpoint of that chain's
-        # head, signed with this server's key (pg_event_chain.sealer). Its server is gone,
-        # so no checkpoint of its own would ever cover its last records.
-        self.seal: Callable[[psycopg.Cursor[TupleRow], str, int], object] | None = None
+        # Called (from this thread, in a transaction) with (cursor, chain, last seq, last
+        # hash) for an adopted journal fully shipped, before it is removed: a checkpoint of
+        # that chain's head, signed with this server's key (pg_event_chain.sealer); returns
+        # "mismatch" when PostgreSQL's head is not the journal's last record (the journal is
+        # then kept). Its server is gone: no checkpoint of its own would cover its last records.
+        self.seal: Callable[[psycopg.Cursor[TupleRow], str, int, str], str] | None = None
         self._projectors = tuple(projectors)
         self._conninfo = conninfo
         self._batch = batch
@@ -337,10 +338,15 @@ class Shipper:
         if journal is self._journals[0] or journal.shipped_seq < journal.synced_seq:
             return
         remove = getattr(journal, "remove", None)
-        if self.seal is not None and journal.synced_seq > 0:
+        last_hash = getattr(journal, "last_hash", None)
+        if self.seal is not None and journal.synced_seq > 0 and last_hash is not None:
+            getattr(journal, "mark_sealing", lambda: None)()
             conn = self._connection()
             with conn.transaction(), conn.cursor() as cur:
-                self.seal(cur, journal.instance_id, journal.synced_seq)
+                outcome = self.seal(cur, journal.instance_id, journal.synced_seq, last_hash)
+            if outcome == "mismatch":  # pg_event_chain.MISMATCH (logged there)
+                self._journals.remove(journal)  # kept on disk, the true copy; not shipped
+                return
         if remove is not None:
             remove()
         self._journals.remove(journal)

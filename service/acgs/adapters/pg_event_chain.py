@@ -136,31 +136,61 @@ def checkpoint(signer: Signer, *, signer_id: str, constitutional_hash: str,
     return record
 
 
-def seal(signer: Signer, *, chain: str, last_seq: int, signer_id: str,
-         constitutional_hash: str) -> Generator[Statement, Rows, AuditRecord | None]:
+SEALED = "sealed"
+"""seal: the chain's head in PostgreSQL is a checkpoint of the journal's last record."""
+QUARANTINED_TAIL = "quarantined tail"
+"""seal: the journal's last records are in audit_quarantine; nothing could be signed."""
+MISMATCH = "mismatch"
+"""seal: PostgreSQL's head is not the journal's last record: nothing signed; keep the journal."""
+
+_PREV = "SELECT prev_hash FROM audit_decisions WHERE instance_id = %s AND seq = %s"
+_QUARANTINED = ("SELECT count(*) FROM audit_quarantine WHERE instance_id = %s "
+                "AND seq > %s AND seq <= %s")
+
+
+def seal(signer: Signer, *, chain: str, last_seq: int, last_hash: str, signer_id: str,
+         constitutional_hash: str) -> Generator[Statement, Rows, str]:
     """Sign the head of ``chain``, a dead server's chain whose journal ``signer_id`` adopted
-    and shipped to ``last_seq``, before that journal is removed: no later checkpoint of its
-    own will come, and without this one its records after its last checkpoint could be cut
-    unseen. None when the head is a checkpoint already, or is not ``last_seq`` (its last
-    records were quarantined: logged, nothing signed)."""
-    head_seq, _, kind = yield from _locked_head(chain)
-    if head_seq != last_seq:
-        logger.error("chain %s: PostgreSQL's head is seq %d, its journal's last %d; not "
-                     "sealed", chain, head_seq, last_seq)
-        return None
-    if kind == events.CHECKPOINT:
-        return None
-    return (yield from checkpoint(signer, signer_id=signer_id,
-                                  constitutional_hash=constitutional_hash, chain=chain))
+    and shipped up to (``last_seq``, ``last_hash``), before that journal is removed: no
+    later checkpoint of its own will come, and without this one its records after its last
+    checkpoint could be cut unseen.
+
+    Signs only what the journal holds: PostgreSQL's head must be the journal's last record
+    (same seq, same hash). Returns :data:`SEALED` (signed now, or signed already: the head
+    is a checkpoint of that record), :data:`QUARANTINED_TAIL`, or :data:`MISMATCH`
+    (PostgreSQL lost or holds other records than the journal: logged; the caller keeps the
+    journal, the true copy)."""
+    head_seq, head_hash, kind = yield from _locked_head(chain)
+    if head_seq == last_seq and head_hash == last_hash:
+        if kind != events.CHECKPOINT:
+            yield from checkpoint(signer, signer_id=signer_id,
+                                  constitutional_hash=constitutional_hash, chain=chain)
+        return SEALED
+    if head_seq == last_seq + 1 and kind == events.CHECKPOINT:
+        prev = yield Statement(_PREV, (chain, head_seq))
+        if prev and str(prev[0][0]) == last_hash:
+            return SEALED  # sealed before a crash that kept the journal
+    if head_seq < last_seq:
+        held = yield Statement(_QUARANTINED, (chain, head_seq, last_seq))
+        if held and int(held[0][0]) == last_seq - head_seq:
+            logger.warning("chain %s: seq %d-%d are quarantined; not sealed", chain,
+                           head_seq + 1, last_seq)
+            return QUARANTINED_TAIL
+    logger.error("chain %s: PostgreSQL's head is seq %d (hash %s), its journal's last record "
+                 "seq %d (hash %s): PostgreSQL lost or altered records its dead server's "
+                 "journal holds; not sealed, the journal is kept", chain, head_seq,
+                 head_hash[:16], last_seq, last_hash[:16])
+    return MISMATCH
 
 
-def sealer(signer: Signer, *, signer_id: str,
-           constitutional_hash: str) -> Callable[[psycopg.Cursor[TupleRow], str, int], object]:
-    """:func:`seal` as the shipper calls it: ``(cursor, chain, last_seq)``, in its
-    transaction."""
-    def run(cur: psycopg.Cursor[TupleRow], chain: str, last_seq: int) -> object:
+def sealer(signer: Signer, *, signer_id: str, constitutional_hash: str
+           ) -> Callable[[psycopg.Cursor[TupleRow], str, int, str], str]:
+    """:func:`seal` as the shipper calls it: ``(cursor, chain, last_seq, last_hash)``, in
+    its transaction."""
+    def run(cur: psycopg.Cursor[TupleRow], chain: str, last_seq: int, last_hash: str) -> str:
         return drive_sync(cur, seal(signer, chain=chain, last_seq=last_seq,
-                                    signer_id=signer_id, constitutional_hash=constitutional_hash))
+                                    last_hash=last_hash, signer_id=signer_id,
+                                    constitutional_hash=constitutional_hash))
 
     return run
 
