@@ -121,6 +121,10 @@ class Settings:
     # (each built-in call copies a frame that grows with the input), so 6,000 roles held an
     # engine thread for 35 s, past any timeout.
     max_roles: int = 64
+    # Values in a request's Structs (each object entry, list item and scalar), and in
+    # Evaluate's input_json: building the engine's input holds the GIL (~4 µs a value), and
+    # the constitution's cost grows with principal.roles x action.attributes.
+    max_input_nodes: int = 1000
     grace_period_s: float = 10.0
     drain_delay_s: float = 0.0
     # Audit trail
@@ -218,6 +222,7 @@ class Settings:
                                   "ACGS_MAX_ID_CHARS", MAX_INDEXED_CHARS),
             max_text_chars=_int(e, "ACGS_MAX_TEXT_CHARS", d.max_text_chars, minimum=256),
             max_roles=_int(e, "ACGS_MAX_ROLES", d.max_roles, minimum=1),
+            max_input_nodes=_int(e, "ACGS_MAX_INPUT_NODES", d.max_input_nodes, minimum=16),
             grace_period_s=_float(e, "ACGS_GRACE_PERIOD_S", d.grace_period_s),
             drain_delay_s=_float(e, "ACGS_DRAIN_DELAY_S", d.drain_delay_s),
             audit_enabled=_bool(e, "ACGS_AUDIT_ENABLED", d.audit_enabled),

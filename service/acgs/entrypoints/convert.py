@@ -48,6 +48,10 @@ class StringLimits:
     # role, and regopy's cost of that grows with the square of their number (an evaluation
     # cannot be interrupted: 1,000 roles held an engine thread for 0.5 s, 6,000 for 35 s).
     roles: int = 64
+    # Values in the request's Structs, or in input_json (ACGS_MAX_INPUT_NODES): every one
+    # becomes a node of the engine's input, built holding the GIL, and a large
+    # action.attributes multiplies the constitution's cost per role (80,000 keys: 6.5 s).
+    nodes: int = 1000
 
 
 DEFAULT_LIMITS = StringLimits()
@@ -68,26 +72,46 @@ def checked_text(value: str, name: str, limit: int = DEFAULT_LIMITS.id_chars) ->
     return value
 
 
+class _Budget:
+    """Values a request may still hold (StringLimits.nodes), shared by its Structs."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.left = self.limit = limit
+
+    def take(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise InvalidRequest(f"the request holds more than {self.limit} values in its "
+                                 "Structs or input_json, over the limit "
+                                 "(ACGS_MAX_INPUT_NODES)")
+
+
 def struct_to_dict(struct: struct_pb2.Struct, *, max_depth: int, depth: int = 1,
-                   limits: StringLimits = DEFAULT_LIMITS, where: str = "a Struct"
-                   ) -> dict[str, Any]:
+                   limits: StringLimits = DEFAULT_LIMITS, where: str = "a Struct",
+                   budget: _Budget | None = None) -> dict[str, Any]:
     """A Struct as plain JSON-like data; InvalidRequest when deeper than ``max_depth``, when
-    a key or string holds a NUL character or is too long, or when a number would not reach
-    the policy engine unchanged (``where``, and the key, name the field)."""
+    a key or string holds a NUL character or is too long, when a number would not reach
+    the policy engine unchanged (``where``, and the key, name the field), or when it holds
+    more values than ``budget`` has left (default: ``limits.nodes`` for this Struct)."""
     if depth > max_depth:
         raise InvalidRequest(f"a Struct nests deeper than {max_depth} levels")
+    if budget is None:
+        budget = _Budget(limits.nodes)
     out = {}
     key_limit = limits.id_chars
     fields = struct.fields
+    budget.take(len(fields))
     for k in fields:  # not .items(): its iterator is Python code, twice the cost here
         if len(k) > key_limit or "\0" in k:  # the error's name is built only when it is needed
             checked_text(k, f"{where}: a Struct key", key_limit)
-        out[k] = _value(fields[k], max_depth, depth + 1, limits, where, k)
+        out[k] = _value(fields[k], max_depth, depth + 1, limits, where, k, budget)
     return out
 
 
 def _value(v: struct_pb2.Value, max_depth: int, depth: int, limits: StringLimits,
-           where: str, key: object) -> Any:
+           where: str, key: object, budget: _Budget) -> Any:
     kind = v.WhichOneof("kind")
     if kind == "string_value":
         s = v.string_value
@@ -107,13 +131,15 @@ def _value(v: struct_pb2.Value, max_depth: int, depth: int, limits: StringLimits
         return v.bool_value
     if kind == "struct_value":
         return struct_to_dict(v.struct_value, max_depth=max_depth, depth=depth, limits=limits,
-                              where=_field(where, key))
+                              where=_field(where, key), budget=budget)
     if kind == "list_value":
         if depth > max_depth:
             raise InvalidRequest(f"a Struct nests deeper than {max_depth} levels")
         inner = _field(where, key)
-        return [_value(x, max_depth, depth + 1, limits, inner, i)
-                for i, x in enumerate(v.list_value.values)]
+        values = v.list_value.values
+        budget.take(len(values))
+        return [_value(x, max_depth, depth + 1, limits, inner, i, budget)
+                for i, x in enumerate(values)]
     return None  # null_value, or a Value with no kind set
 
 
@@ -137,6 +163,7 @@ def decision_request(
     if len(p.roles) > limits.roles:
         raise InvalidRequest(f"principal.roles has {len(p.roles)} entries, over the limit of "
                              f"{limits.roles}")
+    budget = _Budget(limits.nodes)  # shared by the request's four Structs
     policy_input = {
         "tenant_id": _require(msg.tenant_id, "tenant_id", n),
         "principal": {
@@ -144,22 +171,22 @@ def decision_request(
             "roles": sorted({checked_text(role, "principal.roles", n) for role in p.roles}),
             "tenant_id": _require(p.tenant_id, "principal.tenant_id", n),
             "attributes": struct_to_dict(p.attributes, max_depth=max_depth, limits=limits,
-                                         where="principal.attributes"),
+                                         where="principal.attributes", budget=budget),
         },
         "action": {
             "type": _require(a.type, "action.type", n),
             "attributes": struct_to_dict(a.attributes, max_depth=max_depth, limits=limits,
-                                         where="action.attributes"),
+                                         where="action.attributes", budget=budget),
         },
         "resource": {
             "type": _require(r.type, "resource.type", n),
             "id": checked_text(r.id, "resource.id", n),
             "tenant_id": checked_text(r.tenant_id, "resource.tenant_id", n),
             "attributes": struct_to_dict(r.attributes, max_depth=max_depth, limits=limits,
-                                         where="resource.attributes"),
+                                         where="resource.attributes", budget=budget),
         },
         "context": struct_to_dict(msg.context, max_depth=max_depth, limits=limits,
-                                  where="context"),
+                                  where="context", budget=budget),
     }
     return DecisionRequest(
         constitutional_hash=checked_text(msg.constitutional_hash, "constitutional_hash", n)
@@ -277,19 +304,24 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _check_value(value: Any, max_depth: int, limits: StringLimits, depth: int = 1) -> None:
-    """Depth, key and string lengths of a parsed input_json, in one walk."""
+def _check_value(value: Any, max_depth: int, limits: StringLimits, depth: int = 1,
+                 budget: _Budget | None = None) -> None:
+    """Depth, number of values, key and string lengths of a parsed input_json, in one walk."""
     if depth > max_depth:
         raise InvalidRequest(f"input_json nests deeper than {max_depth} levels")
+    if budget is None:
+        budget = _Budget(limits.nodes)
     if isinstance(value, dict):
+        budget.take(len(value))
         for key, child in value.items():
             if len(key) > limits.id_chars:
                 raise InvalidRequest(f"input_json: a key is {len(key)} characters long, over "
                                      f"the limit of {limits.id_chars}")
-            _check_value(child, max_depth, limits, depth + 1)
+            _check_value(child, max_depth, limits, depth + 1, budget)
     elif isinstance(value, list):
+        budget.take(len(value))
         for child in value:
-            _check_value(child, max_depth, limits, depth + 1)
+            _check_value(child, max_depth, limits, depth + 1, budget)
     elif isinstance(value, str) and len(value) > limits.text_chars:
         raise InvalidRequest(f"input_json: a string is {len(value)} characters long, over the "
                              f"limit of {limits.text_chars}")

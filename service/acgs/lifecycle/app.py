@@ -339,7 +339,7 @@ def _watch_database(app: Application, database: Database, metrics: Metrics | Non
 def string_limits(settings: Settings) -> StringLimits:
     """The request string bounds (ACGS_MAX_ID_CHARS, ACGS_MAX_TEXT_CHARS)."""
     return StringLimits(id_chars=settings.max_id_chars, text_chars=settings.max_text_chars,
-                        roles=settings.max_roles)
+                        roles=settings.max_roles, nodes=settings.max_input_nodes)
 
 
 def _metrics_start(settings: Settings, metrics: Metrics) -> Callable[[], None]:
