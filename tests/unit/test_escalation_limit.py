@@ -18,7 +18,7 @@ from acgs.config import Settings
 from acgs.domain import events
 from acgs.domain.escalation_group import OpeningLimit
 from acgs.domain.model import Caller, Decision, DecisionRequest, Effect, Severity
-from acgs.errors import ConfigurationError
+from acgs.errors import ConfigurationError, EngineTimeout
 from acgs.metrics import Metrics
 from acgs.service_layer.decisions import DecisionService
 from acgs.service_layer.escalator import JournalEscalator
@@ -302,3 +302,37 @@ def test_limited_decisions_are_counted_in_metrics() -> None:
         assert "acgs_escalations_limited_total 2.0" in metrics.render().decode()
     finally:
         metrics.close()
+
+
+def test_time_outs_have_an_allowance_of_their_own() -> None:
+    """Engine time-outs (a busy engine, which any caller can make it) open fail-safe
+    escalations; counted against the caller's cap, load from others used it up and the
+    caller's next high-impact action was denied instead of reaching an approver. Time-outs
+    are capped on their own, so a flood of them is still bounded."""
+    async def body() -> None:
+        rig = make(limit=5)
+        real = rig.engine.decide
+        busy = [True]
+
+        async def decide(policy_input: Mapping[str, Any], *, timeout_s: float) -> Any:
+            if busy[0]:
+                raise EngineTimeout("engine busy")
+            return await real(policy_input, timeout_s=timeout_s)
+
+        rig.engine.decide = decide  # type: ignore[method-assign]
+        timed = [await rig.service.decide(ordinary(f"r{i}"), AGENT) for i in range(6)]
+        assert all(d.fail_safe and d.escalation_id for d in timed[:5])
+        sixth = timed[5]  # the sixth time-out of the window is capped
+        assert [v.principle for v in sixth.violations] == ["fail_safe", "escalation_limit"]
+        assert sixth.effect is Effect.DENY and sixth.escalation_id == ""
+        busy[0] = False
+        d = await rig.decide("x1")  # a fund transfer: ESCALATE, a human decides
+        assert d.effect is Effect.ESCALATE and d.escalation_id
+
+    asyncio.run(body())
+
+
+def ordinary(resource_id: str) -> DecisionRequest:
+    doc = allow_input(resource={"type": "account", "id": resource_id, "tenant_id": "t1",
+                                "attributes": {}})
+    return DecisionRequest(constitutional_hash=HASH, request_id="", policy_input=doc)

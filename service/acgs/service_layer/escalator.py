@@ -59,7 +59,15 @@ from acgs.domain import escalation as esc
 from acgs.domain import events
 from acgs.domain.escalation import Escalation, State
 from acgs.domain.escalation_group import EscalationLimited, OpenGroups, OpeningLimit, group_key
-from acgs.domain.model import ESCALATION_LIMIT, Caller, Decision, Effect, Severity, Violation
+from acgs.domain.model import (
+    ESCALATION_LIMIT,
+    Caller,
+    Decision,
+    Effect,
+    Severity,
+    Violation,
+    timed_out,
+)
 from acgs.errors import AuditUnavailable, Unavailable
 from acgs.service_layer.escalation_ports import (
     EscalationStore,
@@ -73,6 +81,13 @@ logger = logging.getLogger("acgs.escalations")
 # Incidents that no caller learns the id of are deduplicated across servers too.
 _FLEET_DEDUP = frozenset({esc.CONSTITUTION_MISMATCH, esc.ESCALATION_LIMIT})
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _budget(caller_id: str, violations: Sequence[Violation]) -> str:
+    """The cap an opening counts against: a fail-safe time-out (the engine was busy, which
+    any caller can make it) has a budget of its own, so that load never uses up the cap
+    of a caller's high-impact actions."""
+    return f"{caller_id}\x00busy" if any(timed_out(v) for v in violations) else caller_id
 
 
 class JournalEscalator:
@@ -125,7 +140,7 @@ class JournalEscalator:
         joined = self._groups.get(key) if key else None
         if joined is not None:
             return joined, None
-        if not self._limit.admit(caller.id):
+        if not self._limit.admit(_budget(caller.id, decision.violations)):
             self._telemetry.escalation_limited()
             raise EscalationLimited(Violation(
                 ESCALATION_LIMIT, Severity.HIGH,
@@ -152,7 +167,7 @@ class JournalEscalator:
                   if isinstance(entry.event, events.EscalationOpened)]
         self._groups.forget({e.id for e in opened})
         for e in opened:
-            self._limit.give_back(e.requester_id)
+            self._limit.give_back(_budget(e.requester_id, e.violations))
 
     def closed(self, escalation_id: str) -> None:
         """An escalation was resolved here: later decisions of its group open a new one."""
