@@ -111,6 +111,35 @@ def test_trusted_keys_refuse_the_unsigned_version_already_in_force(servers: Serv
     assert "unsigned" in strict.log()
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_without_the_audit_trail_trusted_keys_still_guard_the_policy_directory(
+        servers: ServerFactory, tmp_path: Path, signed: bool) -> None:
+    """With ACGS_AUDIT_ENABLED=false there is no fleet: ACGS_POLICY_DIR is served for good.
+    Under trusted keys it was served unsigned; now it must verify, or the server refuses to
+    start (exit 2) naming the directory."""
+    trusted, trusted_pub = key_pair(tmp_path, "trusted")
+    seed = policy_copy(tmp_path / "seed", "1.0.0")
+    if signed:
+        assert acgs("policy", "sign", str(seed), "--key", str(trusted)).returncode == 0
+    env = {"ACGS_POLICY_DIR": str(seed), "ACGS_ENGINE_WORKERS": "1",
+           "ACGS_AUDIT_ENABLED": "false", "ACGS_AUTH": "none",
+           "ACGS_POLICY_TRUSTED_KEYS": str(trusted_pub)}
+    if signed:
+        server = servers.start(env, name="signed-no-audit")
+        assert server.stop() == 0
+        return
+    refused = servers.make(env, name="unsigned-no-audit")
+    refused.start(wait_serving=False)
+    assert refused.proc is not None
+    try:
+        code = refused.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"an unsigned ACGS_POLICY_DIR was served under trusted keys:\n"
+                    f"{refused.log()}")
+    assert code == 2, refused.log()
+    assert f"acgs: error: ACGS_POLICY_DIR={seed}" in refused.log()
+
+
 def test_a_version_pushed_unsigned_is_signed_by_pushing_it_again_signed(
         servers: ServerFactory, tmp_path: Path, server_database: str) -> None:
     """`acgs policy sign` after the push, then push again: the stored version takes the

@@ -55,9 +55,10 @@ class FakeStore:
         return self.versions.setdefault(policy.revision, v), created
 
     async def attach_signature(self, revision: str, *, signature: str, caller: Caller,
-                               message: str = "") -> tuple[PolicyVersion, bool]:
+                               message: str = "",
+                               replacing: str = "") -> tuple[PolicyVersion, bool]:
         stored = self.versions[revision]
-        if stored.signature or not signature:
+        if stored.signature != replacing or not signature or signature == replacing:
             return stored, False
         self.versions[revision] = replace(stored, signature=signature)
         self.signed_by.append((revision, caller.id, message))

@@ -118,16 +118,18 @@ class PgPolicyStore:
         return _version(row), created
 
     async def attach_signature(self, revision: str, *, signature: str, caller: Caller,
-                               message: str = "") -> tuple[PolicyVersion, bool]:
-        """Give the version ``revision``, stored unsigned, its ``signature`` (checked by the
-        caller) and record policy.version_signed; a version signed already keeps its
-        signature and nothing is recorded. Returns the stored version and whether this call
-        signed it; NotFound when absent."""
+                               message: str = "",
+                               replacing: str = "") -> tuple[PolicyVersion, bool]:
+        """Give the version ``revision`` its ``signature`` (checked by the caller) and record
+        policy.version_signed, when its stored signature is still ``replacing`` (default:
+        stored unsigned; the caller passes a stored signature only when it does not verify
+        under the trusted keys); otherwise it keeps its signature and nothing is recorded.
+        Returns the stored version and whether this call signed it; NotFound when absent."""
         async with self._transaction() as cur:
             await cur.execute(
                 "UPDATE policy_versions SET signature = %s WHERE revision = %s "
-                "AND signature = '' AND %s <> '' RETURNING name, version",
-                (signature, revision, signature))
+                "AND signature = %s AND %s <> '' AND %s <> %s RETURNING name, version",
+                (signature, revision, replacing, signature, signature, replacing))
             updated = await cur.fetchone()
             if updated is not None:
                 await pg_event_chain.append_async(cur, [EventEntry(events.PolicyVersionSigned(

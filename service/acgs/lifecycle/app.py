@@ -55,7 +55,7 @@ from acgs.lifecycle.audit import AuditTrail, build_audit
 from acgs.lifecycle.callers import build_callers, require_secure, server_credentials
 from acgs.lifecycle.database import Database, build_database, watching
 from acgs.lifecycle.escalations import Escalations, build_escalations
-from acgs.lifecycle.policy import PolicyLifecycle, build_policy_lifecycle
+from acgs.lifecycle.policy import PolicyLifecycle, build_policy_lifecycle, verify_policy_dir
 from acgs.lifecycle.supervisor import Supervisor
 from acgs.listen import cannot_listen, reason_of, require_free
 from acgs.metrics import Metrics, NullTelemetry
@@ -165,6 +165,8 @@ async def build(settings: Settings, *, telemetry: Telemetry | None = None) -> Ap
                    if trail is not None else None)
     policy = await _policy(settings, parts, trail, engine, escalations, metrics,
                            app=lambda: app)
+    if policy is None:  # no fleet: the directory is served for good, so it is checked here
+        verify_policy_dir(settings, engine.bundle)
 
     service = _decision_service(settings, engine, cache, trail, escalations, telemetry)
     service.observe_with(policy.observer if policy is not None else None)

@@ -48,7 +48,14 @@ from acgs.domain.policy_version import (
 )
 from acgs.entrypoints.callers import CallerResolver
 from acgs.entrypoints.policy_admin_servicer import PolicyAdminServicer
-from acgs.errors import BadSignature, NotFound, PolicyError, SnapshotInvalid, Unavailable
+from acgs.errors import (
+    BadSignature,
+    ConfigurationError,
+    NotFound,
+    PolicyError,
+    SnapshotInvalid,
+    Unavailable,
+)
 from acgs.lifecycle.audit import AuditTrail
 from acgs.lifecycle.offline import UNREACHABLE
 from acgs.lifecycle.supervisor import Supervisor
@@ -236,6 +243,26 @@ async def _serve_snapshot(settings: Settings, trail: AuditTrail, engine: RegopyE
     logger.warning("serving the policy snapshot %s until the database returns", version.revision)
 
 
+def verify_policy_dir(settings: Settings, bundle: PolicyBundle) -> None:
+    """Without the audit trail there is no fleet and no stored version: the server serves
+    ACGS_POLICY_DIR for its whole life. Under ACGS_POLICY_TRUSTED_KEYS it must be signed
+    (its ``policy.sig`` over the content digest) by a trusted key, like any version served;
+    ConfigurationError otherwise."""
+    if not settings.policy_trusted_keys:
+        return
+    verifier = Ed25519Verifier.from_files(settings.policy_trusted_keys)
+    sig_path = settings.policy_dir / SIGNATURE_FILE
+    signature = sig_path.read_text("ascii").strip() if sig_path.exists() else ""
+    try:
+        verifier.verify(digest=content_digest(bundle.modules, bundle.data_json,
+                                              bundle.manifest_json), signature=signature)
+    except BadSignature as err:
+        raise ConfigurationError(
+            f"ACGS_POLICY_DIR={settings.policy_dir} (revision {bundle.revision}) cannot be "
+            f"served under ACGS_POLICY_TRUSTED_KEYS: {err} (sign it: acgs policy sign)"
+        ) from err
+
+
 async def seed_fleet(settings: Settings, *, store: PgPolicyStore, bundle: PolicyBundle,
                      verifier: Ed25519Verifier | None) -> None:
     """First start of a fleet: store ``bundle`` (ACGS_POLICY_DIR) and make it desired.
@@ -268,8 +295,11 @@ async def seed_fleet(settings: Settings, *, store: PgPolicyStore, bundle: Policy
                             version=bundle.version, modules=bundle.modules,
                             data_json=bundle.data_json, manifest_json=bundle.manifest_json,
                             tests_passed=0)
-    await store.insert_version(checked, signature=signature, caller=server,
-                               message=f"seeded from {settings.policy_dir}")
+    _, created = await store.insert_version(checked, signature=signature, caller=server,
+                                            message=f"seeded from {settings.policy_dir}")
+    if not created and verifier is not None:  # stored before (unsigned?): sign it as above
+        await _sign_stored(settings, store, bundle.revision, digest=digest,
+                           signature=signature, verifier=verifier, caller=server)
     state = await store.activate(bundle.revision, caller=server, only_if_unset=True,
                                  message="the first start of the fleet")
     logger.info("fleet policy: %s desired (generation %d)", state.desired_revision,
@@ -288,13 +318,22 @@ async def _sign_stored(settings: Settings, store: PgPolicyStore, revision: str, 
         logger.warning("%s: %s is not used: %s", settings.policy_dir, SIGNATURE_FILE, err)
         return
     try:
-        stored = await store.get_version(revision, full=False)
+        stored = await store.get_version(revision)
     except NotFound:
         return
-    if stored.signature:
+    if stored.signature == signature:
         return
+    if stored.signature:
+        try:  # a stored signature that verifies stays; one that does not is replaced
+            verifier.verify(digest=content_digest(stored.modules, stored.data_json,
+                                                  stored.manifest_json),
+                            signature=stored.signature)
+            return
+        except BadSignature:
+            pass
     sig_path = settings.policy_dir / SIGNATURE_FILE
     _, signed = await store.attach_signature(revision, signature=signature, caller=caller,
-                                             message=f"signed by {sig_path}")
+                                             message=f"signed by {sig_path}",
+                                             replacing=stored.signature)
     if signed:
         logger.warning("policy %s was stored unsigned: signed by %s", revision, sig_path)

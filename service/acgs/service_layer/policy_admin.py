@@ -28,7 +28,7 @@ from acgs.domain.policy_version import (
     PolicyVersion,
     content_digest,
 )
-from acgs.errors import InvalidRequest
+from acgs.errors import BadSignature, InvalidRequest
 from acgs.service_layer.policy_ports import PolicyChecker, PolicyStore, SignatureVerifier
 
 
@@ -77,11 +77,32 @@ class PolicyAdminService:
         stored, created = await self._store.insert_version(
             checked, signature=signature, caller=caller, message=message)
         signed = False
-        if not created and signature and not stored.signature:
-            stored, signed = await self._store.attach_signature(
-                stored.revision, signature=signature, caller=caller, message=message)
+        if not created and signature and stored.signature != signature:
+            replacing: str | None = None
+            if not stored.signature:
+                replacing = ""
+            elif self._verifier is not None and not self._verifies(
+                    await self._store.get_version(stored.revision)):
+                # stored unchecked (no trusted keys then) or by a key no longer trusted:
+                # the upload's signature verified (validate), the stored one does not
+                replacing = stored.signature
+            if replacing is not None:
+                stored, signed = await self._store.attach_signature(
+                    stored.revision, signature=signature, caller=caller, message=message,
+                    replacing=replacing)
         return Upload(version=stored, tests_passed=checked.tests_passed, created=created,
                       signature_attached=signed)
+
+    def _verifies(self, version: PolicyVersion) -> bool:
+        """The stored signature of ``version`` verifies against its stored content."""
+        assert self._verifier is not None
+        try:
+            self._verifier.verify(digest=content_digest(version.modules, version.data_json,
+                                                        version.manifest_json),
+                                  signature=version.signature)
+        except BadSignature:
+            return False
+        return True
 
     async def list_versions(self) -> list[PolicyVersion]:
         return await self._store.list_versions()
