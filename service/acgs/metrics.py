@@ -105,7 +105,12 @@ class ShipperHealth(Protocol):
     @property
     def stalled_for_s(self) -> float: ...
 
+    @property
+    def kept_journals(self) -> int: ...
+
     def stall_note(self) -> str | None: ...
+
+    def kept_note(self) -> str | None: ...
 
 
 class TaskHealth(Protocol):
@@ -306,11 +311,12 @@ class Metrics:
 
     def _shipper_note(self) -> bytes:
         try:
-            note = self._shipper.stall_note() if self._shipper is not None else None
+            notes = ([self._shipper.stall_note(), self._shipper.kept_note()]
+                     if self._shipper is not None else [])
         except Exception:
             logger.exception("shipper health callback failed")
-            note = "audit shipper: health unknown"
-        return b"" if note is None else f"{note}\n".encode()
+            notes = ["audit shipper: health unknown"]
+        return "".join(f"{note}\n" for note in notes if note is not None).encode()
 
     def render(self) -> bytes:
         """The current exposition, exactly as ``/metrics`` would serve it (text format)."""
@@ -480,6 +486,9 @@ class Metrics:
              self._shipper_obs("stalled")),
             ("acgs_audit_shipper_stalled_seconds", "s", "Time audit records have waited without "
              "the shipper making progress (0 while it ships)", self._shipper_obs("stalled_s")),
+            ("acgs_audit_journals_kept", "1", "Adopted journals of dead servers kept on disk, "
+             "unshipped, because PostgreSQL's chain disagrees with them (records lost or "
+             "altered there)", self._shipper_obs("kept")),
             ("acgs_escalations_open", "1", "Open escalations, by reason and severity",
              self._obs_escalations_open),
             ("acgs_policy_info", "1", "Active policy revision (value 1)", self._obs_policy),
@@ -576,6 +585,8 @@ class Metrics:
                 value = s.restarts
             elif what == "stalled":
                 value = int(s.stall_note() is not None)
+            elif what == "kept":
+                value = s.kept_journals
             else:
                 value = s.stalled_for_s
             return [Observation(value)]

@@ -362,6 +362,9 @@ def test_a_tail_postgresql_lost_keeps_the_journal_that_holds_it(tmp_path: Path,
     shipper.close()
     live.close()
     assert (tmp_path / "inst-a").exists()
+    assert shipper.kept == [str(tmp_path / "inst-a")] and shipper.kept_journals == 1
+    note = shipper.kept_note()
+    assert note is not None and "lost or altered" in note  # on /ready, and a gauge
 
 
 def test_a_crash_after_the_seal_neither_seals_twice_nor_lets_the_id_continue(

@@ -36,6 +36,7 @@ EXPECTED_FAMILIES = {
     "acgs_audit_shipper_restarts": ("counter", set()),
     "acgs_audit_shipper_stalled": ("gauge", set()),
     "acgs_audit_shipper_stalled_seconds": ("gauge", set()),
+    "acgs_audit_journals_kept": ("gauge", set()),
     "acgs_escalations_open": ("gauge", {"reason", "severity"}),
     "acgs_escalations_created": ("counter", {"reason"}),
     "acgs_escalations_limited": ("counter", set()),
@@ -73,6 +74,11 @@ class FakeShipper:
 
     def stall_note(self) -> str | None:
         return self.note
+
+    kept_journals: int = 0
+
+    def kept_note(self) -> str | None:
+        return None
 
 
 @dataclass
@@ -229,6 +235,7 @@ def test_watched_sources_are_read_at_each_scrape(metrics: Metrics) -> None:
     assert value(text, "acgs_audit_shipper_restarts_total") == 3
     assert value(text, "acgs_audit_shipper_stalled") == 1
     assert value(text, "acgs_audit_shipper_stalled_seconds") == 45
+    assert value(text, "acgs_audit_journals_kept") == 0
     assert value(text, "acgs_audit_checkpoints_total", outcome="failed") == 1
     assert value(text, "acgs_escalations_open", reason="high_impact_action", severity="high") == 3
     assert value(text, "acgs_escalations_created_total", reason="high_impact_action") == 1

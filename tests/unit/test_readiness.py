@@ -73,6 +73,11 @@ class Shipper:
     def stall_note(self) -> str | None:
         return self.note
 
+    kept_journals: int = 0
+
+    def kept_note(self) -> str | None:
+        return None
+
 
 def test_a_stalled_shipper_shows_in_the_body_not_the_status(metrics: Metrics) -> None:
     shipper = Shipper()

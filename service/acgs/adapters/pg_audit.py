@@ -128,6 +128,9 @@ class Shipper:
         # "mismatch" when PostgreSQL's head is not the journal's last record (the journal is
         # then kept). Its server is gone: no checkpoint of its own would cover its last records.
         self.seal: Callable[[psycopg.Cursor[TupleRow], str, int, str], str] | None = None
+        # Adopted journals kept on disk, unshipped, because PostgreSQL's chain disagrees with
+        # them (records lost or altered there): the journal is the true copy.
+        self.kept: list[str] = []
         self._projectors = tuple(projectors)
         self._conninfo = conninfo
         self._batch = batch
@@ -224,6 +227,18 @@ class Shipper:
         if self.backlog_records == 0:
             return 0.0
         return max(0.0, time.monotonic() - self._progress_at)
+
+    @property
+    def kept_journals(self) -> int:
+        """Adopted journals kept because PostgreSQL's chain disagrees with them."""
+        return len(self.kept)
+
+    def kept_note(self) -> str | None:
+        """What ``/ready``'s body says of :attr:`kept`, or None."""
+        if not self.kept:
+            return None
+        return (f"audit shipper: PostgreSQL lost or altered records of a dead server's chain; "
+                f"its journal is kept, the true copy: {', '.join(self.kept)}")
 
     def stall_note(self) -> str | None:
         """Why this shipper is not keeping up, or None: for ``/ready``'s body and the logs."""
@@ -346,6 +361,7 @@ class Shipper:
                 outcome = self.seal(cur, journal.instance_id, journal.synced_seq, last_hash)
             if outcome == "mismatch":  # pg_event_chain.MISMATCH (logged there)
                 self._journals.remove(journal)  # kept on disk, the true copy; not shipped
+                self.kept.append(str(getattr(journal, "directory", journal.instance_id)))
                 return
         if remove is not None:
             remove()
