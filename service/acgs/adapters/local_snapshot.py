@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from acgs.domain import canonical
-from acgs.domain.policy_version import PolicyVersion, content_digest
+from acgs.domain.policy_version import PolicyVersion
 from acgs.domain.tokens import TokenRecord
 from acgs.errors import SnapshotInvalid
 
@@ -84,7 +84,7 @@ class SnapshotStore:
                 data_json=str(doc["data_json"]), manifest_json=str(doc["manifest_json"]))
         except (KeyError, TypeError, ValueError) as err:
             raise SnapshotInvalid(f"{self.policy_path}: malformed ({err})") from err
-        digest = content_digest(version.modules, version.data_json, version.manifest_json)
+        digest = version.digest()
         if digest[:16] != version.revision:
             raise SnapshotInvalid(f"{self.policy_path}: content digest {digest[:16]} does not "
                                   f"match its revision {version.revision}: altered or damaged")

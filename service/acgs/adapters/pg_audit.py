@@ -124,10 +124,10 @@ class Shipper:
         self.attest: Callable[[Sequence[int]], object] | None = None
         # Called (from this thread, in a transaction) with (cursor, chain, last seq, last
         # hash) for an adopted journal fully shipped, before it is removed: a checkpoint of
-        # that chain's head, signed with this server's key (pg_event_chain.sealer); returns
-        # "mismatch" when PostgreSQL's head is not the journal's last record (the journal is
-        # then kept). Its server is gone: no checkpoint of its own would cover its last records.
-        self.seal: Callable[[psycopg.Cursor[TupleRow], str, int, str], str] | None = None
+        # that chain's head, signed with this server's key (pg_event_chain.sealer); False
+        # when PostgreSQL's head is not the journal's last record (the journal is then
+        # kept). Its server is gone: no checkpoint of its own would cover its last records.
+        self.seal: Callable[[psycopg.Cursor[TupleRow], str, int, str], bool] | None = None
         # Adopted journals kept on disk, unshipped, because PostgreSQL's chain disagrees with
         # them (records lost or altered there): the journal is the true copy.
         self.kept: list[str] = []
@@ -358,8 +358,8 @@ class Shipper:
             getattr(journal, "mark_sealing", lambda: None)()
             conn = self._connection()
             with conn.transaction(), conn.cursor() as cur:
-                outcome = self.seal(cur, journal.instance_id, journal.synced_seq, last_hash)
-            if outcome == "mismatch":  # pg_event_chain.MISMATCH (logged there)
+                removable = self.seal(cur, journal.instance_id, journal.synced_seq, last_hash)
+            if not removable:  # PostgreSQL disagrees with it (logged by the seal)
                 self._journals.remove(journal)  # kept on disk, the true copy; not shipped
                 self.kept.append(str(getattr(journal, "directory", journal.instance_id)))
                 return

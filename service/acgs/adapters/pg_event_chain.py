@@ -184,13 +184,13 @@ def seal(signer: Signer, *, chain: str, last_seq: int, last_hash: str, signer_id
 
 
 def sealer(signer: Signer, *, signer_id: str, constitutional_hash: str
-           ) -> Callable[[psycopg.Cursor[TupleRow], str, int, str], str]:
+           ) -> Callable[[psycopg.Cursor[TupleRow], str, int, str], bool]:
     """:func:`seal` as the shipper calls it: ``(cursor, chain, last_seq, last_hash)``, in
-    its transaction."""
-    def run(cur: psycopg.Cursor[TupleRow], chain: str, last_seq: int, last_hash: str) -> str:
+    its transaction; True when the journal may be removed (anything but :data:`MISMATCH`)."""
+    def run(cur: psycopg.Cursor[TupleRow], chain: str, last_seq: int, last_hash: str) -> bool:
         return drive_sync(cur, seal(signer, chain=chain, last_seq=last_seq,
                                     last_hash=last_hash, signer_id=signer_id,
-                                    constitutional_hash=constitutional_hash))
+                                    constitutional_hash=constitutional_hash)) != MISMATCH
 
     return run
 

@@ -273,8 +273,9 @@ class PolicyVersionCreated(Event):
 
 @dataclass(frozen=True, slots=True)
 class PolicyVersionSigned(Event):
-    """A signature attached to a version stored unsigned (the same content pushed again,
-    signed; verified where keys are trusted). The content and its revision are unchanged."""
+    """A signature attached to a stored version (the same content pushed again, signed, or
+    seeded signed): one stored unsigned, or, where keys are trusted, one whose signature no
+    trusted key verifies. The content and its revision are unchanged."""
 
     KIND: ClassVar[str] = POLICY_VERSION_SIGNED
     revision: str

@@ -46,6 +46,10 @@ class PolicyVersion:
     message: str = ""
     """Why it was uploaded (``acgs policy push -m``)."""
 
+    def digest(self) -> str:
+        """The content digest its signature covers (of a version fetched with its sources)."""
+        return content_digest(self.modules, self.data_json, self.manifest_json)
+
 
 @dataclass(frozen=True, slots=True)
 class CheckedPolicy:

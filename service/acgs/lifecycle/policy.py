@@ -143,9 +143,7 @@ async def build_policy_lifecycle(
 
     def verify(version: PolicyVersion) -> None:  # BadSignature: not served here
         if verifier is not None:
-            verifier.verify(digest=content_digest(version.modules, version.data_json,
-                                                  version.manifest_json),
-                            signature=version.signature)
+            verifier.verify(digest=version.digest(), signature=version.signature)
 
     async def activate(version: PolicyVersion) -> None:
         verify(version)
@@ -243,6 +241,12 @@ async def _serve_snapshot(settings: Settings, trail: AuditTrail, engine: RegopyE
     logger.warning("serving the policy snapshot %s until the database returns", version.revision)
 
 
+def _directory_signature(settings: Settings) -> str:
+    """ACGS_POLICY_DIR's ``policy.sig`` ("" when there is none)."""
+    sig_path = settings.policy_dir / SIGNATURE_FILE
+    return sig_path.read_text("ascii").strip() if sig_path.exists() else ""
+
+
 def verify_policy_dir(settings: Settings, bundle: PolicyBundle) -> None:
     """Without the audit trail there is no fleet and no stored version: the server serves
     ACGS_POLICY_DIR for its whole life. Under ACGS_POLICY_TRUSTED_KEYS it must be signed
@@ -251,11 +255,10 @@ def verify_policy_dir(settings: Settings, bundle: PolicyBundle) -> None:
     if not settings.policy_trusted_keys:
         return
     verifier = Ed25519Verifier.from_files(settings.policy_trusted_keys)
-    sig_path = settings.policy_dir / SIGNATURE_FILE
-    signature = sig_path.read_text("ascii").strip() if sig_path.exists() else ""
     try:
         verifier.verify(digest=content_digest(bundle.modules, bundle.data_json,
-                                              bundle.manifest_json), signature=signature)
+                                              bundle.manifest_json),
+                        signature=_directory_signature(settings))
     except BadSignature as err:
         raise ConfigurationError(
             f"ACGS_POLICY_DIR={settings.policy_dir} (revision {bundle.revision}) cannot be "
@@ -277,8 +280,7 @@ async def seed_fleet(settings: Settings, *, store: PgPolicyStore, bundle: Policy
     await store.forget_instances(older_than=dt.timedelta(hours=1))  # long-dead servers
     state = await store.state()
     digest = content_digest(bundle.modules, bundle.data_json, bundle.manifest_json)
-    sig_path = settings.policy_dir / SIGNATURE_FILE
-    signature = sig_path.read_text("ascii").strip() if sig_path.exists() else ""
+    signature = _directory_signature(settings)
     server = Caller(id=settings.instance_id, role="system")
     if state is not None:
         if state.desired_revision != bundle.revision:
@@ -325,9 +327,7 @@ async def _sign_stored(settings: Settings, store: PgPolicyStore, revision: str, 
         return
     if stored.signature:
         try:  # a stored signature that verifies stays; one that does not is replaced
-            verifier.verify(digest=content_digest(stored.modules, stored.data_json,
-                                                  stored.manifest_json),
-                            signature=stored.signature)
+            verifier.verify(digest=stored.digest(), signature=stored.signature)
             return
         except BadSignature:
             pass

@@ -26,7 +26,6 @@ from acgs.domain.policy_version import (
     FleetState,
     InstanceInfo,
     PolicyVersion,
-    content_digest,
 )
 from acgs.errors import BadSignature, InvalidRequest
 from acgs.service_layer.policy_ports import PolicyChecker, PolicyStore, SignatureVerifier
@@ -97,9 +96,7 @@ class PolicyAdminService:
         """The stored signature of ``version`` verifies against its stored content."""
         assert self._verifier is not None
         try:
-            self._verifier.verify(digest=content_digest(version.modules, version.data_json,
-                                                        version.manifest_json),
-                                  signature=version.signature)
+            self._verifier.verify(digest=version.digest(), signature=version.signature)
         except BadSignature:
             return False
         return True
@@ -132,9 +129,7 @@ class PolicyAdminService:
         """
         version = await self._store.get_version(_required(revision))
         if self._verifier is not None:
-            self._verifier.verify(digest=content_digest(version.modules, version.data_json,
-                                                        version.manifest_json),
-                                  signature=version.signature)
+            self._verifier.verify(digest=version.digest(), signature=version.signature)
         state = await self._store.activate(version.revision, caller=caller, message=message)
         return await self._await_fleet(state, wait_s)
 
