@@ -9,12 +9,9 @@ the flood, and the metric counts the capped DENYs.
 
 from __future__ import annotations
 
-import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
-import psycopg
 import pytest
 from acgs.v1 import escalations_pb2 as epb
 from acgs.v1 import escalations_pb2_grpc as epb_grpc
@@ -22,6 +19,7 @@ from acgs.v1 import governance_pb2 as pb
 from acgs.v1 import governance_pb2_grpc as pb_grpc
 
 from tests.client import allow_input, decide_request
+from tests.e2e.test_idempotency import eventually, rows
 from tests.plugins.servers import ServerFactory
 
 pytestmark = pytest.mark.postgres
@@ -33,22 +31,6 @@ def cross_tenant(resource_id: str) -> dict[str, Any]:
     """A critical DENY (principal and resource in t1, request in t2) on ``resource_id``."""
     doc = allow_input(tenant_id="t2")
     return dict(doc, resource={**doc["resource"], "id": resource_id})
-
-
-def eventually(fn: Callable[[], Any], timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return fn()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
-
-
-def rows(url: str, query: str, *params: object) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(query, params).fetchall()
 
 
 def test_a_caller_varying_the_resource_opens_at_most_its_cap(
@@ -80,7 +62,7 @@ def test_a_caller_varying_the_resource_opens_at_most_its_cap(
                     "GROUP BY 1, 2 ORDER BY 1") == [
             ("critical_violation", agent_id, LIMIT), ("escalation_limit", agent_id, 1)]
 
-    eventually(shipped)
+    eventually(shipped, timeout_s=30.0)
     with server.channel("admin") as ch:
         listed = epb_grpc.EscalationsStub(ch).ListEscalations(
             epb.ListEscalationsRequest(), timeout=10).escalations

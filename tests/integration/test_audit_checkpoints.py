@@ -336,14 +336,7 @@ def test_a_tail_rechained_in_postgresql_is_not_signed_and_its_journal_is_kept(
     writer edited seq 8 (after the last checkpoint) and re-hashed 8-11; sealing PostgreSQL's
     head would have vouched for the edit and deleted the true copy."""
     dead_server(tmp_path, pg_url)
-    records = rows(pg_url)
-    prev = records[6].record_hash
-    forged = []
-    for r in records[7:]:
-        changed = replace(r, effect=Effect.DENY) if r.seq == 8 else r
-        forged.append(changed.sealed(seq=r.seq, prev_hash=prev))
-        prev = forged[-1].record_hash
-    store(pg_url, forged)
+    rechain_after_an_edit(pg_url)
     shipper, live = adopter(tmp_path, pg_url)
     shipper.ship_once()
     shipper.close()

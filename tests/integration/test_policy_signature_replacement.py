@@ -5,12 +5,20 @@ able to take a signature that verifies; otherwise the documented move to trusted
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from acgs import CONSTITUTIONAL_HASH
 from acgs.adapters.pg_policies import PgPolicyStore
 from acgs.adapters.policy_signatures import Ed25519Verifier, sign
+from acgs.adapters.rego_source import PolicyBundle, load_policy_dir
+from acgs.config import Settings
+from acgs.domain.model import Caller
 from acgs.domain.policy_version import CheckedPolicy, content_digest
+from acgs.lifecycle.policy import seed_fleet
 from acgs.service_layer.policy_admin import PolicyAdminService
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -62,73 +70,66 @@ def test_a_signature_that_does_not_verify_is_replaced_by_one_that_does(
     assert kinds.count("policy.version_signed") == 2
 
 
+@dataclass
+class SignedSeed:
+    """A copy of policy/ signed by ``verifier``'s key (policy.sig), as a server would seed."""
+
+    directory: Path
+    bundle: PolicyBundle
+    digest: str
+    signature: str
+    checked: CheckedPolicy
+    verifier: Ed25519Verifier
+
+    @classmethod
+    def make(cls, tmp_path: Path) -> SignedSeed:
+        directory = tmp_path / "policy"
+        shutil.copytree("policy", directory)
+        bundle = load_policy_dir(directory, constitutional_hash=CONSTITUTIONAL_HASH)
+        digest = content_digest(bundle.modules, bundle.data_json, bundle.manifest_json)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        signature = sign(digest, private_key_pem=pem)
+        (directory / "policy.sig").write_text(signature + "\n")
+        checked = CheckedPolicy(bundle.revision, digest, bundle.name, bundle.version,
+                                bundle.modules, bundle.data_json, bundle.manifest_json, 0)
+        return cls(directory, bundle, digest, signature, checked,
+                   Ed25519Verifier(keys=[key.public_key()]))
+
+    async def seed(self, store: PgPolicyStore) -> str:
+        """seed_fleet with trusted keys; the signature then stored, checked as catch-up does."""
+        await seed_fleet(Settings(policy_dir=self.directory, instance_id="srv-1"), store=store,
+                         bundle=self.bundle, verifier=self.verifier)
+        version = await store.get_version(self.bundle.revision)
+        self.verifier.verify(digest=self.digest, signature=version.signature)
+        return version.signature
+
+
 def test_a_signed_seed_replaces_a_stored_signature_that_does_not_verify(
-        pg_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        pg_url: str, tmp_path: Path) -> None:
     """README: 'start with ACGS_POLICY_DIR signed (policy.sig): when its revision is stored
     unsigned and the signature verifies, the server attaches it'. A stored signature that
     does not verify (attached unchecked before the keys were trusted) must not block it."""
-    import shutil
-
-    from acgs import CONSTITUTIONAL_HASH
-    from acgs.adapters.rego_source import load_policy_dir
-    from acgs.config import Settings
-    from acgs.domain.model import Caller
-    from acgs.lifecycle.policy import seed_fleet
-
-    directory = tmp_path / "policy"
-    shutil.copytree("policy", directory)
-    bundle = load_policy_dir(directory, constitutional_hash=CONSTITUTIONAL_HASH)
-    digest = content_digest(bundle.modules, bundle.data_json, bundle.manifest_json)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    good = sign(digest, private_key_pem=pem)
-    (directory / "policy.sig").write_text(good + "\n")
-    settings = Settings(policy_dir=directory, instance_id="srv-1")
-    checked = CheckedPolicy(bundle.revision, digest, bundle.name, bundle.version,
-                            bundle.modules, bundle.data_json, bundle.manifest_json, 0)
-    verifier = Ed25519Verifier(keys=[key.public_key()])
+    seed = SignedSeed.make(tmp_path)
 
     async def body(store: PgPolicyStore) -> str:
         # the fleet ran without trusted keys; someone pushed the same content with junk
-        await store.insert_version(checked, signature="junk", caller=ALICE)
-        await store.activate(bundle.revision, caller=Caller("srv-0", "system"))
-        await seed_fleet(settings, store=store, bundle=bundle, verifier=verifier)
-        version = await store.get_version(bundle.revision)
-        verifier.verify(digest=digest, signature=version.signature)  # catch-up's check
-        return version.signature
+        await store.insert_version(seed.checked, signature="junk", caller=ALICE)
+        await store.activate(seed.bundle.revision, caller=Caller("srv-0", "system"))
+        return await seed.seed(store)
 
-    assert run(pg_url, body) == good
+    assert run(pg_url, body) == seed.signature
 
 
 def test_a_first_start_seeds_a_revision_stored_unsigned_with_its_signature(
-        pg_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        pg_url: str, tmp_path: Path) -> None:
     """No desired revision yet, the directory's revision stored unsigned (a seed that
     crashed between its insert and its activation): the signed seed must sign it."""
-    import shutil
+    seed = SignedSeed.make(tmp_path)
 
-    from acgs import CONSTITUTIONAL_HASH
-    from acgs.adapters.rego_source import load_policy_dir
-    from acgs.config import Settings
-    from acgs.lifecycle.policy import seed_fleet
+    async def body(store: PgPolicyStore) -> str:
+        await store.insert_version(seed.checked, signature="", caller=ALICE)
+        return await seed.seed(store)
 
-    directory = tmp_path / "policy"
-    shutil.copytree("policy", directory)
-    bundle = load_policy_dir(directory, constitutional_hash=CONSTITUTIONAL_HASH)
-    digest = content_digest(bundle.modules, bundle.data_json, bundle.manifest_json)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    (directory / "policy.sig").write_text(sign(digest, private_key_pem=pem) + "\n")
-    checked = CheckedPolicy(bundle.revision, digest, bundle.name, bundle.version,
-                            bundle.modules, bundle.data_json, bundle.manifest_json, 0)
-    verifier = Ed25519Verifier(keys=[key.public_key()])
-
-    async def body(store: PgPolicyStore) -> None:
-        await store.insert_version(checked, signature="", caller=ALICE)
-        await seed_fleet(Settings(policy_dir=directory, instance_id="srv-1"), store=store,
-                         bundle=bundle, verifier=verifier)
-        version = await store.get_version(bundle.revision)
-        verifier.verify(digest=digest, signature=version.signature)
-
-    run(pg_url, body)
+    assert run(pg_url, body) == seed.signature
