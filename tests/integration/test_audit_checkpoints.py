@@ -390,6 +390,33 @@ def test_a_crash_after_the_seal_neither_seals_twice_nor_lets_the_id_continue(
     assert verdict(report) == (True, 12, "", 0) and report.checkpoint_seq == 11
 
 
+def test_a_seal_that_fails_keeps_the_journal_until_a_round_seals_it(tmp_path: Path,
+                                                                    pg_url: str) -> None:
+    """PostgreSQL failing during the seal: the round fails (the shipper's loop retries it
+    with back-off) and the journal stays; the next round seals and removes it."""
+    dead_server(tmp_path)
+    shipper, live = adopter(tmp_path, pg_url)
+    real = shipper.seal
+    assert real is not None
+    calls = []
+
+    def flaky(*args: Any) -> bool:
+        calls.append(args[1:])
+        if len(calls) == 1:
+            raise psycopg.OperationalError("server closed the connection")
+        return real(*args)
+
+    shipper.seal = flaky
+    with pytest.raises(psycopg.OperationalError):
+        shipper.ship_once()
+    assert (tmp_path / "inst-a").exists()
+    shipper.ship_once()
+    shipper.close()
+    live.close()
+    assert not (tmp_path / "inst-a").exists() and len(calls) == 2
+    assert verdict(both(pg_url, tmp_path))[:2] == (True, 12)
+
+
 def test_sealing_twice_adds_nothing(tmp_path: Path, pg_url: str) -> None:
     adopt_and_ship(tmp_path, pg_url)
     with psycopg.connect(pg_url) as conn:
